@@ -1,0 +1,161 @@
+import NIOCore
+import NIOWebSocket
+
+/// Writes the opening handshake, reads the response, and on 101 swaps itself for the
+/// WebSocket frame codec. Bytes that follow the response in the same read are passed on.
+final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let host: String
+    private let path: String
+    private let headers: [(String, String)]
+    private let key: WebSocketKey
+    private let events: AsyncStream<WebSocketConnection.Event>.Continuation
+    private let done: EventLoopPromise<Void>
+    private var received = ByteBuffer()
+    private var finished = false
+
+    init(
+        host: String,
+        path: String,
+        headers: [(String, String)],
+        key: WebSocketKey,
+        events: AsyncStream<WebSocketConnection.Event>.Continuation,
+        done: EventLoopPromise<Void>
+    ) {
+        self.host = host
+        self.path = path
+        self.headers = headers
+        self.key = key
+        self.events = events
+        self.done = done
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var request = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        request += "Sec-WebSocket-Key: \(key.value)\r\nSec-WebSocket-Version: 13\r\n"
+        for (name, value) in headers { request += "\(name): \(value)\r\n" }
+        request += "\r\n"
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        received.writeBuffer(&buffer)
+        guard let headEnd = received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8)) else {
+            if received.readableBytes > 16 * 1024 { fail(context: context, .invalidResponse("response head too long")) }
+            return
+        }
+        let headLength = headEnd.upperBound - received.readerIndex
+        let head = received.readString(length: headLength) ?? ""
+        let lines = head.split(separator: "\r\n")
+        let statusParts = lines.first?.split(separator: " ") ?? []
+        guard statusParts.count >= 2, let status = Int(statusParts[1]) else {
+            return fail(context: context, .invalidResponse("bad status line"))
+        }
+        guard status == 101 else {
+            // Read the body that came with the refusal, if any, for the caller.
+            let body = received.readString(length: received.readableBytes) ?? ""
+            return fail(context: context, .refused(status: status, body: body))
+        }
+        let accept = lines.dropFirst().first { $0.lowercased().hasPrefix("sec-websocket-accept:") }
+            .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingSpaces() }
+        guard accept == key.expectedAccept else {
+            return fail(context: context, .invalidResponse("wrong Sec-WebSocket-Accept"))
+        }
+        finished = true
+        let leftover = received
+        do {
+            try context.pipeline.syncOperations.addHandlers(
+                [
+                    ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)),
+                    WebSocketFrameEncoder(),
+                    ClientFrameHandler(events: events),
+                ],
+                position: .after(self)
+            )
+        } catch {
+            return fail(context: context, .invalidResponse("pipeline: \(error)"))
+        }
+        // Pass on frames that came in the same read as the response, before leaving the pipeline.
+        if leftover.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(leftover)) }
+        received = ByteBuffer()
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        done.succeed(())
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !finished {
+            finished = true
+            done.fail(HandshakeError.connectionClosed)
+            events.finish()
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !finished {
+            finished = true
+            done.fail(error)
+            events.finish()
+        }
+        context.close(promise: nil)
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: HandshakeError) {
+        guard !finished else { return }
+        finished = true
+        done.fail(error)
+        events.finish()
+        context.close(promise: nil)
+    }
+}
+
+/// Hands received frames to the connection's event stream and answers pings.
+final class ClientFrameHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let events: AsyncStream<WebSocketConnection.Event>.Continuation
+
+    init(events: AsyncStream<WebSocketConnection.Event>.Continuation) {
+        self.events = events
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text:
+            var data = frame.unmaskedData
+            events.yield(.text(data.readString(length: data.readableBytes) ?? ""))
+        case .binary:
+            events.yield(.binary(frame.unmaskedData))
+        case .ping:
+            let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .connectionClose:
+            var data = frame.unmaskedData
+            events.yield(.close(code: data.readInteger(as: UInt16.self)))
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        events.finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+extension Substring {
+    func trimmingSpaces() -> String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}

@@ -1,0 +1,131 @@
+public import NIOCore
+import NIOPosix
+public import NIOWebSocket
+
+/// A raw WebSocket client connection (RFC 6455) over SwiftNIO.
+///
+/// It does the opening handshake itself, so a refused handshake reports the HTTP status
+/// (``HandshakeError/refused(status:body:)``), and it can send any frame, including ones
+/// a well-behaved client would not (tests use that). `switchboard bench` and the tests
+/// build on it.
+///
+/// Threading: all methods may be called from any task. Received frames arrive in
+/// ``frames``, in order; ping frames are answered with pong automatically.
+public final class WebSocketConnection: Sendable {
+    /// What arrives from the server.
+    public enum Event: Sendable {
+        case text(String)
+        case binary(ByteBuffer)
+        /// The server sent a close frame with this code (nil when it had no payload).
+        case close(code: UInt16?)
+    }
+
+    /// Everything received, in order; finishes when the connection closes.
+    public let events: AsyncStream<Event>
+    /// The underlying NIO channel.
+    public let channel: any Channel
+
+    private init(channel: any Channel, events: AsyncStream<Event>) {
+        self.channel = channel
+        self.events = events
+    }
+
+    /// Opens a connection and completes the WebSocket handshake.
+    /// - Parameters:
+    ///   - host: Server address (a loopback address in tests).
+    ///   - port: Server port.
+    ///   - path: Request target, with its query (e.g. `/ws?user=alice`).
+    ///   - headers: Extra request headers (e.g. `Authorization`).
+    ///   - localAddress: Source address to bind, to spread many connections over loopback addresses.
+    ///   - eventLoopGroup: Where the connection runs.
+    /// - Throws: ``HandshakeError`` when the server does not answer 101, or a NIO error.
+    public static func connect(
+        host: String,
+        port: Int,
+        path: String,
+        headers: [(String, String)] = [],
+        localAddress: SocketAddress? = nil,
+        eventLoopGroup: (any EventLoopGroup)? = nil
+    ) async throws -> WebSocketConnection {
+        let eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        let (events, continuation) = AsyncStream<Event>.makeStream()
+        let handshakeDone = eventLoopGroup.any().makePromise(of: Void.self)
+        let key = WebSocketKey.random()
+        var bootstrap = ClientBootstrap(group: eventLoopGroup)
+            .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        HandshakeHandler(
+                            host: host,
+                            path: path,
+                            headers: headers,
+                            key: key,
+                            events: continuation,
+                            done: handshakeDone
+                        )
+                    )
+                }
+            }
+        if let localAddress { bootstrap = bootstrap.bind(to: localAddress) }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: host, port: port).get()
+        } catch {
+            handshakeDone.fail(error)
+            continuation.finish()
+            throw error
+        }
+        do {
+            try await handshakeDone.futureResult.get()
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+        return WebSocketConnection(channel: channel, events: events)
+    }
+
+    /// Sends a text message as one frame.
+    public func send(text: String) async throws {
+        try await send(frame: WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: text)))
+    }
+
+    /// Sends any frame exactly as given (set `maskKey` for a conforming client frame).
+    public func send(frame: WebSocketFrame) async throws {
+        try await channel.writeAndFlush(frame)
+    }
+
+    /// Writes raw bytes to the socket, bypassing the frame encoder.
+    public func send(rawBytes: [UInt8]) async throws {
+        let channel = self.channel
+        try await channel.eventLoop.flatSubmit {
+            // Write from the decoder's position: outbound data from there skips the frame encoder.
+            channel.pipeline.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self).flatMap { context in
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: rawBytes)))
+            }
+        }.get()
+    }
+
+    /// Sends a close frame (code 1000) and closes the socket.
+    public func close() async {
+        var payload = ByteBuffer()
+        payload.write(webSocketErrorCode: .normalClosure)
+        try? await send(frame: WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload))
+        try? await channel.close()
+    }
+
+    /// Closes the socket without a close frame (like a client that vanishes).
+    public func abort() async {
+        try? await channel.close()
+    }
+}
+
+/// Why a WebSocket handshake failed.
+public enum HandshakeError: Error, Sendable, Equatable {
+    /// The server answered with a status other than 101.
+    case refused(status: Int, body: String)
+    /// The server's answer was not valid HTTP or had a wrong `Sec-WebSocket-Accept`.
+    case invalidResponse(String)
+    /// The connection closed before the handshake finished.
+    case connectionClosed
+}

@@ -1,0 +1,23 @@
+/// The `code` of an `error` frame; raw values are the exact wire names of DESIGN.md.
+public enum ErrorCode: String, Sendable, CaseIterable {
+    /// Not JSON, not an object, a missing field or a field of the wrong type.
+    case invalidMessage = "invalid_message"
+    /// `type` names no frame this server knows.
+    case unknownType = "unknown_type"
+    /// A user or room id that breaks the id rules.
+    case invalidID = "invalid_id"
+    /// The message is larger than the gateway's message size limit.
+    case tooLarge = "too_large"
+    /// The connection sends faster than its rate limit allows.
+    case rateLimited = "rate_limited"
+    /// The user may not join this room.
+    case forbidden = "forbidden"
+    /// `publish` to a room this connection has not joined.
+    case notMember = "not_member"
+    /// No gateway hosts the recipient of a direct message.
+    case recipientOffline = "recipient_offline"
+    /// The backplane cannot take the message now; nothing was sent.
+    case backplaneUnavailable = "backplane_unavailable"
+    /// Anything else that went wrong on the server's side.
+    case `internal` = "internal"
+}

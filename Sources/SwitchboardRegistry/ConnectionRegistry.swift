@@ -1,0 +1,112 @@
+public import SwitchboardProtocol
+import Synchronization
+
+/// Which users, rooms and connections are on this gateway (centrifuge's Hub).
+///
+/// Every mutation returns the addresses whose local status it changed, so the
+/// gateway binds on the first local connection or member and unbinds on the last,
+/// and nothing else. The registry only keeps state; it performs no I/O.
+///
+/// Threading: all methods take one lock briefly and may be called from any thread,
+/// event loops included. `Handle` is what the gateway delivers frames through.
+public final class ConnectionRegistry<Handle: Sendable>: Sendable {
+    private let state = Mutex(RegistryState<Handle>())
+
+    public init() {}
+
+    /// Adds a connection of `user`.
+    /// - Returns: `.user(user)` in `becameLocal` when this is the user's first local connection.
+    /// - Precondition: `id` is not registered yet.
+    public func add(_ id: ConnectionID, user: UserID, handle: Handle) -> RegistryChange {
+        state.withLock { $0.add(id, user: user, handle: handle) }
+    }
+
+    /// Removes a connection and every room membership it held.
+    /// - Returns: the user and rooms that have no local connection any more; empty if `id` was unknown.
+    public func remove(_ id: ConnectionID) -> RegistryChange {
+        state.withLock { $0.remove(id) }
+    }
+
+    /// Makes connection `id` a member of `room`.
+    public func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int = .max) -> JoinResult {
+        state.withLock { $0.join(id, room: room, maximumRooms: maximumRooms) }
+    }
+
+    /// Ends the membership of connection `id` in `room`.
+    /// - Returns: `.room(room)` in `noLongerLocal` when `id` was the room's last local member.
+    public func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
+        state.withLock { $0.leave(id, room: room) }
+    }
+
+    /// Whether connection `id` is a member of `room`.
+    public func isMember(_ id: ConnectionID, of room: RoomID) -> Bool {
+        state.withLock { $0.connections[id]?.rooms.contains(room) ?? false }
+    }
+
+    /// Whether `address` has at least one local connection.
+    public func isLocal(_ address: LocalAddress) -> Bool {
+        state.withLock { state in
+            switch address {
+            case .user(let user): state.users[user] != nil
+            case .room(let room): state.rooms[room] != nil
+            }
+        }
+    }
+
+    /// The handles of every local connection of `address`.
+    public func handles(for address: LocalAddress) -> [Handle] {
+        state.withLock { state in
+            let ids: Set<ConnectionID>?
+            switch address {
+            case .user(let user): ids = state.users[user]
+            case .room(let room): ids = state.rooms[room]
+            }
+            guard let ids else { return [] }
+            return ids.compactMap { state.connections[$0]?.handle }
+        }
+    }
+
+    /// The handles of every local connection.
+    public func allHandles() -> [Handle] {
+        state.withLock { $0.connections.values.map(\.handle) }
+    }
+
+    /// Every user and room that is local now.
+    public func localAddresses() -> [LocalAddress] {
+        state.withLock { state in
+            state.users.keys.map(LocalAddress.user) + state.rooms.keys.map(LocalAddress.room)
+        }
+    }
+
+    /// Counts for metrics and tests.
+    public var counts: (connections: Int, users: Int, rooms: Int) {
+        state.withLock { ($0.connections.count, $0.users.count, $0.rooms.count) }
+    }
+}
+
+/// What a registry mutation changed about which addresses are local.
+public struct RegistryChange: Sendable, Equatable {
+    /// Addresses that had no local connection before and have one now.
+    public var becameLocal: [LocalAddress] = []
+    /// Addresses that had a local connection before and have none now.
+    public var noLongerLocal: [LocalAddress] = []
+
+    public init(becameLocal: [LocalAddress] = [], noLongerLocal: [LocalAddress] = []) {
+        self.becameLocal = becameLocal
+        self.noLongerLocal = noLongerLocal
+    }
+
+    public var isEmpty: Bool { becameLocal.isEmpty && noLongerLocal.isEmpty }
+}
+
+/// The answer to ``ConnectionRegistry/join(_:room:maximumRooms:)``.
+public enum JoinResult: Sendable, Equatable {
+    /// Now a member; `roomBecameLocal` when it is the room's first local member.
+    case joined(roomBecameLocal: Bool)
+    /// Was a member already; nothing changed.
+    case alreadyMember
+    /// The connection already holds `maximumRooms` memberships.
+    case tooManyRooms
+    /// No such connection (it closed meanwhile).
+    case unknownConnection
+}

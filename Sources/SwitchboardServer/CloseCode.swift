@@ -1,0 +1,19 @@
+import NIOWebSocket
+
+/// Every WebSocket close code the gateway sends, and why (one table, also in docs/protocol.md).
+enum CloseCode {
+    /// 1000: answer to the client's own close.
+    static let normal = WebSocketErrorCode.normalClosure
+    /// 1002: the client broke RFC 6455 (unmasked frame, reserved bits or opcode, bad fragmentation).
+    static let protocolError = WebSocketErrorCode.protocolError
+    /// 1007: a text message that is not valid UTF-8.
+    static let invalidUTF8 = WebSocketErrorCode.dataInconsistentWithMessage
+    /// 1008: the client stopped reading and its outbound buffer is full (slow consumer).
+    static let slowConsumer = WebSocketErrorCode.policyViolation
+    /// 1009: a frame or fragmented message over the hard frame limit.
+    static let messageTooBig = WebSocketErrorCode.messageTooLarge
+    /// 1011: an unexpected server error.
+    static let internalError = WebSocketErrorCode.unexpectedServerError
+    /// 1013: the backplane could not make the user reachable; reconnect later.
+    static let tryAgainLater = WebSocketErrorCode(codeNumber: 1013)
+}

@@ -1,0 +1,86 @@
+public import Logging
+public import SwitchboardBackplane
+public import SwitchboardProtocol
+import SwitchboardRegistry
+import Synchronization
+
+/// One Switchboard gateway: the local connections (registry), the backplane, and the
+/// bindings that keep the two in step (centrifuge's Node).
+///
+/// It is independent of which backplane it runs on. Sessions call it from their event
+/// loops; the backplane calls ``deliver(_:)`` from its own thread. Nothing here blocks.
+public final class Gateway: Sendable {
+    /// The configuration the gateway was built with.
+    public let configuration: GatewayConfiguration
+    let registry = ConnectionRegistry<SessionHandle>()
+    let backplane: any Backplane
+    let bindings: BindingReconciler
+    let logger: Logger
+    private let draining = Atomic<Bool>(false)
+
+    /// Creates the gateway and installs it as the backplane's delivery handler.
+    public init(configuration: GatewayConfiguration, backplane: any Backplane, logger: Logger) {
+        self.configuration = configuration
+        self.backplane = backplane
+        var logger = logger
+        logger[metadataKey: LoggingKeys.gatewayID] = .string(configuration.gatewayID)
+        self.logger = logger
+        let registry = self.registry
+        self.bindings = BindingReconciler(backplane: backplane) { address in
+            switch address {
+            case .user(let user): registry.isLocal(.user(user))
+            case .room(let room): registry.isLocal(.room(room))
+            case .broadcast: true
+            }
+        }
+        backplane.setDeliveryHandler { [registry] deliveries in
+            Gateway.deliver(deliveries, registry: registry)
+        }
+    }
+
+    /// Ready for new connections: the backplane is connected and the gateway is not draining.
+    public var isReady: Bool {
+        !draining.load(ordering: .relaxed) && backplane.isReady
+    }
+
+    /// Local connection, user and room counts.
+    public var localCounts: (connections: Int, users: Int, rooms: Int) {
+        registry.counts
+    }
+
+    /// Addresses currently bound on the backplane (tests and metrics).
+    public var boundAddressCount: Int { bindings.boundCount }
+
+    /// Whether `user` has a local connection now.
+    public func isLocal(user: UserID) -> Bool { registry.isLocal(.user(user)) }
+
+    /// Whether `room` has a local member now.
+    public func isLocal(room: RoomID) -> Bool { registry.isLocal(.room(room)) }
+
+    /// Hands frames from the backplane to every local connection of their address.
+    static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>) {
+        for delivery in deliveries {
+            let handles: [SessionHandle]
+            switch delivery.address {
+            case .user(let user): handles = registry.handles(for: .user(user))
+            case .room(let room): handles = registry.handles(for: .room(room))
+            case .broadcast: handles = registry.allHandles()
+            }
+            for handle in handles { handle.deliver(delivery.frame) }
+        }
+    }
+
+    /// Releases the bindings of addresses that a registry change made non-local.
+    func apply(_ change: RegistryChange) {
+        for address in change.noLongerLocal {
+            bindings.release(Self.backplaneAddress(address))
+        }
+    }
+
+    static func backplaneAddress(_ address: LocalAddress) -> BackplaneAddress {
+        switch address {
+        case .user(let user): .user(user)
+        case .room(let room): .room(room)
+        }
+    }
+}

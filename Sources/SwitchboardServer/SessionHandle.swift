@@ -1,0 +1,29 @@
+import NIOCore
+import SwitchboardRegistry
+
+/// How the rest of the gateway reaches one session: any thread may call it, and the
+/// call runs on the session's event loop.
+struct SessionHandle: Sendable {
+    let connectionID: ConnectionID
+    private let session: NIOLoopBound<SessionHandler>
+
+    init(connectionID: ConnectionID, session: SessionHandler, eventLoop: any EventLoop) {
+        self.connectionID = connectionID
+        self.session = NIOLoopBound(session, eventLoop: eventLoop)
+    }
+
+    /// Runs `body` with the session on its event loop: inline when already there.
+    func withSession(_ body: @escaping @Sendable (SessionHandler) -> Void) {
+        let session = self.session
+        if session.eventLoop.inEventLoop {
+            body(session.value)
+        } else {
+            session.eventLoop.execute { body(session.value) }
+        }
+    }
+
+    /// Writes an already-encoded text frame to the client.
+    func deliver(_ frame: ByteBuffer) {
+        withSession { $0.send(frame) }
+    }
+}

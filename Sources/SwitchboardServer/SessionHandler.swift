@@ -1,0 +1,391 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+import SwitchboardBackplane
+import SwitchboardProtocol
+import SwitchboardRegistry
+
+/// One client WebSocket after the upgrade: reads frames, speaks wire protocol v1, and
+/// writes what the gateway delivers (centrifuge's Client).
+///
+/// A plain NIO channel handler rather than an async task per connection: an idle
+/// connection then costs only its channel, its pipeline and this object (see
+/// docs/benchmarks.md). Everything runs on the channel's event loop; other threads
+/// reach it through ``SessionHandle``.
+final class SessionHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private enum Phase {
+        /// Waiting for the user's binding; frames are held until `welcome` is out.
+        case connecting(held: [WebSocketFrame])
+        case open
+        /// A close frame was sent or the channel closed; nothing more is written.
+        case closed
+    }
+
+    /// A message being received in several frames.
+    private enum Fragments {
+        case none
+        case text(ByteBuffer)
+        case binary(size: Int)
+        /// Past the message size limit: discard until the final fragment, then answer `too_large`.
+        case discarding(size: Int)
+    }
+
+    let connectionID: ConnectionID
+    let user: UserID
+    private let gateway: Gateway
+    private var context: ChannelHandlerContext?
+    private var phase: Phase = .connecting(held: [])
+    private var fragments: Fragments = .none
+    private var isReading = false
+    private var needsFlush = false
+
+    init(connectionID: ConnectionID, user: UserID, gateway: Gateway) {
+        self.connectionID = connectionID
+        self.user = user
+        self.gateway = gateway
+    }
+
+    private var handle: SessionHandle? {
+        context.map { SessionHandle(connectionID: connectionID, session: self, eventLoop: $0.eventLoop) }
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let handle = SessionHandle(connectionID: connectionID, session: self, eventLoop: context.eventLoop)
+        let change = gateway.registry.add(connectionID, user: user, handle: handle)
+        if !change.becameLocal.isEmpty {
+            gateway.logger.trace("user became local", metadata: [LoggingKeys.userID: "\(user)"])
+        }
+        gateway.bindings.ensureBound(.user(user)) { result in
+            handle.withSession { $0.userBindingCompleted(result) }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        sessionEnded()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        sessionEnded()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        gateway.logger.debug(
+            "connection error",
+            metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.errorType: "\(error)"]
+        )
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch phase {
+        case .connecting(var held):
+            held.append(frame)
+            phase = .connecting(held: held)
+        case .open:
+            isReading = true
+            handle(frame)
+            isReading = false
+        case .closed:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if needsFlush {
+            needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    private var hasEnded = false
+
+    /// Leaves every room and the registry exactly once, whichever event comes first.
+    private func sessionEnded() {
+        guard !hasEnded else { return }
+        hasEnded = true
+        phase = .closed
+        let change = gateway.registry.remove(connectionID)
+        gateway.apply(change)
+    }
+
+    private func userBindingCompleted(_ result: Result<Void, BackplaneError>) {
+        guard case .connecting(let held) = phase, let context else { return }
+        switch result {
+        case .success:
+            phase = .open
+            write(ServerFrame.welcome(user: user, gateway: gateway.configuration.gatewayID))
+            isReading = true
+            for frame in held { handle(frame) }
+            isReading = false
+            if needsFlush {
+                needsFlush = false
+                context.flush()
+            }
+        case .failure(let error):
+            gateway.logger.warning(
+                "could not bind user on the backplane; closing",
+                metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)", LoggingKeys.errorType: "\(error)"]
+            )
+            phase = .open
+            write(ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane cannot reach this user now")))
+            close(code: CloseCode.tryAgainLater)
+        }
+    }
+
+    // MARK: WebSocket frames (RFC 6455)
+
+    private func handle(_ frame: WebSocketFrame) {
+        guard case .open = phase else { return }
+        // RFC 6455 5.1 and 5.2: client frames are masked; no extension is negotiated, so RSV bits are 0.
+        guard frame.maskKey != nil else { return close(code: CloseCode.protocolError) }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return close(code: CloseCode.protocolError) }
+        let configuration = gateway.configuration
+
+        switch frame.opcode {
+        case .text, .binary:
+            guard case .none = fragments else { return close(code: CloseCode.protocolError) }
+            let isText = frame.opcode == .text
+            if frame.fin {
+                if frame.length > configuration.maximumMessageSize {
+                    reject(ProtocolError(.tooLarge, tooLargeMessage))
+                } else if isText {
+                    handleText(frame.unmaskedData)
+                } else {
+                    rejectBinary()
+                }
+            } else if frame.length > configuration.maximumMessageSize {
+                fragments = .discarding(size: frame.length)
+            } else {
+                fragments = isText ? .text(frame.unmaskedData) : .binary(size: frame.length)
+            }
+
+        case .continuation:
+            let total: Int
+            switch fragments {
+            case .none: return close(code: CloseCode.protocolError)
+            case .text(var buffer):
+                total = buffer.readableBytes + frame.length
+                if total > configuration.maximumMessageSize {
+                    fragments = .discarding(size: total)
+                } else {
+                    var data = frame.unmaskedData
+                    buffer.writeBuffer(&data)
+                    fragments = .text(buffer)
+                }
+            case .binary(let size):
+                total = size + frame.length
+                fragments = total > configuration.maximumMessageSize ? .discarding(size: total) : .binary(size: total)
+            case .discarding(let size):
+                total = size + frame.length
+                fragments = .discarding(size: total)
+            }
+            if total > configuration.maximumFrameSize { return close(code: CloseCode.messageTooBig) }
+            guard frame.fin else { return }
+            let completed = fragments
+            fragments = .none
+            switch completed {
+            case .text(let buffer): handleText(buffer)
+            case .binary: rejectBinary()
+            case .discarding: reject(ProtocolError(.tooLarge, tooLargeMessage))
+            case .none: break
+            }
+
+        case .ping:
+            writeFrame(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData))
+
+        case .pong:
+            break
+
+        case .connectionClose:
+            answerClose(frame.unmaskedData)
+
+        default:
+            close(code: CloseCode.protocolError)
+        }
+    }
+
+    private var tooLargeMessage: String {
+        "messages are limited to \(gateway.configuration.maximumMessageSize) bytes"
+    }
+
+    private func rejectBinary() {
+        reject(ProtocolError(.invalidMessage, "binary frames are not supported; send JSON text frames"))
+    }
+
+    /// Answers the client's close frame with the same code (RFC 6455 5.5.1) and closes.
+    private func answerClose(_ payload: ByteBuffer) {
+        var payload = payload
+        guard payload.readableBytes != 1 else { return close(code: CloseCode.protocolError) }
+        guard let code = payload.readInteger(as: UInt16.self) else { return close(code: CloseCode.normal) }
+        guard Self.isValidCloseCode(code),
+            String(validating: payload.readableBytesView, as: UTF8.self) != nil
+        else { return close(code: CloseCode.protocolError) }
+        close(code: CloseCode.normal)
+    }
+
+    /// Close codes a peer may send (RFC 6455 7.4).
+    static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 1012...1014: true
+        case 3000...4999: true
+        default: false
+        }
+    }
+
+    // MARK: Wire protocol v1
+
+    private func handleText(_ message: ByteBuffer) {
+        let bytes = Array(message.readableBytesView)
+        guard String(validating: bytes, as: UTF8.self) != nil else {
+            return close(code: CloseCode.invalidUTF8)
+        }
+        switch ClientFrame.decode(message) {
+        case .failure(let error):
+            reject(error)
+        case .success(let frame):
+            handle(frame)
+        }
+    }
+
+    private func handle(_ frame: ClientFrame) {
+        switch frame {
+        case .ping(let id):
+            write(ServerFrame.pong(correlationID: id))
+
+        case .direct(let recipient, let data, let id):
+            let encoded = ServerFrame.direct(from: user, to: recipient, data: data)
+            publish(encoded, to: .user(recipient), correlationID: id, noRecipient: .recipientOffline)
+
+        case .publish(let room, let data, let id):
+            guard gateway.registry.isMember(connectionID, of: room) else {
+                return reject(ProtocolError(.notMember, "join the room before publishing to it", correlationID: id))
+            }
+            let encoded = ServerFrame.room(room, from: user, data: data)
+            publish(encoded, to: .room(room), correlationID: id, noRecipient: nil)
+
+        case .join(let room, let id):
+            join(room, correlationID: id)
+
+        case .leave(let room, let id):
+            gateway.apply(gateway.registry.leave(connectionID, room: room))
+            write(ServerFrame.ack(correlationID: id))
+        }
+    }
+
+    private func join(_ room: RoomID, correlationID: CorrelationID?) {
+        let maximum = gateway.configuration.maximumRoomsPerConnection
+        switch gateway.registry.join(connectionID, room: room, maximumRooms: maximum) {
+        case .tooManyRooms:
+            return reject(ProtocolError(.forbidden, "a connection may be in at most \(maximum) rooms", correlationID: correlationID))
+        case .unknownConnection:
+            return
+        case .joined, .alreadyMember:
+            break
+        }
+        guard let handle else { return }
+        let connectionID = self.connectionID
+        let gateway = self.gateway
+        gateway.bindings.ensureBound(.room(room)) { result in
+            handle.withSession { session in
+                switch result {
+                case .success:
+                    session.write(ServerFrame.ack(correlationID: correlationID))
+                case .failure:
+                    // Undo the membership: the room is not reachable through this gateway.
+                    gateway.apply(gateway.registry.leave(connectionID, room: room))
+                    session.reject(ProtocolError(.backplaneUnavailable, "the backplane cannot bind the room now", correlationID: correlationID))
+                }
+            }
+        }
+    }
+
+    private func publish(_ frame: ByteBuffer, to address: BackplaneAddress, correlationID: CorrelationID?, noRecipient: ErrorCode?) {
+        guard let handle else { return }
+        let logger = gateway.logger
+        let connectionID = self.connectionID
+        gateway.backplane.publish(frame, to: address) { result in
+            let reply: ByteBuffer
+            switch result {
+            case .success(.noRecipient) where noRecipient != nil:
+                reply = ServerFrame.error(ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID))
+            case .success:
+                reply = ServerFrame.ack(correlationID: correlationID)
+            case .failure(let error) where error.code == .unavailable || error.code == .closed:
+                reply = ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID))
+            case .failure(let error):
+                logger.error("publish failed", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.errorType: "\(error)"])
+                reply = ServerFrame.error(ProtocolError(.internal, "the message could not be sent", correlationID: correlationID))
+            }
+            handle.withSession { $0.write(reply) }
+        }
+    }
+
+    private func reject(_ error: ProtocolError) {
+        write(ServerFrame.error(error))
+    }
+
+    // MARK: Writing
+
+    /// Writes a frame delivered by the gateway (another session's message).
+    func send(_ frame: ByteBuffer) {
+        write(frame)
+    }
+
+    private func write(_ text: ByteBuffer) {
+        writeFrame(WebSocketFrame(fin: true, opcode: .text, data: text))
+    }
+
+    private func writeFrame(_ frame: WebSocketFrame) {
+        guard let context, case .open = phase else { return }
+        guard context.channel.isWritable else {
+            gateway.logger.info(
+                "slow consumer: outbound buffer full, closing",
+                metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"]
+            )
+            return close(code: CloseCode.slowConsumer)
+        }
+        context.write(wrapOutboundOut(frame), promise: nil)
+        if isReading {
+            needsFlush = true
+        } else {
+            context.flush()
+        }
+    }
+
+    /// How long a close frame may take to reach a client before the socket is closed anyway.
+    static let closeFrameTimeout = TimeAmount.seconds(2)
+
+    /// Sends a close frame with `code`, then closes the connection once it is written
+    /// (or after ``closeFrameTimeout``, for a client that does not read).
+    func close(code: WebSocketErrorCode) {
+        guard let context, case .open = phase else { return }
+        phase = .closed
+        var payload = context.channel.allocator.buffer(capacity: 2)
+        payload.write(webSocketErrorCode: code)
+        let channel = context.channel
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+        if code == CloseCode.slowConsumer {
+            // It does not read, so the close frame cannot get through behind the full buffer.
+            channel.close(promise: nil)
+        } else {
+            context.eventLoop.scheduleTask(in: Self.closeFrameTimeout) { channel.close(promise: nil) }
+        }
+        sessionEnded()
+    }
+}
+
+@available(*, unavailable)
+extension SessionHandler: Sendable {}

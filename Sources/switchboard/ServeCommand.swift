@@ -1,0 +1,167 @@
+public import ArgumentParser
+import Foundation
+import Hummingbird
+public import Logging
+import ServiceLifecycle
+import UnixSignals
+import SwitchboardBackplane
+import SwitchboardServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `switchboard serve`: flags → ``GatewayConfiguration`` and a backplane → ``buildGateway``.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run a gateway."
+    )
+
+    @Option(help: "Address to listen on (0.0.0.0 to accept from other hosts).")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on.")
+    var port = 8080
+
+    @Option(help: "Backplane URL: 'memory' (one gateway, the default).")
+    var backplane = "memory"
+
+    @Option(help: "How clients authenticate: 'none' (development only: the user id comes from ?user=).")
+    var auth: AuthOption
+
+    @Option(help: "This gateway's id, shown in welcome frames; default: the host name.")
+    var gatewayID: String?
+
+    @Option(help: "Largest client message in bytes; larger ones get too_large.")
+    var maxMessageSize = 64 * 1024
+
+    @Option(help: "Bytes queued for a client before it is closed as a slow consumer (1008).")
+    var maxOutboundBytes = 1024 * 1024
+
+    @Option(help: "Rooms one connection may be in at once.")
+    var maxRoomsPerConnection = 100
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1…65535") }
+        guard maxMessageSize >= 64 else { throw ValidationError("--max-message-size must be at least 64") }
+        guard maxOutboundBytes >= 1024 else { throw ValidationError("--max-outbound-bytes must be at least 1024") }
+        guard maxRoomsPerConnection >= 1 else { throw ValidationError("--max-rooms-per-connection must be at least 1") }
+        if let gatewayID { try ValidateGatewayID.check(gatewayID) }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = logLevel
+            return handler
+        }
+        let logger = Logger(label: "switchboard")
+        let raised = FileDescriptorLimit.raiseToHardLimit()
+        let configuration = GatewayConfiguration(
+            gatewayID: gatewayID ?? FileDescriptorLimit.hostName(),
+            host: host,
+            port: port,
+            auth: auth.mode,
+            maximumMessageSize: maxMessageSize,
+            maximumOutboundBytes: maxOutboundBytes,
+            maximumRoomsPerConnection: maxRoomsPerConnection
+        )
+        let backplane = try BackplaneURL.make(backplane)
+        if auth == .none {
+            logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
+        }
+        let (application, _) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
+        logger.info(
+            "starting gateway",
+            metadata: [
+                "switchboard.gateway.id": .string(configuration.gatewayID),
+                "address": .string("\(host):\(port)"),
+                "backplane": .string(BackplaneURL.redacted(self.backplane)),
+                "open_files_limit": .stringConvertible(raised),
+            ]
+        )
+        try await application.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+    }
+}
+
+/// The values of `--auth`.
+enum AuthOption: String, ExpressibleByArgument, CaseIterable {
+    case none
+
+    var mode: AuthenticationMode {
+        switch self {
+        case .none: .none
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Checks `--gateway-id`: it names a queue and appears in frames.
+enum ValidateGatewayID {
+    static func check(_ id: String) throws {
+        let allowed = id.utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+                || byte == UInt8(ascii: ".")
+        }
+        guard !id.isEmpty, id.utf8.count <= 64, allowed else {
+            throw ValidationError("--gateway-id must be 1…64 characters of [A-Za-z0-9._-]")
+        }
+    }
+}
+
+/// Picks the backplane from `--backplane`.
+enum BackplaneURL {
+    static func make(_ url: String) throws -> any Backplane {
+        if url == "memory" || url == "memory://" {
+            return InMemoryBackplane()
+        }
+        let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
+        throw ValidationError(
+            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): this build supports 'memory'"
+        )
+    }
+
+    /// The URL without its password, for logs and errors.
+    static func redacted(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
+        let credentials = url[schemeEnd.upperBound..<at]
+        guard let colon = credentials.firstIndex(of: ":") else { return url }
+        return String(url[..<colon]) + ":***" + String(url[at...])
+    }
+}
+
+/// Process limits the gateway adjusts at start-up.
+enum FileDescriptorLimit {
+    /// Raises the soft open-file limit to the hard one (each connection is a file).
+    /// - Returns: the soft limit in force afterwards.
+    static func raiseToHardLimit() -> UInt64 {
+        #if canImport(Glibc)
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return UInt64(limit.rlim_cur)
+        #else
+        return 0
+        #endif
+    }
+
+    static func hostName() -> String {
+        #if canImport(Glibc)
+        var name = [CChar](repeating: 0, count: 256)
+        guard gethostname(&name, name.count) == 0 else { return "gateway" }
+        let host = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return (try? ValidateGatewayID.check(host)) != nil ? host : "gateway"
+        #else
+        return "gateway"
+        #endif
+    }
+}

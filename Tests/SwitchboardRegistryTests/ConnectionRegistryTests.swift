@@ -1,0 +1,60 @@
+import SwitchboardProtocol
+import SwitchboardRegistry
+import Testing
+
+@Suite("Connection registry")
+struct ConnectionRegistryTests {
+    let alice = try! UserID(validating: "alice")
+    let lobby = try! RoomID(validating: "lobby")
+    let games = try! RoomID(validating: "games")
+
+    @Test("a user becomes local on the first connection and stops on the last")
+    func userTransitions() {
+        let registry = ConnectionRegistry<String>()
+        let one = ConnectionID.next()
+        let two = ConnectionID.next()
+        #expect(registry.add(one, user: alice, handle: "1") == RegistryChange(becameLocal: [.user(alice)]))
+        #expect(registry.add(two, user: alice, handle: "2").isEmpty)
+        #expect(Set(registry.handles(for: .user(alice))) == ["1", "2"])
+        #expect(registry.remove(one).isEmpty)
+        #expect(registry.isLocal(.user(alice)))
+        #expect(registry.remove(two) == RegistryChange(noLongerLocal: [.user(alice)]))
+        #expect(!registry.isLocal(.user(alice)))
+        #expect(registry.remove(two).isEmpty)
+    }
+
+    @Test("rooms follow their members; closing a connection leaves every room")
+    func roomTransitions() {
+        let registry = ConnectionRegistry<Int>()
+        let one = ConnectionID.next()
+        let two = ConnectionID.next()
+        _ = registry.add(one, user: alice, handle: 1)
+        _ = registry.add(two, user: try! UserID(validating: "bob"), handle: 2)
+        #expect(registry.join(one, room: lobby) == .joined(roomBecameLocal: true))
+        #expect(registry.join(one, room: lobby) == .alreadyMember)
+        #expect(registry.join(one, room: games) == .joined(roomBecameLocal: true))
+        #expect(registry.join(two, room: lobby) == .joined(roomBecameLocal: false))
+        #expect(registry.isMember(one, of: games))
+        #expect(!registry.isMember(two, of: games))
+        #expect(Set(registry.handles(for: .room(lobby))) == [1, 2])
+
+        let change = registry.remove(one)
+        #expect(Set(change.noLongerLocal) == [.user(alice), .room(games)])
+        #expect(registry.isLocal(.room(lobby)))
+        #expect(registry.handles(for: .room(lobby)) == [2])
+        #expect(registry.leave(two, room: lobby) == RegistryChange(noLongerLocal: [.room(lobby)]))
+        #expect(registry.leave(two, room: lobby).isEmpty)
+        #expect(registry.counts == (1, 1, 0))
+    }
+
+    @Test("the room limit per connection holds and unknown connections cannot join")
+    func limits() {
+        let registry = ConnectionRegistry<Int>()
+        let one = ConnectionID.next()
+        _ = registry.add(one, user: alice, handle: 1)
+        #expect(registry.join(one, room: lobby, maximumRooms: 1) == .joined(roomBecameLocal: true))
+        #expect(registry.join(one, room: games, maximumRooms: 1) == .tooManyRooms)
+        #expect(registry.join(ConnectionID.next(), room: games) == .unknownConnection)
+        #expect(!registry.isLocal(.room(games)))
+    }
+}
