@@ -136,6 +136,8 @@ final class ClientFrameHandler: ChannelInboundHandler {
         case .ping:
             let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
             context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .pong:
+            events.yield(.pong(frame.unmaskedData))
         case .connectionClose:
             var data = frame.unmaskedData
             events.yield(.close(code: data.readInteger(as: UInt16.self)))

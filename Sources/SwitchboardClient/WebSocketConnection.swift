@@ -16,6 +16,8 @@ public final class WebSocketConnection: Sendable {
     public enum Event: Sendable {
         case text(String)
         case binary(ByteBuffer)
+        /// A pong frame (answers to pings the client sent).
+        case pong(ByteBuffer)
         /// The server sent a close frame with this code (nil when it had no payload).
         case close(code: UInt16?)
     }

@@ -2,7 +2,7 @@ import NIOWebSocket
 
 /// Every WebSocket close code the gateway sends, and why (one table, also in docs/protocol.md).
 enum CloseCode {
-    /// 1000: answer to the client's own close.
+    /// 1000: answer to a client's close frame that had no code (one with a code gets it echoed).
     static let normal = WebSocketErrorCode.normalClosure
     /// 1002: the client broke RFC 6455 (unmasked frame, reserved bits or opcode, bad fragmentation).
     static let protocolError = WebSocketErrorCode.protocolError

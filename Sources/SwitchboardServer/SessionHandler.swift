@@ -76,6 +76,15 @@ final class SessionHandler: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Hummingbird allows half-closure; a WebSocket client that sent FIN is gone.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         gateway.logger.debug(
             "connection error",
@@ -222,7 +231,7 @@ final class SessionHandler: ChannelInboundHandler {
         reject(ProtocolError(.invalidMessage, "binary frames are not supported; send JSON text frames"))
     }
 
-    /// Answers the client's close frame with the same code (RFC 6455 5.5.1) and closes.
+    /// Answers the client's close frame by echoing its code (RFC 6455 5.5.1) and closes.
     private func answerClose(_ payload: ByteBuffer) {
         var payload = payload
         guard payload.readableBytes != 1 else { return close(code: CloseCode.protocolError) }
@@ -230,7 +239,7 @@ final class SessionHandler: ChannelInboundHandler {
         guard Self.isValidCloseCode(code),
             String(validating: payload.readableBytesView, as: UTF8.self) != nil
         else { return close(code: CloseCode.protocolError) }
-        close(code: CloseCode.normal)
+        close(code: WebSocketErrorCode(codeNumber: Int(code)))
     }
 
     /// Close codes a peer may send (RFC 6455 7.4).
