@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Switchboard needs on Debian, and nothing twice.
+# The Swift toolchain (6.2 or later) must already be on PATH: Debian does not package it.
+set -euo pipefail
+
+# Debian packages the build, the tests or the runtime use. Extend this list when a
+# target gains a system dependency; CI installs from it on a fresh machine.
+PACKAGES=(
+    curl            # health probes in scripts
+    procps          # ps/kill in scripts
+)
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "error: swift is not on PATH. Install a Swift 6.2+ toolchain (https://swift.org/install) and retry." >&2
+    exit 1
+fi
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
