@@ -68,6 +68,35 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // rabbitmq-c (Debian librabbitmq-dev), seen only by AMQPClient.
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        // A small AMQP 0-9-1 client over rabbitmq-c: one owner thread per connection. Knows nothing of Switchboard.
+        .target(
+            name: "AMQPClient",
+            dependencies: [
+                "CRabbitMQ",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The RabbitMQ backplane: topology, routed bindings, confirms -> PublishOutcome.
+        .target(
+            name: "SwitchboardRabbitMQ",
+            dependencies: [
+                "AMQPClient",
+                "SwitchboardBackplane",
+                "SwitchboardProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A WebSocket client for Switchboard (tests and `switchboard bench` use it).
         .target(
             name: "SwitchboardClient",
@@ -84,6 +113,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardBackplane",
+                "SwitchboardRabbitMQ",
                 "SwitchboardClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -4,7 +4,9 @@ import Hummingbird
 public import Logging
 import ServiceLifecycle
 import UnixSignals
+import AMQPClient
 import SwitchboardBackplane
+import SwitchboardRabbitMQ
 import SwitchboardServer
 
 #if canImport(Glibc)
@@ -24,7 +26,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on.")
     var port = 8080
 
-    @Option(help: "Backplane URL: 'memory' (one gateway, the default).")
+    @Option(help: "Backplane URL: 'memory' (one gateway, the default) or amqp://user:pass@host:5672/vhost (amqps:// for TLS).")
     var backplane = "memory"
 
     @Option(help: "How clients authenticate: 'none' (development only: the user id comes from ?user=).")
@@ -70,7 +72,7 @@ struct ServeCommand: AsyncParsableCommand {
             maximumOutboundBytes: maxOutboundBytes,
             maximumRoomsPerConnection: maxRoomsPerConnection
         )
-        let backplane = try BackplaneURL.make(backplane)
+        let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
@@ -117,13 +119,21 @@ enum ValidateGatewayID {
 
 /// Picks the backplane from `--backplane`.
 enum BackplaneURL {
-    static func make(_ url: String) throws -> any Backplane {
+    static func make(_ url: String, gatewayID: String, logger: Logger) throws -> any Backplane {
         if url == "memory" || url == "memory://" {
             return InMemoryBackplane()
         }
+        if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
+            do {
+                let amqp = try AMQPConfiguration(url: url)
+                return RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID), logger: logger)
+            } catch {
+                throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
+            }
+        }
         let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
         throw ValidationError(
-            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): this build supports 'memory'"
+            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): use 'memory', amqp:// or amqps://"
         )
     }
 

@@ -61,14 +61,21 @@ struct ServeCommandTests {
         #expect(log.contains("--auth none"), "the development-mode warning is logged")
     }
 
-    @Test("an unsupported backplane or a missing --auth fails at once with a clear message")
+    @Test("an unsupported or malformed backplane URL, or a missing --auth, fails at once with a clear message")
     func badFlags() async throws {
-        let (amqp, amqpOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "amqp://guest:secret@127.0.0.1:5672/"])
+        let (amqp, amqpOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "kafka://guest:secret@127.0.0.1:5672/"])
         amqp.waitUntilExit()
         let amqpLog = String(decoding: amqpOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(amqp.terminationStatus != 0)
         #expect(amqpLog.contains("unsupported backplane"))
         #expect(!amqpLog.contains("secret"), "the password is never printed")
+
+        let (badAMQP, badAMQPOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "amqp://guest:secret@127.0.0.1:99999/"])
+        badAMQP.waitUntilExit()
+        let badAMQPLog = String(decoding: badAMQPOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(badAMQP.terminationStatus != 0)
+        #expect(badAMQPLog.contains("invalid port"))
+        #expect(!badAMQPLog.contains("secret"))
 
         let (noAuth, noAuthOutput) = try Self.run(["serve", "--port", "1"])
         noAuth.waitUntilExit()

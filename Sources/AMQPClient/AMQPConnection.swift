@@ -1,0 +1,263 @@
+private import CRabbitMQ
+import Foundation
+public import Logging
+public import NIOCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One AMQP 0-9-1 connection to a broker, owned by a thread of its own, that reconnects
+/// with backoff until it is shut down.
+///
+/// rabbitmq-c connections are not thread-safe, so every library call happens on the
+/// connection's thread: a `poll()` loop over the socket and a wake `eventfd`, which
+/// drains a locked command queue, reads frames (servicing heartbeats), and calls back.
+/// Nothing here runs on a NIO event loop or in the Swift concurrency pool, and no
+/// method of this type blocks: each enqueues and returns.
+///
+/// Channels: channel 1 carries publishes and consumers; channel 2 carries bindings, so a
+/// failed binding cannot take the consumer down with it.
+///
+/// After each (re)connect the `setUp` closure runs on the connection thread with an
+/// ``AMQPSetup``, where synchronous declarations are allowed. Commands issued while the
+/// connection is not open fail at once with `notConnected`; commands in flight when it
+/// drops fail with `connectionLost`. Nothing is silently dropped.
+public final class AMQPConnection: Sendable {
+    public typealias PublishCompletion = @Sendable (Result<AMQPPublishOutcome, AMQPError>) -> Void
+    public typealias Completion = @Sendable (Result<Void, AMQPError>) -> Void
+
+    /// How the connection backs off between attempts.
+    public struct Backoff: Sendable {
+        public var initial: Duration
+        public var maximum: Duration
+
+        public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(5)) {
+            self.initial = initial
+            self.maximum = maximum
+        }
+    }
+
+    let shared: AMQPConnectionShared
+    private let configuration: AMQPConfiguration
+    private let name: String
+    private let logger: Logger
+    private let backoff: Backoff
+    private let maximumUnconfirmed: Int
+    private let setUp: @Sendable (AMQPSetup) throws(AMQPError) -> Void
+    private let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
+    private let onStateChange: @Sendable (AMQPConnectionState) -> Void
+
+    /// - Parameters:
+    ///   - configuration: Broker address and credentials.
+    ///   - name: Names the thread and appears in logs.
+    ///   - logger: Where the connection logs (never the password).
+    ///   - backoff: Delay between reconnect attempts, doubled up to `maximum`, with jitter.
+    ///   - maximumUnconfirmed: Publishes awaiting a confirm before further ones wait (the sliding window).
+    ///   - setUp: Runs on the connection thread after every successful login.
+    ///   - onDeliveries: Receives consumed messages in batches, on the connection thread. Must not block.
+    ///   - onStateChange: Told about every state change, on the connection thread. Must not block.
+    public init(
+        configuration: AMQPConfiguration,
+        name: String,
+        logger: Logger,
+        backoff: Backoff = Backoff(),
+        maximumUnconfirmed: Int = 1000,
+        setUp: @escaping @Sendable (AMQPSetup) throws(AMQPError) -> Void,
+        onDeliveries: @escaping @Sendable ([AMQPDelivery]) -> Void = { _ in },
+        onStateChange: @escaping @Sendable (AMQPConnectionState) -> Void = { _ in }
+    ) {
+        self.shared = AMQPConnectionShared()
+        self.configuration = configuration
+        self.name = name
+        var logger = logger
+        logger[metadataKey: "amqp.connection"] = .string(name)
+        self.logger = logger
+        self.backoff = backoff
+        self.maximumUnconfirmed = maximumUnconfirmed
+        self.setUp = setUp
+        self.onDeliveries = onDeliveries
+        self.onStateChange = onStateChange
+    }
+
+    /// Whether the connection is open and set up now.
+    public var isOpen: Bool { shared.phase == .open }
+
+    /// Starts the connection thread; it connects at once. Call once.
+    public func start() {
+        let context = AMQPConnectionThread.Context(
+            configuration: configuration,
+            logger: logger,
+            backoff: backoff,
+            maximumUnconfirmed: maximumUnconfirmed,
+            setUp: setUp,
+            onDeliveries: onDeliveries,
+            onStateChange: onStateChange,
+            shared: shared
+        )
+        let thread = Thread {
+            AMQPConnectionThread(context: context).run()
+        }
+        thread.name = "amqp-\(name)"
+        shared.markStarted()
+        thread.start()
+    }
+
+    /// Closes the connection and waits for its thread to finish; pending operations fail with `shutDown`.
+    public func shutdown() async {
+        await withCheckedContinuation { continuation in
+            shared.requestStop(continuation)
+        }
+    }
+
+    /// Publishes `body` to `exchange` with `routingKey` on channel 1.
+    ///
+    /// With confirms on (``AMQPSetup/enableConfirms()``), the completion runs when the
+    /// broker confirms: `.confirmed`, or `.returned` when `mandatory` is set and no queue
+    /// was bound. Many publishes may await their confirms at once (up to `maximumUnconfirmed`).
+    public func publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, completion: @escaping PublishCompletion) {
+        enqueue(.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, completion: completion)) {
+            completion(.failure($0))
+        }
+    }
+
+    /// Binds `queue` to `exchange` with `routingKey` on channel 2. Consecutive binds are sent
+    /// no-wait with one synchronous bind as a fence; the completion runs after the fence's reply.
+    public func bind(queue: String, exchange: String, routingKey: String, completion: @escaping Completion) {
+        enqueue(.bind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion)) {
+            completion(.failure($0))
+        }
+    }
+
+    /// Unbinds on channel 2; unbinds are pipelined (sent without waiting for earlier replies).
+    public func unbind(queue: String, exchange: String, routingKey: String, completion: @escaping Completion) {
+        enqueue(.unbind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion)) {
+            completion(.failure($0))
+        }
+    }
+
+    private func enqueue(_ command: AMQPCommand, failure: (AMQPError) -> Void) {
+        if let error = shared.enqueue(command) {
+            failure(error)
+        }
+    }
+}
+
+/// State shared between the public API and the connection thread, behind one lock.
+final class AMQPConnectionShared: Sendable {
+    enum Phase: Equatable {
+        case connecting, open, closed
+    }
+
+    private struct State {
+        var phase: Phase = .connecting
+        var commands: [AMQPCommand] = []
+        var stopRequested = false
+        var stopWaiters: [CheckedContinuation<Void, Never>] = []
+        var started = false
+        var threadExited = false
+    }
+
+    private let state = Mutex(State())
+    /// An eventfd the thread polls beside the socket; writing to it wakes the thread.
+    let wakeDescriptor: Int32
+
+    init() {
+        wakeDescriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+    }
+
+    deinit {
+        close(wakeDescriptor)
+    }
+
+    var phase: Phase { state.withLock { $0.phase } }
+
+    var stopRequested: Bool { state.withLock { $0.stopRequested } }
+
+    var hasCommands: Bool { state.withLock { !$0.commands.isEmpty } }
+
+    func setPhase(_ phase: Phase) {
+        state.withLock { $0.phase = phase }
+    }
+
+    /// Queues `command` for the thread, or returns why it cannot be sent now.
+    func enqueue(_ command: AMQPCommand) -> AMQPError? {
+        let error: AMQPError? = state.withLock { state in
+            switch state.phase {
+            case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
+            case .connecting: return AMQPError(.notConnected, "the AMQP connection is not open")
+            case .open:
+                state.commands.append(command)
+                return nil
+            }
+        }
+        if error == nil { wake() }
+        return error
+    }
+
+    func takeCommands() -> [AMQPCommand] {
+        state.withLock { state in
+            defer { state.commands.removeAll(keepingCapacity: true) }
+            return state.commands
+        }
+    }
+
+    func markStarted() {
+        state.withLock { $0.started = true }
+    }
+
+    func requestStop(_ waiter: CheckedContinuation<Void, Never>) {
+        let noThread: Bool = state.withLock { state in
+            state.stopRequested = true
+            if !state.started || state.threadExited {
+                state.phase = .closed
+                return true
+            }
+            state.stopWaiters.append(waiter)
+            return false
+        }
+        if noThread {
+            waiter.resume()
+        } else {
+            wake()
+        }
+    }
+
+    /// Called by the thread as it exits.
+    func finished() -> (commands: [AMQPCommand], waiters: [CheckedContinuation<Void, Never>]) {
+        state.withLock { state in
+            state.phase = .closed
+            state.threadExited = true
+            defer {
+                state.commands = []
+                state.stopWaiters = []
+            }
+            return (state.commands, state.stopWaiters)
+        }
+    }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeDescriptor, &one, MemoryLayout<UInt64>.size)
+    }
+
+    func drainWake() {
+        var value: UInt64 = 0
+        _ = read(wakeDescriptor, &value, MemoryLayout<UInt64>.size)
+    }
+}
+
+/// Work for the connection thread.
+enum AMQPCommand {
+    case publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, completion: AMQPConnection.PublishCompletion)
+    case bind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
+    case unbind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
+
+    func fail(_ error: AMQPError) {
+        switch self {
+        case .publish(_, _, _, _, let completion): completion(.failure(error))
+        case .bind(_, _, _, let completion), .unbind(_, _, _, let completion): completion(.failure(error))
+        }
+    }
+}

@@ -1,0 +1,411 @@
+private import CRabbitMQ
+import Foundation
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The owner of one rabbitmq-c connection: everything in here runs on that connection's
+/// thread, so no state in it is shared (it is deliberately not `Sendable`).
+final class AMQPConnectionThread {
+    /// What the thread is given when it starts; all of it is `Sendable`.
+    struct Context: Sendable {
+        let configuration: AMQPConfiguration
+        let logger: Logger
+        let backoff: AMQPConnection.Backoff
+        let maximumUnconfirmed: Int
+        let setUp: @Sendable (AMQPSetup) throws(AMQPError) -> Void
+        let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
+        let onStateChange: @Sendable (AMQPConnectionState) -> Void
+        let shared: AMQPConnectionShared
+    }
+
+    /// A message whose content (header and body frames) is still arriving.
+    private enum Content {
+        case delivery(exchange: String, routingKey: String)
+        case returned(replyCode: UInt16, replyText: String)
+    }
+
+    private struct PendingContent {
+        var kind: Content
+        var bodySize: Int?
+        var messageID: String?
+        var body = ByteBuffer()
+    }
+
+    private let context: Context
+    private var logger: Logger { context.logger }
+    private var connection: OpaquePointer?
+    private var confirmsEnabled = false
+    private var confirms = AMQPConfirmWindow()
+    /// Commands taken from the shared queue and not sent yet (publishes wait here for room in the confirm window).
+    private var backlog: [AMQPCommand] = []
+    /// Replies expected on channel 2, in order: each completes the commands listed with it.
+    private var bindReplies: [[AMQPConnection.Completion]] = []
+    private var contents: [UInt16: PendingContent] = [:]
+    private var deliveries: [AMQPDelivery] = []
+    private var lastReceived = ContinuousClock.now
+
+    init(context: Context) {
+        self.context = context
+    }
+
+    func run() {
+        var delay = context.backoff.initial
+        while !context.shared.stopRequested {
+            context.onStateChange(.connecting)
+            do throws(AMQPError) {
+                try connect()
+                context.shared.setPhase(.open)
+                context.onStateChange(.open)
+                logger.info("AMQP connection open", metadata: ["amqp.broker": .string(context.configuration.redactedDescription)])
+                delay = context.backoff.initial
+                try serve()
+            } catch {
+                context.shared.setPhase(.connecting)
+                failEverything(error)
+                logger.warning(
+                    "AMQP connection failed; reconnecting",
+                    metadata: ["error.type": .string("\(error)"), "amqp.retry_in_ms": .stringConvertible(delay.milliseconds)]
+                )
+                context.onStateChange(.disconnected(error))
+            }
+            closeConnection()
+            guard !context.shared.stopRequested else { break }
+            sleepInterruptibly(delay)
+            failEverything(AMQPError(.notConnected, "the AMQP connection is reconnecting"))
+            delay = min(delay * 2, context.backoff.maximum)
+        }
+        failEverything(AMQPError(.shutDown, "the AMQP connection was shut down"))
+        let (leftover, waiters) = context.shared.finished()
+        for command in leftover { command.fail(AMQPError(.shutDown, "the AMQP connection was shut down")) }
+        context.onStateChange(.closed)
+        logger.debug("AMQP connection thread finished")
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: Connecting
+
+    private func connect() throws(AMQPError) {
+        let configuration = context.configuration
+        guard let connection = amqp_new_connection() else {
+            throw AMQPError(.connectFailed, "amqp_new_connection failed (out of memory)")
+        }
+        self.connection = connection
+        confirmsEnabled = false
+        confirms = AMQPConfirmWindow()
+
+        let socket: OpaquePointer?
+        if let tls = configuration.tls {
+            socket = amqp_ssl_socket_new(connection)
+            guard let socket else { throw AMQPError(.connectFailed, "amqp_ssl_socket_new failed") }
+            if let ca = tls.caCertificatePath {
+                let status = amqp_ssl_socket_set_cacert(socket, ca)
+                guard status == AMQP_STATUS_OK.rawValue else {
+                    throw AMQPError(.invalidConfiguration, "CA file \(ca): \(amqpErrorText(status))", libraryStatus: status)
+                }
+            }
+            if let certificate = tls.certificatePath, let key = tls.keyPath {
+                let status = amqp_ssl_socket_set_key(socket, certificate, key)
+                guard status == AMQP_STATUS_OK.rawValue else {
+                    throw AMQPError(.invalidConfiguration, "client certificate \(certificate): \(amqpErrorText(status))", libraryStatus: status)
+                }
+            }
+            amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+            amqp_ssl_socket_set_verify_hostname(socket, tls.verifyPeer ? 1 : 0)
+        } else {
+            socket = amqp_tcp_socket_new(connection)
+            guard socket != nil else { throw AMQPError(.connectFailed, "amqp_tcp_socket_new failed") }
+        }
+
+        var connectTimeout = timeval(configuration.connectTimeout)
+        let openStatus = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &connectTimeout)
+        guard openStatus == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError(.connectFailed, "\(configuration.host):\(configuration.port): \(amqpErrorText(openStatus))", libraryStatus: openStatus)
+        }
+        // Against a broker that accepts TCP but hangs, login would otherwise block for long.
+        _ = amqp_set_handshake_timeout(connection, &connectTimeout)
+        var requestTimeout = timeval(configuration.requestTimeout)
+        _ = amqp_set_rpc_timeout(connection, &requestTimeout)
+
+        let reply = crmq_login_plain(
+            connection,
+            configuration.virtualHost,
+            0,
+            131_072,
+            Int32(configuration.heartbeatSeconds),
+            configuration.username,
+            configuration.password
+        )
+        if let error = AMQPWire.error(from: reply, code: .loginFailed, context: "login to \(configuration.host):\(configuration.port)") {
+            throw error
+        }
+        for channel: UInt16 in [1, 2] {
+            _ = amqp_channel_open(connection, channel)
+            if let error = AMQPWire.error(from: amqp_get_rpc_reply(connection), code: .requestFailed, context: "channel.open \(channel)") {
+                throw error
+            }
+        }
+        let setup = AMQPSetup(connection: connection)
+        try context.setUp(setup)
+        confirmsEnabled = setup.confirmsEnabled
+        lastReceived = .now
+    }
+
+    private func closeConnection() {
+        guard let connection else { return }
+        if context.shared.stopRequested {
+            // A clean close; bounded by the request timeout.
+            _ = amqp_connection_close(connection, crmq_reply_success)
+        }
+        amqp_destroy_connection(connection)
+        self.connection = nil
+        contents = [:]
+        deliveries = []
+    }
+
+    // MARK: Serving
+
+    private func serve() throws(AMQPError) {
+        guard let connection else { return }
+        let heartbeat = context.configuration.heartbeatSeconds
+        let pollMilliseconds = Int32(heartbeat > 0 ? min(1000, heartbeat * 250) : 1000)
+        while !context.shared.stopRequested {
+            backlog.append(contentsOf: context.shared.takeCommands())
+            try sendBacklog(connection)
+            try readFrames(connection)
+            if !deliveries.isEmpty {
+                let batch = deliveries
+                deliveries.removeAll(keepingCapacity: true)
+                context.onDeliveries(batch)
+            }
+            amqp_maybe_release_buffers(connection)
+            if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 || context.shared.hasCommands {
+                continue
+            }
+            if heartbeat > 0, ContinuousClock.now - lastReceived > .seconds(2 * heartbeat + 1) {
+                throw AMQPError(.connectionLost, "no data or heartbeat from the broker for \(2 * heartbeat + 1) s")
+            }
+            try waitForActivity(connection, milliseconds: pollMilliseconds)
+        }
+    }
+
+    /// Sleeps in `poll()` until the socket is readable, the thread is woken, or the timeout passes.
+    private func waitForActivity(_ connection: OpaquePointer, milliseconds: Int32) throws(AMQPError) {
+        var descriptors = [
+            pollfd(fd: amqp_get_sockfd(connection), events: Int16(POLLIN), revents: 0),
+            pollfd(fd: context.shared.wakeDescriptor, events: Int16(POLLIN), revents: 0),
+        ]
+        let ready = poll(&descriptors, 2, milliseconds)
+        if ready < 0, errno != EINTR {
+            throw AMQPError(.connectionLost, "poll: \(String(cString: strerror(errno)))")
+        }
+        if descriptors[0].revents != 0 { lastReceived = .now }
+        if descriptors[1].revents != 0 { context.shared.drainWake() }
+    }
+
+    private func sleepInterruptibly(_ duration: Duration) {
+        // Jitter spreads the reconnects of many gateways after a broker restart.
+        let milliseconds = Int32(Double(duration.milliseconds) * Double.random(in: 0.5...1.0))
+        var descriptor = pollfd(fd: context.shared.wakeDescriptor, events: Int16(POLLIN), revents: 0)
+        if poll(&descriptor, 1, milliseconds) > 0 { context.shared.drainWake() }
+    }
+
+    // MARK: Commands
+
+    private func sendBacklog(_ connection: OpaquePointer) throws(AMQPError) {
+        var index = 0
+        defer { backlog.removeFirst(index) }
+        while index < backlog.count {
+            switch backlog[index] {
+            case .publish(let exchange, let routingKey, let body, let mandatory, let completion):
+                if confirmsEnabled, confirms.count >= context.maximumUnconfirmed { return }
+                index += 1
+                try publish(connection, exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, completion: completion)
+
+            case .bind:
+                // Consecutive binds: all no-wait but the last, whose reply fences them all.
+                var batch: [AMQPConnection.Completion] = []
+                while index < backlog.count, case .bind(let queue, let exchange, let routingKey, let completion) = backlog[index] {
+                    let isLast: Bool
+                    if index + 1 < backlog.count, case .bind = backlog[index + 1] { isLast = false } else { isLast = true }
+                    index += 1
+                    batch.append(completion)
+                    do throws(AMQPError) {
+                        try AMQPWire.sendBind(connection, queue: queue, exchange: exchange, routingKey: routingKey, noWait: !isLast)
+                    } catch {
+                        for completion in batch { completion(.failure(error)) }
+                        throw error
+                    }
+                }
+                bindReplies.append(batch)
+
+            case .unbind(let queue, let exchange, let routingKey, let completion):
+                index += 1
+                do throws(AMQPError) {
+                    try AMQPWire.sendUnbind(connection, queue: queue, exchange: exchange, routingKey: routingKey)
+                } catch {
+                    completion(.failure(error))
+                    throw error
+                }
+                bindReplies.append([completion])
+            }
+        }
+    }
+
+    private func publish(
+        _ connection: OpaquePointer,
+        exchange: String,
+        routingKey: String,
+        body: ByteBuffer,
+        mandatory: Bool,
+        completion: @escaping AMQPConnection.PublishCompletion
+    ) throws(AMQPError) {
+        let tag = confirms.nextTag
+        // The delivery tag rides in message-id so that a basic.return (which carries no
+        // tag) can be matched to its publish.
+        let status: Int32 = withAMQPBytes(exchange) { exchangeBytes in
+            withAMQPBytes(routingKey) { keyBytes in
+                withAMQPBytes(String(tag)) { tagBytes in
+                    withAMQPBytes(body) { bodyBytes in
+                        var properties = amqp_basic_properties_t()
+                        properties._flags = crmq_message_id_flag | crmq_delivery_mode_flag
+                        properties.message_id = tagBytes
+                        properties.delivery_mode = 1  // transient: gateway queues die with their gateway
+                        return amqp_basic_publish(connection, 1, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, &properties, bodyBytes)
+                    }
+                }
+            }
+        }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            let error = AMQPError(.connectionLost, "basic.publish: \(amqpErrorText(status))", libraryStatus: status)
+            completion(.failure(error))
+            throw error
+        }
+        if confirmsEnabled {
+            confirms.add(completion)
+        } else {
+            completion(.success(.sent))
+        }
+    }
+
+    // MARK: Frames
+
+    private func readFrames(_ connection: OpaquePointer) throws(AMQPError) {
+        var frame = amqp_frame_t()
+        var immediately = timeval(tv_sec: 0, tv_usec: 0)
+        // Bounded so that a flood of deliveries cannot starve the command queue.
+        for _ in 0..<4096 {
+            let status = amqp_simple_wait_frame_noblock(connection, &frame, &immediately)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                throw AMQPError(.connectionLost, amqpErrorText(status), libraryStatus: status)
+            }
+            lastReceived = .now
+            try handle(frame, connection)
+        }
+    }
+
+    private func handle(_ frame: amqp_frame_t, _ connection: OpaquePointer) throws(AMQPError) {
+        switch frame.frame_type {
+        case crmq_frame_method:
+            try handleMethod(frame.payload.method, channel: frame.channel, connection)
+        case crmq_frame_header:
+            guard var content = contents[frame.channel] else { return }
+            content.bodySize = Int(frame.payload.properties.body_size)
+            if let decoded = frame.payload.properties.decoded {
+                let properties = decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee
+                if properties._flags & crmq_message_id_flag != 0 { content.messageID = properties.message_id.string }
+            }
+            content.body.reserveCapacity(content.bodySize ?? 0)
+            contents[frame.channel] = content
+            completeContentIfDone(channel: frame.channel)
+        case crmq_frame_body:
+            guard var content = contents[frame.channel] else { return }
+            frame.payload.body_fragment.append(to: &content.body)
+            contents[frame.channel] = content
+            completeContentIfDone(channel: frame.channel)
+        default:
+            break
+        }
+    }
+
+    private func handleMethod(_ method: amqp_method_t, channel: UInt16, _ connection: OpaquePointer) throws(AMQPError) {
+        guard let decoded = method.decoded else { return }
+        switch method.id {
+        case crmq_basic_deliver:
+            let deliver = decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+            contents[channel] = PendingContent(kind: .delivery(exchange: deliver.exchange.string, routingKey: deliver.routing_key.string))
+        case crmq_basic_return:
+            let returned = decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            contents[channel] = PendingContent(kind: .returned(replyCode: returned.reply_code, replyText: returned.reply_text.string))
+        case crmq_basic_ack:
+            let ack = decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            confirms.acknowledge(tag: ack.delivery_tag, multiple: ack.multiple != 0)
+        case crmq_basic_nack:
+            let nack = decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            confirms.reject(tag: nack.delivery_tag, multiple: nack.multiple != 0)
+        case crmq_queue_bind_ok, crmq_queue_unbind_ok:
+            guard !bindReplies.isEmpty else { return }
+            for completion in bindReplies.removeFirst() { completion(.success(())) }
+        case crmq_channel_close:
+            let close = decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            // A channel the broker closed is dead; reconnecting restores a known state.
+            throw AMQPError(.channelClosed, "channel \(channel): \(close.reply_text.string)", replyCode: close.reply_code)
+        case crmq_connection_close:
+            let close = decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            var ok = amqp_connection_close_ok_t(dummy: 0)
+            _ = amqp_send_method(connection, 0, crmq_connection_close_ok, &ok)
+            throw AMQPError(.connectionClosed, close.reply_text.string, replyCode: close.reply_code)
+        case crmq_connection_blocked:
+            logger.warning("the broker blocked publishing (resource alarm); confirms will wait")
+        case crmq_connection_unblocked:
+            logger.info("the broker unblocked publishing")
+        default:
+            logger.trace("ignored AMQP method", metadata: ["amqp.method": .stringConvertible(method.id), "amqp.channel": .stringConvertible(channel)])
+        }
+    }
+
+    private func completeContentIfDone(channel: UInt16) {
+        guard let content = contents[channel], let size = content.bodySize, content.body.readableBytes >= size else { return }
+        contents[channel] = nil
+        switch content.kind {
+        case .delivery(let exchange, let routingKey):
+            deliveries.append(AMQPDelivery(exchange: exchange, routingKey: routingKey, body: content.body))
+        case .returned(let replyCode, let replyText):
+            if let id = content.messageID, let tag = UInt64(id) {
+                confirms.markReturned(tag: tag, replyCode: replyCode, replyText: replyText)
+            }
+        }
+    }
+
+    // MARK: Failure
+
+    /// Fails every command and confirm that is waiting, so that no caller waits forever.
+    private func failEverything(_ error: AMQPError) {
+        confirms.failAll(error)
+        for replies in bindReplies {
+            for completion in replies { completion(.failure(error)) }
+        }
+        bindReplies = []
+        for command in backlog { command.fail(error) }
+        backlog = []
+        for command in context.shared.takeCommands() { command.fail(error) }
+    }
+}
+
+extension timeval {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

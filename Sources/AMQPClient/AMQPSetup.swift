@@ -1,0 +1,143 @@
+internal import CRabbitMQ
+
+/// Synchronous declarations for a freshly opened connection, valid only inside the
+/// `setUp` closure of ``AMQPConnection`` and only on its thread.
+///
+/// Channels 1 and 2 are open already. Each call waits for the broker's reply (bounded by
+/// the configuration's request timeout) and throws ``AMQPError`` with the broker's reply
+/// code and text when it refuses.
+public final class AMQPSetup {
+    let connection: OpaquePointer
+    private(set) var confirmsEnabled = false
+
+    init(connection: OpaquePointer) {
+        self.connection = connection
+    }
+
+    /// Declares an exchange (`type` is `topic`, `direct`, `fanout` or `headers`).
+    public func declareExchange(_ name: String, type: String, durable: Bool) throws(AMQPError) {
+        try withAMQPBytes(name) { (exchange) throws(AMQPError) in
+            try withAMQPBytes(type) { (kind) throws(AMQPError) in
+                _ = amqp_exchange_declare(connection, 1, exchange, kind, 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+                try checkReply("exchange.declare \(name)")
+            }
+        }
+    }
+
+    /// Declares a queue. An exclusive queue belongs to this connection: bind and consume on it here.
+    public func declareQueue(_ name: String, durable: Bool, exclusive: Bool, autoDelete: Bool) throws(AMQPError) {
+        try withAMQPBytes(name) { (queue) throws(AMQPError) in
+            _ = amqp_queue_declare(connection, 1, queue, 0, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0, amqp_empty_table)
+            try checkReply("queue.declare \(name)")
+        }
+    }
+
+    /// Binds `queue` to `exchange` once per routing key, on channel 2: all but the last
+    /// no-wait, the last synchronous, so one round trip covers any number of keys.
+    public func bind(queue: String, exchange: String, routingKeys: [String]) throws(AMQPError) {
+        guard let last = routingKeys.last else { return }
+        for key in routingKeys.dropLast() {
+            try AMQPWire.sendBind(connection, queue: queue, exchange: exchange, routingKey: key, noWait: true)
+        }
+        // The broker handles a channel's methods in order: this reply means every bind above is done.
+        try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
+            try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
+                try withAMQPBytes(last) { (keyBytes) throws(AMQPError) in
+                    _ = amqp_queue_bind(connection, 2, queueBytes, exchangeBytes, keyBytes, amqp_empty_table)
+                    try checkReply("queue.bind \(last)")
+                }
+            }
+        }
+    }
+
+    /// Starts a consumer on channel 1; deliveries then go to the connection's delivery handler.
+    public func consume(queue: String, noAck: Bool) throws(AMQPError) {
+        try withAMQPBytes(queue) { (name) throws(AMQPError) in
+            _ = amqp_basic_consume(connection, 1, name, amqp_empty_bytes, 0, noAck ? 1 : 0, 1, amqp_empty_table)
+            try checkReply("basic.consume \(queue)")
+        }
+    }
+
+    /// Turns on publisher confirms for channel 1.
+    public func enableConfirms() throws(AMQPError) {
+        _ = amqp_confirm_select(connection, 1)
+        try checkReply("confirm.select")
+        confirmsEnabled = true
+    }
+
+    private func checkReply(_ what: String) throws(AMQPError) {
+        if let error = AMQPWire.error(from: amqp_get_rpc_reply(connection), code: .requestFailed, context: what) {
+            throw error
+        }
+    }
+}
+
+/// Wire helpers shared by the setup and the connection thread.
+enum AMQPWire {
+    /// Sends `queue.bind` on channel 2. With `noWait` the broker sends no reply; a failure
+    /// arrives later as `channel.close`.
+    static func sendBind(_ connection: OpaquePointer, queue: String, exchange: String, routingKey: String, noWait: Bool) throws(AMQPError) {
+        let status: Int32 = try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
+            try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
+                withAMQPBytes(routingKey) { keyBytes in
+                    var method = amqp_queue_bind_t(
+                        ticket: 0,
+                        queue: queueBytes,
+                        exchange: exchangeBytes,
+                        routing_key: keyBytes,
+                        nowait: noWait ? 1 : 0,
+                        arguments: amqp_empty_table
+                    )
+                    return amqp_send_method(connection, 2, crmq_queue_bind, &method)
+                }
+            }
+        }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError(.connectionLost, "queue.bind: \(amqpErrorText(status))", libraryStatus: status)
+        }
+    }
+
+    /// Sends `queue.unbind` on channel 2 (it has no no-wait form; its reply is read later).
+    static func sendUnbind(_ connection: OpaquePointer, queue: String, exchange: String, routingKey: String) throws(AMQPError) {
+        let status: Int32 = try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
+            try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
+                withAMQPBytes(routingKey) { keyBytes in
+                    var method = amqp_queue_unbind_t(
+                        ticket: 0,
+                        queue: queueBytes,
+                        exchange: exchangeBytes,
+                        routing_key: keyBytes,
+                        arguments: amqp_empty_table
+                    )
+                    return amqp_send_method(connection, 2, crmq_queue_unbind, &method)
+                }
+            }
+        }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError(.connectionLost, "queue.unbind: \(amqpErrorText(status))", libraryStatus: status)
+        }
+    }
+
+    /// Turns an RPC reply into an error, or nil when it is a normal reply.
+    static func error(from reply: amqp_rpc_reply_t, code: AMQPError.Code, context: String) -> AMQPError? {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return nil
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            return AMQPError(code, "\(context): \(amqpErrorText(reply.library_error))", libraryStatus: reply.library_error)
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            if reply.reply.id == crmq_connection_close, let decoded = reply.reply.decoded {
+                let close = decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                return AMQPError(.connectionClosed, "\(context): \(close.reply_text.string)", replyCode: close.reply_code)
+            }
+            if reply.reply.id == crmq_channel_close, let decoded = reply.reply.decoded {
+                let close = decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                return AMQPError(.channelClosed, "\(context): \(close.reply_text.string)", replyCode: close.reply_code)
+            }
+            return AMQPError(code, "\(context): unexpected server reply \(reply.reply.id)")
+        default:
+            return AMQPError(code, "\(context): no reply")
+        }
+    }
+}
+

@@ -1,0 +1,212 @@
+import AMQPClient
+public import Logging
+public import NIOCore
+import ServiceLifecycle
+public import SwitchboardBackplane
+import SwitchboardProtocol
+import Synchronization
+
+/// The RabbitMQ backplane: routed delivery through one topic exchange.
+///
+/// Topology (DESIGN.md): a durable topic exchange (`switchboard`); one exclusive,
+/// auto-delete queue per gateway (`switchboard.gateway.<id>`), bound to `broadcast`
+/// and to exactly the `user.<word>` and `room.<word>` keys the gateway hosts. A direct
+/// message therefore reaches only the gateways that host its recipient.
+///
+/// Two AMQP connections, each on a thread of its own (see ``AMQPConnection``): the
+/// consumer owns the queue, its bindings (channel 2) and the consumer (channel 1, no-ack);
+/// the publisher publishes with `mandatory` and publisher confirms, up to
+/// `maximumUnconfirmed` in flight.
+///
+/// Guarantees:
+/// - `publish` completes after the broker's confirm: ``PublishOutcome/routed`` when at
+///   least one gateway queue took the message, ``PublishOutcome/noRecipient`` when it
+///   came back as unroutable. A message on a gateway's queue can still be lost if that
+///   gateway dies before writing it to its clients (no-ack delivery: its clients are
+///   gone with it anyway).
+/// - While either connection is down, `isReady` is false and `publish` and `bind` fail
+///   at once with `BackplaneError.unavailable`; publishes that were awaiting a confirm
+///   when a connection dropped fail the same way (they may or may not have been routed).
+/// - After a reconnect the queue is declared again and every binding in force is
+///   restored (no-wait binds with one fence) before the backplane reports ready.
+public final class RabbitMQBackplane: Backplane {
+    private struct State {
+        /// Addresses that should be bound: restored after every reconnect.
+        var wanted: Set<BackplaneAddress> = [.broadcast]
+        var handler: BackplaneDeliveryHandler?
+    }
+
+    /// What the two connection threads and the callers share; each part has its own lock.
+    private final class Shared: Sendable {
+        let state = Mutex(State())
+        let counters = Mutex(Statistics(received: 0, routed: 0, unroutable: 0))
+        let consumerOpen = Atomic<Bool>(false)
+        let publisherOpen = Atomic<Bool>(false)
+    }
+
+    /// Counters for tests, metrics and benchmarks.
+    public struct Statistics: Sendable, Equatable {
+        /// Messages this gateway's queue delivered to it.
+        public var received: Int
+        /// Publishes confirmed as routed.
+        public var routed: Int
+        /// Publishes returned as unroutable.
+        public var unroutable: Int
+    }
+
+    public let configuration: RabbitMQConfiguration
+    private let logger: Logger
+    private let shared = Shared()
+    private let consumer: AMQPConnection
+    private let publisher: AMQPConnection
+
+    public init(configuration: RabbitMQConfiguration, logger: Logger) {
+        self.configuration = configuration
+        var gatewayLogger = logger
+        gatewayLogger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
+        self.logger = gatewayLogger
+        let logger = gatewayLogger
+        let exchange = configuration.exchange
+        let queue = configuration.queueName
+        let shared = self.shared
+
+        consumer = AMQPConnection(
+            configuration: configuration.amqp,
+            name: "\(configuration.gatewayID)-consumer",
+            logger: logger,
+            setUp: { (setup) throws(AMQPError) in
+                try setup.declareExchange(exchange, type: "topic", durable: true)
+                try setup.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
+                // Everything the gateway hosts now, including what was bound before a reconnect.
+                let keys = shared.state.withLock { $0.wanted.map(\.routingKey) }
+                try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
+                try setup.consume(queue: queue, noAck: true)
+                logger.info("RabbitMQ queue ready", metadata: ["amqp.queue": .string(queue), "amqp.bindings": .stringConvertible(keys.count)])
+            },
+            onDeliveries: { deliveries in
+                let handler = shared.state.withLock { $0.handler }
+                var batch: [BackplaneDelivery] = []
+                batch.reserveCapacity(deliveries.count)
+                for delivery in deliveries {
+                    guard let address = BackplaneAddress(routingKey: delivery.routingKey) else {
+                        logger.warning("delivery with an unknown routing key dropped", metadata: ["amqp.routing_key": .string(delivery.routingKey)])
+                        continue
+                    }
+                    batch.append(BackplaneDelivery(address: address, frame: delivery.body))
+                }
+                shared.counters.withLock { $0.received += batch.count }
+                if let handler, !batch.isEmpty { handler(batch) }
+            },
+            onStateChange: { change in
+                shared.consumerOpen.store(change.isOpen, ordering: .releasing)
+            }
+        )
+        publisher = AMQPConnection(
+            configuration: configuration.amqp,
+            name: "\(configuration.gatewayID)-publisher",
+            logger: logger,
+            maximumUnconfirmed: configuration.maximumUnconfirmed,
+            setUp: { (setup) throws(AMQPError) in
+                try setup.declareExchange(exchange, type: "topic", durable: true)
+                try setup.enableConfirms()
+            },
+            onStateChange: { change in
+                shared.publisherOpen.store(change.isOpen, ordering: .releasing)
+            }
+        )
+    }
+
+    public var statistics: Statistics { shared.counters.withLock { $0 } }
+
+    public var isReady: Bool {
+        shared.consumerOpen.load(ordering: .acquiring) && shared.publisherOpen.load(ordering: .acquiring)
+    }
+
+    public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
+        shared.state.withLock { $0.handler = handler }
+    }
+
+    public func run() async throws {
+        logger.info("connecting to RabbitMQ", metadata: ["amqp.broker": .string(configuration.amqp.redactedDescription)])
+        consumer.start()
+        publisher.start()
+        try? await gracefulShutdown()
+        await publisher.shutdown()
+        await consumer.shutdown()
+    }
+
+    public func bind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
+        let shared = self.shared
+        shared.state.withLock { _ = $0.wanted.insert(address) }
+        consumer.bind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
+            switch result {
+            case .success:
+                completion(.success(()))
+            case .failure(let error):
+                // Not bound: do not restore it after a reconnect either.
+                shared.state.withLock { _ = $0.wanted.remove(address) }
+                completion(.failure(BackplaneError(.unavailable, "bind \(address.routingKey) failed", cause: error)))
+            }
+        }
+    }
+
+    public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
+        shared.state.withLock { _ = $0.wanted.remove(address) }
+        let logger = self.logger
+        consumer.unbind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
+            if case .failure(let error) = result {
+                // The queue is exclusive to the consumer connection: if that connection is
+                // down, the queue and all its bindings are gone, and a reconnect restores
+                // only what is still wanted. Either way the binding no longer holds.
+                logger.debug("unbind did not reach the broker", metadata: ["amqp.routing_key": .string(address.routingKey), "error.type": .string("\(error)")])
+            }
+            completion(.success(()))
+        }
+    }
+
+    public func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+        let shared = self.shared
+        publisher.publish(exchange: configuration.exchange, routingKey: address.routingKey, body: frame, mandatory: true) { result in
+            switch result {
+            case .success(.confirmed), .success(.sent):
+                shared.counters.withLock { $0.routed += 1 }
+                completion(.success(.routed))
+            case .success(.returned):
+                shared.counters.withLock { $0.unroutable += 1 }
+                completion(.success(.noRecipient))
+            case .failure(let error) where error.code == .nacked:
+                completion(.failure(BackplaneError(.rejected, "the broker rejected the message", cause: error)))
+            case .failure(let error):
+                completion(.failure(BackplaneError(.unavailable, "the broker connection is down", cause: error)))
+            }
+        }
+    }
+}
+
+extension AMQPConnectionState {
+    var isOpen: Bool {
+        if case .open = self { true } else { false }
+    }
+}
+
+extension BackplaneAddress {
+    /// The address a routing key of this topology names; nil for keys Switchboard never binds.
+    init?(routingKey: String) {
+        if routingKey == "broadcast" {
+            self = .broadcast
+            return
+        }
+        let parts = routingKey.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, let id = RoutingWord.decode(String(parts[1])) else { return nil }
+        switch parts[0] {
+        case "user":
+            guard let user = try? UserID(validating: id) else { return nil }
+            self = .user(user)
+        case "room":
+            guard let room = try? RoomID(validating: id) else { return nil }
+            self = .room(room)
+        default:
+            return nil
+        }
+    }
+}

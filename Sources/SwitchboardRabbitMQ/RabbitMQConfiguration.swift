@@ -1,0 +1,23 @@
+public import AMQPClient
+
+/// Settings of the RabbitMQ backplane; the topology is DESIGN.md's "AMQP topology".
+public struct RabbitMQConfiguration: Sendable {
+    /// Broker address and credentials.
+    public var amqp: AMQPConfiguration
+    /// This gateway's id; its queue is `switchboard.gateway.<gatewayID>`.
+    public var gatewayID: String
+    /// The topic exchange every gateway publishes to (durable).
+    public var exchange: String
+    /// Publishes awaiting a broker confirm at once (the sliding confirm window).
+    public var maximumUnconfirmed: Int
+
+    public init(amqp: AMQPConfiguration, gatewayID: String, exchange: String = "switchboard", maximumUnconfirmed: Int = 1000) {
+        self.amqp = amqp
+        self.gatewayID = gatewayID
+        self.exchange = exchange
+        self.maximumUnconfirmed = maximumUnconfirmed
+    }
+
+    /// `switchboard.gateway.<gatewayID>`: exclusive and auto-delete, it dies with the gateway's connection.
+    public var queueName: String { "switchboard.gateway.\(gatewayID)" }
+}
