@@ -108,6 +108,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Helpers shared by the test targets: live gateways in-process and a test WebSocket client.
+        .target(
+            name: "SwitchboardTesting",
+            dependencies: [
+                "SwitchboardServer",
+                "SwitchboardBackplane",
+                "SwitchboardClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "switchboard",
             dependencies: [
@@ -139,6 +153,7 @@ let package = Package(
             name: "SwitchboardServerTests",
             dependencies: [
                 "SwitchboardServer",
+                "SwitchboardTesting",
                 "SwitchboardBackplane",
                 "SwitchboardClient",
                 "SwitchboardProtocol",
@@ -146,6 +161,21 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RabbitMQIntegrationTests",
+            dependencies: [
+                "SwitchboardRabbitMQ",
+                "AMQPClient",
+                "SwitchboardServer",
+                "SwitchboardTesting",
+                "SwitchboardBackplane",
+                "SwitchboardClient",
+                "SwitchboardProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -8,6 +8,10 @@ set -euo pipefail
 PACKAGES=(
     curl            # health probes in scripts
     procps          # ps/kill in scripts
+    pkg-config      # SwiftPM finds librabbitmq through it
+    librabbitmq-dev # the AMQP client (rabbitmq-c) the RabbitMQ backplane wraps
+    libssl-dev      # amqps:// through rabbitmq-c's OpenSSL
+    rabbitmq-server # the broker the tests start on loopback
 )
 
 if ! command -v swift >/dev/null 2>&1; then

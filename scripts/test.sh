@@ -5,4 +5,11 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 swift build --build-tests
+
+# A RabbitMQ of the tests' own: own node name, ports and folder; stopped on exit.
+broker_dir=$(mktemp -d /tmp/switchboard-rabbitmq.XXXXXX)
+trap './scripts/rabbitmq.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
+eval "$(./scripts/rabbitmq.sh start "$broker_dir")"
+export SWITCHBOARD_AMQP_URL SWITCHBOARD_RABBITMQ_DIR
+
 swift test --skip-build

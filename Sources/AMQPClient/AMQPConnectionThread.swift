@@ -54,22 +54,34 @@ final class AMQPConnectionThread {
 
     func run() {
         var delay = context.backoff.initial
+        var failedAttempts = 0
         while !context.shared.stopRequested {
             context.onStateChange(.connecting)
+            var wasOpen = false
             do throws(AMQPError) {
                 try connect()
                 context.shared.setPhase(.open)
                 context.onStateChange(.open)
                 logger.info("AMQP connection open", metadata: ["amqp.broker": .string(context.configuration.redactedDescription)])
                 delay = context.backoff.initial
+                failedAttempts = 0
+                wasOpen = true
                 try serve()
             } catch {
                 context.shared.setPhase(.connecting)
                 failEverything(error)
-                logger.warning(
-                    "AMQP connection failed; reconnecting",
-                    metadata: ["error.type": .string("\(error)"), "amqp.retry_in_ms": .stringConvertible(delay.milliseconds)]
-                )
+                failedAttempts += 1
+                let metadata: Logger.Metadata = [
+                    "error.type": .string("\(error)"),
+                    "amqp.retry_in_ms": .stringConvertible(delay.milliseconds),
+                    "amqp.failed_attempts": .stringConvertible(failedAttempts),
+                ]
+                // Loud when an open connection drops or the first attempt fails; then every 10th attempt.
+                if wasOpen || failedAttempts == 1 || failedAttempts % 10 == 0 {
+                    logger.warning(wasOpen ? "AMQP connection lost; reconnecting" : "AMQP connection failed; retrying", metadata: metadata)
+                } else {
+                    logger.debug("AMQP connection failed; retrying", metadata: metadata)
+                }
                 context.onStateChange(.disconnected(error))
             }
             closeConnection()

@@ -4,6 +4,7 @@ import SwitchboardBackplane
 import SwitchboardProtocol
 import SwitchboardClient
 import SwitchboardServer
+import SwitchboardTesting
 import Synchronization
 import Testing
 

@@ -2,6 +2,7 @@ import NIOCore
 import NIOWebSocket
 import SwitchboardClient
 import SwitchboardServer
+import SwitchboardTesting
 import Testing
 
 /// Bad input gets the documented error; it never crashes the gateway, and never closes

@@ -4,6 +4,7 @@ import NIOWebSocket
 import SwitchboardClient
 import SwitchboardProtocol
 import SwitchboardServer
+import SwitchboardTesting
 import Testing
 
 /// Every row of the wire protocol table (DESIGN.md), over real WebSockets.

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import SwitchboardTesting
 import Testing
 
 /// `switchboard serve` as a user runs it: the real binary, a real port, real signals.

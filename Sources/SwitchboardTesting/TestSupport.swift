@@ -1,33 +1,34 @@
 import Foundation
 import Logging
 import NIOCore
-import NIOWebSocket
+public import NIOWebSocket
 import ServiceLifecycle
-import SwitchboardBackplane
-import SwitchboardClient
-import SwitchboardServer
+public import SwitchboardBackplane
+public import SwitchboardClient
+public import SwitchboardServer
 import Synchronization
-import Testing
+public import Testing
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
 
 /// A gateway running in the test process on a free loopback port.
-struct RunningGateway: Sendable {
-    let port: Int
-    let gateway: Gateway
+public struct RunningGateway: Sendable {
+    public let port: Int
+    public let gateway: Gateway
+    public let backplane: any Backplane
 
     /// Opens a client for `user` and reads its `welcome`.
-    func connect(_ user: String) async throws -> TestClient {
+    public func connect(_ user: String) async throws -> TestClient {
         let client = try await TestClient.connect(port: port, path: "/ws?user=\(user)")
         let welcome = try await client.next()
-        #expect(welcome["type"] == "welcome")
+        guard welcome["type"] == "welcome" else { throw TestFailure("expected welcome, got \(welcome)") }
         return client
     }
 
     /// GET `path` over plain HTTP; returns the status and body.
-    func get(_ path: String) async throws -> (status: Int, body: String) {
+    public func get(_ path: String) async throws -> (status: Int, body: String) {
         let url = URL(string: "http://127.0.0.1:\(port)\(path)")!
         let (data, response) = try await URLSession.shared.data(from: url)
         return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
@@ -35,32 +36,58 @@ struct RunningGateway: Sendable {
 }
 
 /// Runs `body` against a live gateway built exactly as `switchboard serve` builds it.
-func withGateway<T: Sendable>(
+public func withGateway<T: Sendable>(
     backplane: any Backplane = InMemoryBackplane(),
     configure: (inout GatewayConfiguration) -> Void = { _ in },
     _ body: @Sendable (RunningGateway) async throws -> T
 ) async throws -> T {
-    var configuration = GatewayConfiguration(gatewayID: "gw-test", port: 0)
-    configure(&configuration)
+    try await withGateways([backplane], configure: { configuration, _ in configure(&configuration) }) { gateways in
+        try await body(gateways[0])
+    }
+}
+
+/// Runs `body` against one live gateway per backplane, all in this process, each on its
+/// own free loopback port; gateway `i` is named `gw-test-<i>` unless `configure` says otherwise.
+public func withGateways<T: Sendable>(
+    _ backplanes: [any Backplane],
+    configure: (inout GatewayConfiguration, Int) -> Void = { _, _ in },
+    _ body: @Sendable ([RunningGateway]) async throws -> T
+) async throws -> T {
     var logger = Logger(label: "test")
-    logger.logLevel = .warning
-    let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
-    let (application, gateway) = buildGateway(
-        configuration: configuration,
-        backplane: backplane,
-        logger: logger,
-        onServerRunning: { channel in
-            portContinuation.yield(channel.localAddress?.port ?? 0)
-            portContinuation.finish()
-        }
-    )
-    let serviceGroup = ServiceGroup(configuration: .init(services: [application], logger: logger))
+    logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+    var applications: [any Service] = []
+    var gateways: [(Gateway, any Backplane)] = []
+    var portStreams: [AsyncStream<Int>] = []
+    for (index, backplane) in backplanes.enumerated() {
+        var configuration = GatewayConfiguration(gatewayID: backplanes.count == 1 ? "gw-test" : "gw-test-\(index + 1)", port: 0)
+        configure(&configuration, index)
+        let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
+        let (application, gateway) = buildGateway(
+            configuration: configuration,
+            backplane: backplane,
+            logger: logger,
+            onServerRunning: { channel in
+                portContinuation.yield(channel.localAddress?.port ?? 0)
+                portContinuation.finish()
+            }
+        )
+        applications.append(application)
+        gateways.append((gateway, backplane))
+        portStreams.append(portStream)
+    }
+    let serviceGroup = ServiceGroup(configuration: .init(services: applications, logger: logger))
+    let started = gateways
+    let streams = portStreams
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await serviceGroup.run() }
-        var ports = portStream.makeAsyncIterator()
-        guard let port = await ports.next() else { throw TestFailure("gateway did not start") }
+        var running: [RunningGateway] = []
+        for (index, stream) in streams.enumerated() {
+            var ports = stream.makeAsyncIterator()
+            guard let port = await ports.next() else { throw TestFailure("gateway \(index) did not start") }
+            running.append(RunningGateway(port: port, gateway: started[index].0, backplane: started[index].1))
+        }
         do {
-            let result = try await body(RunningGateway(port: port, gateway: gateway))
+            let result = try await body(running)
             await serviceGroup.triggerGracefulShutdown()
             try await group.waitForAll()
             return result
@@ -72,14 +99,14 @@ func withGateway<T: Sendable>(
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }
 
 /// A WebSocket test client: sends JSON, and reads what arrives with a timeout.
-final class TestClient: Sendable {
-    let connection: WebSocketConnection
+public final class TestClient: Sendable {
+    public let connection: WebSocketConnection
     private let inbox = Mutex<[WebSocketConnection.Event]>([])
     private let finished = Mutex(false)
 
@@ -87,7 +114,7 @@ final class TestClient: Sendable {
         self.connection = connection
     }
 
-    static func connect(port: Int, path: String, headers: [(String, String)] = []) async throws -> TestClient {
+    public static func connect(port: Int, path: String, headers: [(String, String)] = []) async throws -> TestClient {
         let connection = try await WebSocketConnection.connect(host: "127.0.0.1", port: port, path: path, headers: headers)
         let client = TestClient(connection: connection)
         // The reader lives as long as the connection; it ends when the stream finishes.
@@ -98,16 +125,16 @@ final class TestClient: Sendable {
         return client
     }
 
-    func send(_ text: String) async throws {
+    public func send(_ text: String) async throws {
         try await connection.send(text: text)
     }
 
-    func send(frame: WebSocketFrame) async throws {
+    public func send(frame: WebSocketFrame) async throws {
         try await connection.send(frame: frame)
     }
 
     /// The next event, waiting up to `timeout`.
-    func nextEvent(timeout: Duration = .seconds(5)) async throws -> WebSocketConnection.Event {
+    public func nextEvent(timeout: Duration = .seconds(5)) async throws -> WebSocketConnection.Event {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let event: WebSocketConnection.Event? = inbox.withLock { $0.isEmpty ? nil : $0.removeFirst() }
@@ -119,7 +146,7 @@ final class TestClient: Sendable {
     }
 
     /// The next text frame, parsed as a JSON object.
-    func next(timeout: Duration = .seconds(5)) async throws -> ReceivedFrame {
+    public func next(timeout: Duration = .seconds(5)) async throws -> ReceivedFrame {
         let text = try await nextText(timeout: timeout)
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
             throw TestFailure("not a JSON object: \(text)")
@@ -128,55 +155,55 @@ final class TestClient: Sendable {
     }
 
     /// The next text frame, exactly as sent.
-    func nextText(timeout: Duration = .seconds(5)) async throws -> String {
+    public func nextText(timeout: Duration = .seconds(5)) async throws -> String {
         let event = try await nextEvent(timeout: timeout)
         guard case .text(let text) = event else { throw TestFailure("expected a text frame, got \(event)") }
         return text
     }
 
     /// The close code the server sends next (skipping nothing).
-    func nextCloseCode(timeout: Duration = .seconds(5)) async throws -> UInt16? {
+    public func nextCloseCode(timeout: Duration = .seconds(5)) async throws -> UInt16? {
         let event = try await nextEvent(timeout: timeout)
         guard case .close(let code) = event else { throw TestFailure("expected a close frame, got \(event)") }
         return code
     }
 
     /// Asserts nothing arrives for `duration`.
-    func expectSilence(for duration: Duration = .milliseconds(300), sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    public func expectSilence(for duration: Duration = .milliseconds(300), sourceLocation: SourceLocation = #_sourceLocation) async throws {
         try await Task.sleep(for: duration)
         let pending = inbox.withLock { $0 }
         #expect(pending.isEmpty, "unexpected: \(pending)", sourceLocation: sourceLocation)
     }
 
     /// Sends a ping frame of the protocol and checks the pong: the connection is alive and in order.
-    func expectAlive(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    public func expectAlive(sourceLocation: SourceLocation = #_sourceLocation) async throws {
         try await send(#"{"type":"ping","id":"alive"}"#)
         let pong = try await next()
         #expect(pong["type"] == "pong" && pong["id"] == "alive", sourceLocation: sourceLocation)
     }
 
-    func close() async {
+    public func close() async {
         await connection.close()
     }
 
     /// Drops the TCP connection without a close frame.
-    func abort() async {
+    public func abort() async {
         await connection.abort()
     }
 }
 
 /// A text frame from the gateway: its exact text and its top-level members (non-strings as text).
-struct ReceivedFrame: Sendable, CustomStringConvertible {
-    let text: String
-    let fields: [String: String]
+public struct ReceivedFrame: Sendable, CustomStringConvertible {
+    public let text: String
+    public let fields: [String: String]
 
-    subscript(key: String) -> String? { fields[key] }
+    public subscript(key: String) -> String? { fields[key] }
 
-    var description: String { text }
+    public var description: String { text }
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
-func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws -> Bool {
+public func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if condition() { return true }
