@@ -2,7 +2,13 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import NIOPosix
+import AMQPClient
+import Logging
+import SwitchboardBackplane
 import SwitchboardClient
+import SwitchboardProtocol
+import SwitchboardRabbitMQ
+import Synchronization
 
 /// `switchboard bench`: load generators for the gateway. Every run is bounded in
 /// connections and time and stops by itself.
@@ -10,7 +16,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure a running gateway.",
-        subcommands: [IdleBench.self]
+        subcommands: [IdleBench.self, BindingsBench.self]
     )
 }
 
@@ -110,5 +116,89 @@ extension Duration {
     var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
+/// Binding churn on the RabbitMQ backplane: N user bindings requested at once, then N
+/// unbindings, as a connection storm and its departure would ask for them.
+struct BindingsBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bindings",
+        abstract: "Bind N user addresses at once on a RabbitMQ backplane, then unbind them; report operations per second."
+    )
+
+    @Option(help: "Broker URL (loopback only).")
+    var backplane = "amqp://guest:guest@127.0.0.1:5672/"
+
+    @Option(help: "Bindings to create and remove (at most 100000).")
+    var count = 10_000
+
+    @Flag(help: "Wait for each operation before issuing the next (one round trip each), for comparison.")
+    var sequential = false
+
+    func validate() throws {
+        guard (1...100_000).contains(count) else { throw ValidationError("--count must be 1…100000") }
+        guard let host = try? AMQPConfiguration(url: backplane).host, host.hasPrefix("127.") || host == "localhost" || host == "::1" else {
+            throw ValidationError("bench only targets a loopback broker")
+        }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .warning
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let rabbit = RabbitMQBackplane(
+            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: backplane), gatewayID: "bench-\(tag)", exchange: "bench.\(tag)"),
+            logger: logger
+        )
+        let service = Task { try await rabbit.run() }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !rabbit.isReady {
+            guard ContinuousClock.now < deadline else { throw ValidationError("the backplane did not connect to \(backplane)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let addresses = try (0..<count).map { BackplaneAddress.user(try UserID(validating: "bench-user-\($0)")) }
+
+        let bindSeconds = try await measure(addresses) { address, done in rabbit.bind(address, completion: done) }
+        print("bind:   \(count) in \(String(format: "%.2f", bindSeconds)) s = \(Int(Double(count) / bindSeconds)) binds/s")
+        let unbindSeconds = try await measure(addresses) { address, done in rabbit.unbind(address, completion: done) }
+        print("unbind: \(count) in \(String(format: "%.2f", unbindSeconds)) s = \(Int(Double(count) / unbindSeconds)) unbinds/s")
+        service.cancel()
+        _ = try? await service.value
+    }
+
+    /// Issues one operation per address at once; returns the seconds until every completion ran.
+    private func measure(
+        _ addresses: [BackplaneAddress],
+        operation: (BackplaneAddress, @escaping @Sendable (Result<Void, BackplaneError>) -> Void) -> Void
+    ) async throws -> Double {
+        let failures = Atomic<Int>(0)
+        let started = ContinuousClock.now
+        if sequential {
+            for address in addresses {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    operation(address) { result in
+                        if case .failure = result { failures.wrappingAdd(1, ordering: .relaxed) }
+                        continuation.resume()
+                    }
+                }
+            }
+            let failed = failures.load(ordering: .relaxed)
+            if failed > 0 { throw ValidationError("\(failed) operations failed") }
+            return (ContinuousClock.now - started).seconds
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let remaining = Atomic<Int>(addresses.count)
+            for address in addresses {
+                operation(address) { result in
+                    if case .failure = result { failures.wrappingAdd(1, ordering: .relaxed) }
+                    if remaining.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 { continuation.resume() }
+                }
+            }
+        }
+        let seconds = (ContinuousClock.now - started).seconds
+        let failed = failures.load(ordering: .relaxed)
+        if failed > 0 { throw ValidationError("\(failed) operations failed") }
+        return seconds
     }
 }
