@@ -165,6 +165,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "AMQPClientTests",
+            dependencies: ["AMQPClient"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "RabbitMQIntegrationTests",
             dependencies: [
                 "SwitchboardRabbitMQ",

@@ -12,6 +12,7 @@ PACKAGES=(
     librabbitmq-dev # the AMQP client (rabbitmq-c) the RabbitMQ backplane wraps
     libssl-dev      # amqps:// through rabbitmq-c's OpenSSL
     rabbitmq-server # the broker the tests start on loopback
+    openssl         # a throwaway CA for the broker's TLS listener in tests
 )
 
 if ! command -v swift >/dev/null 2>&1; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts or stops a throwaway RabbitMQ node on loopback, in a folder of its own.
 #
-#   scripts/rabbitmq.sh start DIR [AMQP_PORT] [DIST_PORT]   prints: export SWITCHBOARD_AMQP_URL=… and the node name
+#   scripts/rabbitmq.sh start DIR [AMQP_PORT] [DIST_PORT]   prints export lines: SWITCHBOARD_AMQP_URL,
+#                                                           SWITCHBOARD_AMQPS_URL (TLS on AMQP_PORT+1, throwaway CA),
+#                                                           SWITCHBOARD_RABBITMQ_DIR
 #   scripts/rabbitmq.sh stop DIR
 #   scripts/rabbitmq.sh ctl DIR ARGS…                         runs rabbitmqctl against that node
 #
@@ -44,7 +46,28 @@ export RABBITMQ_CONFIG_FILE=$dir/rabbitmq
 export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
 ENV
     echo "[]." >"$dir/enabled_plugins"
-    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$amqp_port" >"$dir/rabbitmq.conf"
+    tls_port=$((amqp_port + 1))
+    # A throwaway CA and a server certificate for localhost, for the amqps:// listener;
+    # a second, unrelated CA lets tests check that verification really happens.
+    mkdir -p "$dir/tls"
+    (
+        cd "$dir/tls"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=switchboard-test-ca" 2>/dev/null
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj "/CN=unrelated-ca" 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
+    )
+    cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$amqp_port
+listeners.ssl.default = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+loopback_users = none
+CONF
     echo "[]." >"$dir/advanced.config"
     if id rabbitmq >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then chown -R rabbitmq:rabbitmq "$dir"; chmod 755 "$dir"; fi
     node_env
@@ -66,6 +89,7 @@ ENV
         exit 1
     fi
     echo "export SWITCHBOARD_AMQP_URL=amqp://guest:guest@127.0.0.1:$amqp_port/"
+    echo "export SWITCHBOARD_AMQPS_URL='amqps://guest:guest@localhost:$tls_port/?cacertfile=$dir/tls/ca.pem'"
     echo "export SWITCHBOARD_RABBITMQ_DIR=$dir"
     ;;
 stop)

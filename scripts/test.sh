@@ -10,6 +10,6 @@ swift build --build-tests
 broker_dir=$(mktemp -d /tmp/switchboard-rabbitmq.XXXXXX)
 trap './scripts/rabbitmq.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
 eval "$(./scripts/rabbitmq.sh start "$broker_dir")"
-export SWITCHBOARD_AMQP_URL SWITCHBOARD_RABBITMQ_DIR
+export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR
 
 swift test --skip-build

@@ -68,12 +68,12 @@ struct RabbitCluster: Sendable {
     let exchange: String
     let backplanes: [RabbitMQBackplane]
 
-    init(gateways: Int) throws {
+    init(gateways: Int, amqp: AMQPConfiguration? = nil) throws {
         tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         exchange = "sbtest.\(tag)"
         var logger = Logger(label: "test.rabbitmq")
         logger.logLevel = .warning
-        let amqp = try AMQPConfiguration(url: try Broker.url)
+        let amqp = try amqp ?? AMQPConfiguration(url: try Broker.url)
         let exchange = self.exchange
         let tag = self.tag
         backplanes = (1...gateways).map { index in
