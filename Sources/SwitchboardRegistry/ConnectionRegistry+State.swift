@@ -1,61 +1,98 @@
 import SwitchboardProtocol
 
 /// The registry's maps, mutated only under the registry's lock.
+///
+/// `users` and `rooms` list every connection, which is where deliveries go.
+/// `activeUsers` and `activeRooms` count only connections that are not leaving (being
+/// drained): an address is local while its count is above zero. A leaving connection
+/// therefore still receives, while its addresses can already be unbound.
 struct RegistryState<Handle> {
     struct Connection {
         var user: UserID
         var handle: Handle
         var rooms: Set<RoomID> = []
+        var isLeaving = false
     }
 
     var connections: [ConnectionID: Connection] = [:]
     var users: [UserID: Set<ConnectionID>] = [:]
     var rooms: [RoomID: Set<ConnectionID>] = [:]
+    var activeUsers: [UserID: Int] = [:]
+    var activeRooms: [RoomID: Int] = [:]
 
     mutating func add(_ id: ConnectionID, user: UserID, handle: Handle) -> RegistryChange {
         precondition(connections[id] == nil, "connection \(id) registered twice")
         connections[id] = Connection(user: user, handle: handle)
-        var change = RegistryChange()
-        if users[user, default: []].isEmpty { change.becameLocal.append(.user(user)) }
         users[user, default: []].insert(id)
+        var change = RegistryChange()
+        if Self.increment(user, in: &activeUsers) { change.becameLocal.append(.user(user)) }
         return change
     }
 
     mutating func remove(_ id: ConnectionID) -> RegistryChange {
         guard let connection = connections.removeValue(forKey: id) else { return RegistryChange() }
+        Self.remove(id, from: connection.user, in: &users)
+        for room in connection.rooms { Self.remove(id, from: room, in: &rooms) }
+        // A leaving connection was no longer counted: removing it changes nothing local.
+        return connection.isLeaving ? RegistryChange() : deactivate(connection)
+    }
+
+    mutating func markLeaving(_ id: ConnectionID) -> RegistryChange {
+        guard var connection = connections[id], !connection.isLeaving else { return RegistryChange() }
+        connection.isLeaving = true
+        connections[id] = connection
+        return deactivate(connection)
+    }
+
+    mutating func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int) -> JoinResult {
+        guard var connection = connections[id] else { return .unknownConnection }
+        if connection.isLeaving { return .connectionLeaving }
+        if connection.rooms.contains(room) { return .alreadyMember }
+        guard connection.rooms.count < maximumRooms else { return .tooManyRooms }
+        connection.rooms.insert(room)
+        connections[id] = connection
+        rooms[room, default: []].insert(id)
+        return .joined(roomBecameLocal: Self.increment(room, in: &activeRooms))
+    }
+
+    mutating func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
+        guard let isLeaving = connections[id]?.isLeaving, connections[id]?.rooms.remove(room) != nil else { return RegistryChange() }
+        Self.remove(id, from: room, in: &rooms)
+        if !isLeaving, Self.decrement(room, in: &activeRooms) { return RegistryChange(noLongerLocal: [.room(room)]) }
+        return RegistryChange()
+    }
+
+    /// Stops counting `connection` towards its user and rooms.
+    private mutating func deactivate(_ connection: Connection) -> RegistryChange {
         var change = RegistryChange()
-        if Self.remove(id, from: connection.user, in: &users) { change.noLongerLocal.append(.user(connection.user)) }
-        for room in connection.rooms where Self.remove(id, from: room, in: &rooms) {
+        if Self.decrement(connection.user, in: &activeUsers) { change.noLongerLocal.append(.user(connection.user)) }
+        for room in connection.rooms where Self.decrement(room, in: &activeRooms) {
             change.noLongerLocal.append(.room(room))
         }
         return change
     }
 
-    mutating func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int) -> JoinResult {
-        guard var connection = connections[id] else { return .unknownConnection }
-        if connection.rooms.contains(room) { return .alreadyMember }
-        guard connection.rooms.count < maximumRooms else { return .tooManyRooms }
-        connection.rooms.insert(room)
-        connections[id] = connection
-        let first = rooms[room] == nil
-        rooms[room, default: []].insert(id)
-        return .joined(roomBecameLocal: first)
+    /// Counts one more; true when the count was zero.
+    private static func increment<Key: Hashable>(_ key: Key, in counts: inout [Key: Int]) -> Bool {
+        let before = counts[key, default: 0]
+        counts[key] = before + 1
+        return before == 0
     }
 
-    mutating func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
-        guard connections[id]?.rooms.remove(room) != nil else { return RegistryChange() }
-        return Self.remove(id, from: room, in: &rooms) ? RegistryChange(noLongerLocal: [.room(room)]) : RegistryChange()
-    }
-
-    /// Removes `id` from `key`'s set; true when the set became empty (and was dropped).
-    private static func remove<Key: Hashable>(_ id: ConnectionID, from key: Key, in map: inout [Key: Set<ConnectionID>]) -> Bool {
-        guard var members = map[key] else { return false }
-        members.remove(id)
-        if members.isEmpty {
-            map[key] = nil
+    /// Counts one less; true when the count reached zero (and was dropped).
+    private static func decrement<Key: Hashable>(_ key: Key, in counts: inout [Key: Int]) -> Bool {
+        guard let before = counts[key] else { return false }
+        if before <= 1 {
+            counts[key] = nil
             return true
         }
-        map[key] = members
+        counts[key] = before - 1
         return false
+    }
+
+    private static func remove<Key: Hashable>(_ id: ConnectionID, from key: Key, in map: inout [Key: Set<ConnectionID>]) {
+        guard var members = map[key] else { return }
+        members.remove(id)
+        map[key] = members.isEmpty ? nil : members
     }
 }

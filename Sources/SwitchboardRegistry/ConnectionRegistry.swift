@@ -27,6 +27,13 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
         state.withLock { $0.remove(id) }
     }
 
+    /// Marks connection `id` as leaving (the gateway is draining it): it still receives
+    /// what is delivered to its user and rooms, but no longer counts towards them being local.
+    /// - Returns: the user and rooms that have no other, non-leaving local connection.
+    public func markLeaving(_ id: ConnectionID) -> RegistryChange {
+        state.withLock { $0.markLeaving(id) }
+    }
+
     /// Makes connection `id` a member of `room`.
     public func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int = .max) -> JoinResult {
         state.withLock { $0.join(id, room: room, maximumRooms: maximumRooms) }
@@ -47,8 +54,8 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
     public func isLocal(_ address: LocalAddress) -> Bool {
         state.withLock { state in
             switch address {
-            case .user(let user): state.users[user] != nil
-            case .room(let room): state.rooms[room] != nil
+            case .user(let user): state.activeUsers[user] != nil
+            case .room(let room): state.activeRooms[room] != nil
             }
         }
     }
@@ -71,16 +78,16 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
         state.withLock { $0.connections.values.map(\.handle) }
     }
 
-    /// Every user and room that is local now.
-    public func localAddresses() -> [LocalAddress] {
+    /// The ids and handles of every local connection, in id order (oldest first).
+    public func allConnections() -> [(id: ConnectionID, handle: Handle)] {
         state.withLock { state in
-            state.users.keys.map(LocalAddress.user) + state.rooms.keys.map(LocalAddress.room)
+            state.connections.map { (id: $0.key, handle: $0.value.handle) }.sorted { $0.id.rawValue < $1.id.rawValue }
         }
     }
 
-    /// Counts for metrics and tests.
+    /// Counts for metrics and tests: connections (leaving ones included), and users and rooms that are local.
     public var counts: (connections: Int, users: Int, rooms: Int) {
-        state.withLock { ($0.connections.count, $0.users.count, $0.rooms.count) }
+        state.withLock { ($0.connections.count, $0.activeUsers.count, $0.activeRooms.count) }
     }
 }
 
@@ -109,4 +116,6 @@ public enum JoinResult: Sendable, Equatable {
     case tooManyRooms
     /// No such connection (it closed meanwhile).
     case unknownConnection
+    /// The connection is being drained and may not join rooms any more.
+    case connectionLeaving
 }

@@ -76,13 +76,9 @@ final class BindingReconciler: Sendable {
         perform(action)
     }
 
-    /// Every address the reconciler believes bound, for restoring after a broker reconnect.
-    func boundAddresses() -> [BackplaneAddress] {
-        entries.withLock { entries in
-            entries.compactMap { address, entry in
-                if case .bound = entry { address } else { nil }
-            }
-        }
+    /// Whether `address` is bound or has an operation in flight.
+    func isTracking(_ address: BackplaneAddress) -> Bool {
+        entries.withLock { $0[address] != nil }
     }
 
     private func perform(_ action: Action) {

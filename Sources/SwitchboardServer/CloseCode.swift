@@ -14,6 +14,8 @@ enum CloseCode {
     static let messageTooBig = WebSocketErrorCode.messageTooLarge
     /// 1011: an unexpected server error.
     static let internalError = WebSocketErrorCode.unexpectedServerError
+    /// 1012: the gateway is draining (SIGTERM); reconnect, the load balancer sends you elsewhere.
+    static let serviceRestart = WebSocketErrorCode(codeNumber: 1012)
     /// 1013: the backplane could not make the user reachable; reconnect later.
     static let tryAgainLater = WebSocketErrorCode(codeNumber: 1013)
 }

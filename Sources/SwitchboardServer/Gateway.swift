@@ -16,7 +16,7 @@ public final class Gateway: Sendable {
     let backplane: any Backplane
     let bindings: BindingReconciler
     let logger: Logger
-    private let draining = Atomic<Bool>(false)
+    let draining = Atomic<Bool>(false)
 
     /// Creates the gateway and installs it as the backplane's delivery handler.
     public init(configuration: GatewayConfiguration, backplane: any Backplane, logger: Logger) {

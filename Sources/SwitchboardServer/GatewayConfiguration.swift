@@ -21,6 +21,12 @@ public struct GatewayConfiguration: Sendable {
     public var maximumRoomsPerConnection: Int
     /// Pending connections the listening socket queues (connection storms).
     public var listenBacklog: Int
+    /// On SIGTERM: how long `/readyz` answers 503 before clients are closed, so that load
+    /// balancers stop sending new ones (longer than the balancer's health-check interval × fall).
+    public var drainGrace: Duration
+    /// On SIGTERM: the window over which clients are closed with 1012, spread evenly so
+    /// that they do not all reconnect to the other gateways at once.
+    public var drainWindow: Duration
 
     public init(
         gatewayID: String,
@@ -31,7 +37,9 @@ public struct GatewayConfiguration: Sendable {
         maximumFrameSize: Int? = nil,
         maximumOutboundBytes: Int = 1024 * 1024,
         maximumRoomsPerConnection: Int = 100,
-        listenBacklog: Int = 4096
+        listenBacklog: Int = 4096,
+        drainGrace: Duration = .seconds(3),
+        drainWindow: Duration = .seconds(10)
     ) {
         self.gatewayID = gatewayID
         self.host = host
@@ -42,5 +50,7 @@ public struct GatewayConfiguration: Sendable {
         self.maximumOutboundBytes = maximumOutboundBytes
         self.maximumRoomsPerConnection = maximumRoomsPerConnection
         self.listenBacklog = listenBacklog
+        self.drainGrace = drainGrace
+        self.drainWindow = drainWindow
     }
 }

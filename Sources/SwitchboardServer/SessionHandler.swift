@@ -298,6 +298,8 @@ final class SessionHandler: ChannelInboundHandler {
             return reject(ProtocolError(.forbidden, "a connection may be in at most \(maximum) rooms", correlationID: correlationID))
         case .unknownConnection:
             return
+        case .connectionLeaving:
+            return reject(ProtocolError(.backplaneUnavailable, "this gateway is shutting down; reconnect", correlationID: correlationID))
         case .joined, .alreadyMember:
             break
         }

@@ -59,7 +59,12 @@ public func withGateways<T: Sendable>(
     var gateways: [(Gateway, any Backplane)] = []
     var portStreams: [AsyncStream<Int>] = []
     for (index, backplane) in backplanes.enumerated() {
-        var configuration = GatewayConfiguration(gatewayID: backplanes.count == 1 ? "gw-test" : "gw-test-\(index + 1)", port: 0)
+        var configuration = GatewayConfiguration(
+            gatewayID: backplanes.count == 1 ? "gw-test" : "gw-test-\(index + 1)",
+            port: 0,
+            drainGrace: .zero,
+            drainWindow: .zero
+        )
         configure(&configuration, index)
         let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
         let (application, gateway) = buildGateway(
@@ -72,6 +77,7 @@ public func withGateways<T: Sendable>(
             }
         )
         applications.append(application)
+        applications.append(GatewayDrainService(gateway: gateway))
         gateways.append((gateway, backplane))
         portStreams.append(portStream)
     }

@@ -20,6 +20,7 @@ struct ServeCommand: AsyncParsableCommand {
         abstract: "Run a gateway."
     )
 
+    // Every option can also be set with SWITCHBOARD_<NAME> (EnvironmentOptions in Switchboard.swift).
     @Option(help: "Address to listen on (0.0.0.0 to accept from other hosts).")
     var host = "127.0.0.1"
 
@@ -47,11 +48,19 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Seconds /readyz answers 503 after SIGTERM before clients are closed (longer than the load balancer's health checks take to notice).")
+    var drainGrace = 3.0
+
+    @Option(help: "Seconds over which clients are closed with 1012 after the grace, spread evenly.")
+    var drainWindow = 10.0
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1…65535") }
         guard maxMessageSize >= 64 else { throw ValidationError("--max-message-size must be at least 64") }
         guard maxOutboundBytes >= 1024 else { throw ValidationError("--max-outbound-bytes must be at least 1024") }
         guard maxRoomsPerConnection >= 1 else { throw ValidationError("--max-rooms-per-connection must be at least 1") }
+        guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
+        guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
         if let gatewayID { try ValidateGatewayID.check(gatewayID) }
     }
 
@@ -70,13 +79,15 @@ struct ServeCommand: AsyncParsableCommand {
             auth: auth.mode,
             maximumMessageSize: maxMessageSize,
             maximumOutboundBytes: maxOutboundBytes,
-            maximumRoomsPerConnection: maxRoomsPerConnection
+            maximumRoomsPerConnection: maxRoomsPerConnection,
+            drainGrace: .milliseconds(Int(drainGrace * 1000)),
+            drainWindow: .milliseconds(Int(drainWindow * 1000))
         )
         let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
-        let (application, _) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
+        let (application, gateway) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
         logger.info(
             "starting gateway",
             metadata: [
@@ -86,7 +97,15 @@ struct ServeCommand: AsyncParsableCommand {
                 "open_files_limit": .stringConvertible(raised),
             ]
         )
-        try await application.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        // Graceful shutdown runs in reverse order: the drain first, then the server and the backplane.
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: application), .init(service: GatewayDrainService(gateway: gateway))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await services.run()
     }
 }
 

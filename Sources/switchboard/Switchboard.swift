@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The `switchboard` command: run a gateway, or load-test one.
 @main
@@ -9,4 +10,40 @@ struct Switchboard: AsyncParsableCommand {
         subcommands: [ServeCommand.self, BenchCommand.self],
         defaultSubcommand: ServeCommand.self
     )
+
+    static func main() async {
+        let arguments = EnvironmentOptions.apply(
+            to: Array(CommandLine.arguments.dropFirst()),
+            environment: ProcessInfo.processInfo.environment
+        )
+        await main(arguments)
+    }
+}
+
+/// Every `serve` flag can also come from an environment variable: `--max-message-size`
+/// from `SWITCHBOARD_MAX_MESSAGE_SIZE`, and so on. A flag on the command line wins.
+enum EnvironmentOptions {
+    /// The `serve` options that environment variables may set.
+    static let serveOptions = [
+        "host", "port", "backplane", "auth", "gateway-id", "max-message-size", "max-outbound-bytes",
+        "max-rooms-per-connection", "log-level", "drain-grace", "drain-window",
+    ]
+
+    static func variableName(_ option: String) -> String {
+        "SWITCHBOARD_" + option.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    /// Appends `--option value` for each variable set whose option is not on the command line.
+    static func apply(to arguments: [String], environment: [String: String]) -> [String] {
+        // Only `serve` (named, or the default when the first argument is a flag or absent).
+        if let first = arguments.first, !first.hasPrefix("-"), first != "serve" { return arguments }
+        var result = arguments
+        for option in serveOptions {
+            let flag = "--" + option
+            let given = arguments.contains { $0 == flag || $0.hasPrefix(flag + "=") }
+            guard !given, let value = environment[variableName(option)], !value.isEmpty else { continue }
+            result += [flag, value]
+        }
+        return result
+    }
 }

@@ -58,3 +58,45 @@ struct ConnectionRegistryTests {
         #expect(!registry.isLocal(.room(games)))
     }
 }
+
+@Suite("Connection registry: leaving connections (drain)")
+struct LeavingConnectionTests {
+    let alice = try! UserID(validating: "alice")
+    let lobby = try! RoomID(validating: "lobby")
+
+    @Test("a leaving connection still receives but no longer keeps its user and rooms local")
+    func leaving() {
+        let registry = ConnectionRegistry<Int>()
+        let one = ConnectionID.next()
+        let two = ConnectionID.next()
+        _ = registry.add(one, user: alice, handle: 1)
+        _ = registry.add(two, user: alice, handle: 2)
+        _ = registry.join(one, room: lobby)
+
+        // `two` still keeps alice local; the room had only `one`.
+        #expect(registry.markLeaving(one) == RegistryChange(noLongerLocal: [.room(lobby)]))
+        #expect(registry.markLeaving(one).isEmpty)
+        #expect(registry.isLocal(.user(alice)))
+        #expect(!registry.isLocal(.room(lobby)))
+        #expect(registry.handles(for: .room(lobby)) == [1], "deliveries still reach the leaving connection")
+        #expect(registry.join(one, room: try! RoomID(validating: "other")) == .connectionLeaving)
+
+        #expect(registry.markLeaving(two) == RegistryChange(noLongerLocal: [.user(alice)]))
+        #expect(Set(registry.handles(for: .user(alice))) == [1, 2])
+        // Removing connections that were leaving changes nothing more.
+        #expect(registry.remove(one).isEmpty)
+        #expect(registry.remove(two).isEmpty)
+        #expect(registry.counts == (0, 0, 0))
+    }
+
+    @Test("a new connection while another of the same user leaves makes the user local again")
+    func rejoin() {
+        let registry = ConnectionRegistry<Int>()
+        let old = ConnectionID.next()
+        _ = registry.add(old, user: alice, handle: 1)
+        _ = registry.markLeaving(old)
+        #expect(registry.add(ConnectionID.next(), user: alice, handle: 2) == RegistryChange(becameLocal: [.user(alice)]))
+        #expect(registry.remove(old).isEmpty)
+        #expect(registry.isLocal(.user(alice)))
+    }
+}

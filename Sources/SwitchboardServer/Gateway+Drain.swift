@@ -1,0 +1,89 @@
+import Logging
+public import ServiceLifecycle
+import SwitchboardBackplane
+import SwitchboardRegistry
+import Synchronization
+
+extension Gateway {
+    /// Drains the gateway (SIGTERM, DESIGN.md "Operations"), returning when every client
+    /// is gone or a timeout passed:
+    ///
+    /// 1. Readiness turns false at once: `/readyz` answers 503 and new handshakes are
+    ///    refused, so the load balancer stops sending clients here.
+    /// 2. After `drainGrace`, clients are closed in batches spread over `drainWindow`.
+    ///    For each batch the gateway first stops counting its connections as local and
+    ///    unbinds the addresses that no other local connection needs (on RabbitMQ: the
+    ///    queue sheds its bindings in batches, never thousands at once when it is
+    ///    deleted), waits for those unbinds, lets deliveries already routed here arrive,
+    ///    and only then closes each connection with 1012 after everything queued for it.
+    ///    A message for a user in that batch is therefore delivered, or routed to the
+    ///    user's other connections, or answered `recipient_offline`: never acked and lost.
+    /// 3. The backplane closes afterwards, when the service group stops it.
+    public func drain() async {
+        guard !draining.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let connections = registry.allConnections()
+        logger.info(
+            "draining: not ready; closing clients",
+            metadata: ["switchboard.drain.connections": .stringConvertible(connections.count)]
+        )
+        try? await Task.sleep(for: configuration.drainGrace)
+
+        let window = configuration.drainWindow
+        let slots = max(1, min(connections.count, Int(window / .milliseconds(100))))
+        let started = ContinuousClock.now
+        var next = 0
+        for slot in 0..<slots {
+            let end = connections.count * (slot + 1) / slots
+            let batch = Array(connections[next..<end])
+            next = end
+            let due = started + window * (Double(slot) / Double(slots))
+            try? await Task.sleep(until: due)
+            await drain(batch)
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while registry.counts.connections > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        logger.info("drained", metadata: ["switchboard.drain.left_open": .stringConvertible(registry.counts.connections)])
+    }
+
+    private func drain(_ batch: [(id: ConnectionID, handle: SessionHandle)]) async {
+        var released: [BackplaneAddress] = []
+        for (id, _) in batch {
+            for address in registry.markLeaving(id).noLongerLocal {
+                let backplaneAddress = Self.backplaneAddress(address)
+                bindings.release(backplaneAddress)
+                released.append(backplaneAddress)
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while released.contains(where: bindings.isTracking), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        // Messages the broker routed here before the unbinds took effect are on their way.
+        if !released.isEmpty { try? await Task.sleep(for: .milliseconds(200)) }
+        for (_, handle) in batch {
+            handle.withSession { $0.close(code: CloseCode.serviceRestart) }
+        }
+    }
+}
+
+/// Runs ``Gateway/drain()`` when graceful shutdown begins. Put it after the application
+/// in the service group: services shut down in reverse order, so the drain finishes
+/// before the HTTP server and the backplane stop.
+public struct GatewayDrainService: Service {
+    let gateway: Gateway
+
+    public init(gateway: Gateway) {
+        self.gateway = gateway
+    }
+
+    public func run() async throws {
+        do {
+            try await gracefulShutdown()
+        } catch {
+            return  // cancelled: no drain
+        }
+        await gateway.drain()
+    }
+}
