@@ -13,6 +13,8 @@ PACKAGES=(
     libssl-dev      # amqps:// through rabbitmq-c's OpenSSL
     rabbitmq-server # the broker the tests start on loopback
     openssl         # a throwaway CA for the broker's TLS listener in tests
+    haproxy         # the load balancer of the end-to-end tests and scripts/cluster.sh
+    nginx-light     # only to lint deploy/nginx/nginx.conf (nginx -t)
 )
 
 if ! command -v swift >/dev/null 2>&1; then

@@ -13,7 +13,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let headers: [(String, String)]
     private let key: WebSocketKey
     private let events: AsyncStream<WebSocketConnection.Event>.Continuation
-    private let done: EventLoopPromise<Void>
+    private let done: EventLoopPromise<[(name: String, value: String)]>
     private var received = ByteBuffer()
     private var finished = false
 
@@ -23,7 +23,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers: [(String, String)],
         key: WebSocketKey,
         events: AsyncStream<WebSocketConnection.Event>.Continuation,
-        done: EventLoopPromise<Void>
+        done: EventLoopPromise<[(name: String, value: String)]>
     ) {
         self.host = host
         self.path = path
@@ -61,8 +61,12 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             let body = received.readString(length: received.readableBytes) ?? ""
             return fail(context: context, .refused(status: status, body: body))
         }
-        let accept = lines.dropFirst().first { $0.lowercased().hasPrefix("sec-websocket-accept:") }
-            .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingSpaces() }
+        let headers: [(name: String, value: String)] = lines.dropFirst().compactMap { line in
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { return nil }
+            return (String(parts[0]), parts[1].trimmingSpaces())
+        }
+        let accept = headers.first { $0.name.lowercased() == "sec-websocket-accept" }?.value
         guard accept == key.expectedAccept else {
             return fail(context: context, .invalidResponse("wrong Sec-WebSocket-Accept"))
         }
@@ -84,7 +88,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         if leftover.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(leftover)) }
         received = ByteBuffer()
         context.pipeline.syncOperations.removeHandler(self, promise: nil)
-        done.succeed(())
+        done.succeed(headers)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -26,10 +26,13 @@ public final class WebSocketConnection: Sendable {
     public let events: AsyncStream<Event>
     /// The underlying NIO channel.
     public let channel: any Channel
+    /// The headers of the server's 101 response (a load balancer's `Set-Cookie`, for example).
+    public let responseHeaders: [(name: String, value: String)]
 
-    private init(channel: any Channel, events: AsyncStream<Event>) {
+    private init(channel: any Channel, events: AsyncStream<Event>, responseHeaders: [(name: String, value: String)]) {
         self.channel = channel
         self.events = events
+        self.responseHeaders = responseHeaders
     }
 
     /// Opens a connection and completes the WebSocket handshake.
@@ -51,7 +54,7 @@ public final class WebSocketConnection: Sendable {
     ) async throws -> WebSocketConnection {
         let eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         let (events, continuation) = AsyncStream<Event>.makeStream()
-        let handshakeDone = eventLoopGroup.any().makePromise(of: Void.self)
+        let handshakeDone = eventLoopGroup.any().makePromise(of: [(name: String, value: String)].self)
         let key = WebSocketKey.random()
         var bootstrap = ClientBootstrap(group: eventLoopGroup)
             .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -78,13 +81,14 @@ public final class WebSocketConnection: Sendable {
             continuation.finish()
             throw error
         }
+        let responseHeaders: [(name: String, value: String)]
         do {
-            try await handshakeDone.futureResult.get()
+            responseHeaders = try await handshakeDone.futureResult.get()
         } catch {
             channel.close(promise: nil)
             throw error
         }
-        return WebSocketConnection(channel: channel, events: events)
+        return WebSocketConnection(channel: channel, events: events, responseHeaders: responseHeaders)
     }
 
     /// Sends a text message as one frame.

@@ -217,3 +217,13 @@ public func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool)
     }
     return condition()
 }
+
+/// Polls an async `condition` until it holds or `timeout` passes.
+public func eventuallyAsync(timeout: Duration = .seconds(5), _ condition: () async -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}

@@ -30,6 +30,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Backplane URL: 'memory' (one gateway, the default) or amqp://user:pass@host:5672/vhost (amqps:// for TLS).")
     var backplane = "memory"
 
+    @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
+    var exchange = "switchboard"
+
     @Option(help: "How clients authenticate: 'none' (development only: the user id comes from ?user=).")
     var auth: AuthOption
 
@@ -62,6 +65,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
         if let gatewayID { try ValidateGatewayID.check(gatewayID) }
+        guard !exchange.isEmpty, exchange.utf8.count <= 127 else { throw ValidationError("--exchange must be 1…127 bytes") }
     }
 
     func run() async throws {
@@ -83,7 +87,7 @@ struct ServeCommand: AsyncParsableCommand {
             drainGrace: .milliseconds(Int(drainGrace * 1000)),
             drainWindow: .milliseconds(Int(drainWindow * 1000))
         )
-        let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, logger: logger)
+        let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, exchange: exchange, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
@@ -138,14 +142,14 @@ enum ValidateGatewayID {
 
 /// Picks the backplane from `--backplane`.
 enum BackplaneURL {
-    static func make(_ url: String, gatewayID: String, logger: Logger) throws -> any Backplane {
+    static func make(_ url: String, gatewayID: String, exchange: String, logger: Logger) throws -> any Backplane {
         if url == "memory" || url == "memory://" {
             return InMemoryBackplane()
         }
         if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
             do {
                 let amqp = try AMQPConfiguration(url: url)
-                return RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID), logger: logger)
+                return RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID, exchange: exchange), logger: logger)
             } catch {
                 throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
             }

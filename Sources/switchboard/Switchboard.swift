@@ -25,7 +25,7 @@ struct Switchboard: AsyncParsableCommand {
 enum EnvironmentOptions {
     /// The `serve` options that environment variables may set.
     static let serveOptions = [
-        "host", "port", "backplane", "auth", "gateway-id", "max-message-size", "max-outbound-bytes",
+        "host", "port", "backplane", "exchange", "auth", "gateway-id", "max-message-size", "max-outbound-bytes",
         "max-rooms-per-connection", "log-level", "drain-grace", "drain-window",
     ]
 

@@ -7,28 +7,9 @@ import Testing
 /// `switchboard serve` as a user runs it: the real binary, a real port, real signals.
 @Suite("switchboard serve (the executable)", .serialized, .timeLimit(.minutes(1)))
 struct ServeCommandTests {
-    /// The `switchboard` binary that `swift build` put beside this test bundle.
-    static func binary() throws -> URL {
-        let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
-        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let candidates = [besideTests, packageRoot.appendingPathComponent(".build/debug/switchboard")]
-        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-            throw TestFailure("switchboard binary not found in \(candidates.map(\.path))")
-        }
-        return found
-    }
-
-    /// A port that was free a moment ago.
-    static func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress?.port ?? 0
-        try await channel.close()
-        return port
-    }
-
     static func run(_ arguments: [String]) throws -> (process: Process, output: Pipe) {
         let process = Process()
-        process.executableURL = try binary()
+        process.executableURL = try switchboardBinary()
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
@@ -39,7 +20,7 @@ struct ServeCommandTests {
 
     @Test("serve --port --backplane memory --auth none --gateway-id: healthz, a chat, and a clean exit on SIGTERM")
     func serveAndStop() async throws {
-        let port = try await Self.freePort()
+        let port = try await freePort()
         let (process, output) = try Self.run(["serve", "--port", "\(port)", "--backplane", "memory", "--auth", "none", "--gateway-id", "gw-1"])
         defer { if process.isRunning { process.terminate() } }
         let gateway = RunningGatewayAddress(port: port)

@@ -1,0 +1,78 @@
+public import Foundation
+import NIOCore
+import NIOPosix
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The package's root folder (tests run scripts and read deploy/ from it).
+public let packageRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// The `switchboard` binary that `swift build` put beside the test bundle.
+public func switchboardBinary() throws -> URL {
+    let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
+    let candidates = [besideTests, packageRoot.appendingPathComponent(".build/debug/switchboard")]
+    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+        throw TestFailure("switchboard binary not found in \(candidates.map(\.path))")
+    }
+    return found
+}
+
+/// A loopback port that was free a moment ago.
+public func freePort() async throws -> Int {
+    let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+    let port = channel.localAddress?.port ?? 0
+    try await channel.close()
+    return port
+}
+
+/// A child process whose output goes to a log file (a pipe nobody reads would block it).
+public final class ChildProcess: Sendable {
+    public let name: String
+    public let logPath: String
+    private let process: Process
+
+    public init(name: String, executable: URL, arguments: [String], environment: [String: String] = [:], logDirectory: URL) throws {
+        self.name = name
+        logPath = logDirectory.appendingPathComponent("\(name).log").path
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+    public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
+
+    public func signal(_ signal: Int32) {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    public func stop(grace: Duration = .seconds(10)) async {
+        signal(SIGTERM)
+        let deadline = ContinuousClock.now + grace
+        while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        signal(SIGKILL)
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+    }
+
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// GET over plain HTTP; nil when nothing answered.
+public func httpStatus(port: Int, path: String) async -> Int? {
+    guard let url = URL(string: "http://127.0.0.1:\(port)\(path)"),
+        let (_, response) = try? await URLSession.shared.data(from: url)
+    else { return nil }
+    return (response as? HTTPURLResponse)?.statusCode
+}

@@ -1,0 +1,181 @@
+import Foundation
+import NIOCore
+import SwitchboardClient
+import SwitchboardTesting
+
+/// Three `switchboard serve` processes on one RabbitMQ behind a real HAProxy running
+/// deploy/haproxy/haproxy.cfg, all on loopback. Each cluster has an exchange of its own.
+final class LocalCluster: Sendable {
+    struct GatewayProcess: Sendable {
+        let id: String
+        let port: Int
+        let process: ChildProcess
+    }
+
+    let haproxyPort: Int
+    let gateways: [GatewayProcess]
+    let haproxy: ChildProcess
+    let directory: URL
+
+    static var amqpURL: String {
+        get throws {
+            guard let url = ProcessInfo.processInfo.environment["SWITCHBOARD_AMQP_URL"] else {
+                throw TestFailure("SWITCHBOARD_AMQP_URL is not set: run ./scripts/test.sh")
+            }
+            return url
+        }
+    }
+
+    private init(haproxyPort: Int, gateways: [GatewayProcess], haproxy: ChildProcess, directory: URL) {
+        self.haproxyPort = haproxyPort
+        self.gateways = gateways
+        self.haproxy = haproxy
+        self.directory = directory
+    }
+
+    /// Starts the gateways and HAProxy and waits until HAProxy sees every gateway ready.
+    static func start(drainGrace: Double = 2.5, drainWindow: Double = 2) async throws -> LocalCluster {
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-cluster-\(tag)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let url = try amqpURL
+        var gateways: [GatewayProcess] = []
+        for index in 1...3 {
+            let port = try await freePort()
+            let id = "gw-\(index)"
+            let process = try ChildProcess(
+                name: id,
+                executable: try switchboardBinary(),
+                arguments: [
+                    "serve", "--port", "\(port)", "--gateway-id", "\(id)-\(tag)", "--auth", "none", "--backplane", url,
+                    "--exchange", "cluster.\(tag)", "--drain-grace", "\(drainGrace)", "--drain-window", "\(drainWindow)",
+                    "--log-level", "info",
+                ],
+                logDirectory: directory
+            )
+            gateways.append(GatewayProcess(id: id, port: port, process: process))
+        }
+        let haproxyPort = try await freePort()
+        let haproxy = try ChildProcess(
+            name: "haproxy",
+            executable: URL(fileURLWithPath: "/usr/sbin/haproxy"),
+            arguments: ["-db", "-f", packageRoot.appendingPathComponent("deploy/haproxy/haproxy.cfg").path],
+            environment: [
+                "SB_HAPROXY_BIND": "127.0.0.1:\(haproxyPort)",
+                "SB_GATEWAY_1": "127.0.0.1:\(gateways[0].port)",
+                "SB_GATEWAY_2": "127.0.0.1:\(gateways[1].port)",
+                "SB_GATEWAY_3": "127.0.0.1:\(gateways[2].port)",
+            ],
+            logDirectory: directory
+        )
+        let cluster = LocalCluster(haproxyPort: haproxyPort, gateways: gateways, haproxy: haproxy, directory: directory)
+        for gateway in gateways {
+            guard try await eventuallyAsync(timeout: .seconds(30), { await httpStatus(port: gateway.port, path: "/readyz") == 200 }) else {
+                await cluster.stop()
+                throw TestFailure("\(gateway.id) did not become ready: \(gateway.process.log)")
+            }
+        }
+        guard try await eventuallyAsync(timeout: .seconds(10), { await httpStatus(port: haproxyPort, path: "/readyz") == 200 }) else {
+            await cluster.stop()
+            throw TestFailure("HAProxy did not come up: \(haproxy.log)")
+        }
+        // Health checks run every second and need 2 passes (rise 2).
+        try await Task.sleep(for: .seconds(2.5))
+        return cluster
+    }
+
+    /// The HAProxy server name (gw-1…gw-3) of a gateway id as `welcome` reports it.
+    func serverName(ofGatewayID gatewayID: String) -> String {
+        String(gatewayID.split(separator: "-").prefix(2).joined(separator: "-"))
+    }
+
+    /// Connects through HAProxy; returns the client, the gateway it landed on, and HAProxy's cookie.
+    func connect(_ user: String, cookie: String? = nil) async throws -> (client: TestClient, gateway: String, cookie: String?) {
+        let headers = cookie.map { [("Cookie", $0)] } ?? []
+        let client = try await TestClient.connect(port: haproxyPort, path: "/ws?user=\(user)", headers: headers)
+        let welcome = try await client.next()
+        guard welcome["type"] == "welcome", let gatewayID = welcome["gateway"] else { throw TestFailure("no welcome: \(welcome)") }
+        let setCookie = client.connection.responseHeaders.first { $0.name.lowercased() == "set-cookie" }?.value
+        let pair = setCookie.map { String($0.split(separator: ";")[0]) }
+        return (client, serverName(ofGatewayID: gatewayID), pair ?? cookie)
+    }
+
+    func gateway(_ name: String) -> GatewayProcess {
+        gateways.first { $0.id == name }!
+    }
+
+    func stop() async {
+        await withTaskGroup(of: Void.self) { group in
+            for gateway in gateways { group.addTask { await gateway.process.stop(grace: .seconds(15)) } }
+        }
+        await haproxy.stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// A client that reconnects through HAProxy whenever its connection ends, like a real one,
+/// and records every direct message it receives and every close code it got.
+final class ReconnectingReceiver: Sendable {
+    let user: String
+    private let cluster: LocalCluster
+    private let state = Mutex(State())
+    private struct State {
+        var received: Set<Int> = []
+        var gateways: [String] = []
+        var closeCodes: [UInt16?] = []
+        var stopped = false
+        var reconnectedAt: [ContinuousClock.Instant] = []
+        var disconnectedAt: [ContinuousClock.Instant] = []
+    }
+
+    init(user: String, cluster: LocalCluster) {
+        self.user = user
+        self.cluster = cluster
+    }
+
+    var received: Set<Int> { state.withLock { $0.received } }
+    var gateways: [String] { state.withLock { $0.gateways } }
+    var closeCodes: [UInt16?] { state.withLock { $0.closeCodes } }
+    var disconnectedAt: [ContinuousClock.Instant] { state.withLock { $0.disconnectedAt } }
+    var reconnectedAt: [ContinuousClock.Instant] { state.withLock { $0.reconnectedAt } }
+    var currentGateway: String? { state.withLock { $0.gateways.last } }
+
+    func stop() { state.withLock { $0.stopped = true } }
+
+    /// Runs until stopped: connect, read until the connection ends, reconnect after 100 ms.
+    func run() async {
+        var cookie: String?
+        while !state.withLock({ $0.stopped }) {
+            guard let (client, gateway, newCookie) = try? await cluster.connect(user, cookie: cookie) else {
+                try? await Task.sleep(for: .milliseconds(100))
+                continue
+            }
+            cookie = newCookie
+            state.withLock {
+                $0.gateways.append(gateway)
+                $0.reconnectedAt.append(.now)
+            }
+            while !state.withLock({ $0.stopped }) {
+                guard let event = try? await client.nextEvent(timeout: .milliseconds(200)) else {
+                    if client.connection.channel.isActive { continue }
+                    break
+                }
+                switch event {
+                case .text(let text):
+                    if let frame = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], let data = frame["data"] as? Int {
+                        state.withLock { _ = $0.received.insert(data) }
+                    }
+                case .close(let code):
+                    state.withLock { $0.closeCodes.append(code) }
+                default:
+                    break
+                }
+            }
+            state.withLock { $0.disconnectedAt.append(.now) }
+            await client.abort()
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+    }
+}
+
+import Synchronization
