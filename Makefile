@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (which are what the README and CI call).
-.PHONY: run test build release bench-idle
+.PHONY: run test build release bench-idle cluster cluster-stop
 
 run:
 	./scripts/run.sh
@@ -15,3 +15,9 @@ release:
 
 bench-idle:
 	./bench/idle.sh
+
+cluster:
+	./scripts/cluster.sh
+
+cluster-stop:
+	./scripts/cluster.sh stop

@@ -17,7 +17,12 @@ import Glibc
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Run a gateway."
+        abstract: "Run a gateway.",
+        discussion: """
+            Every option can also be set with an environment variable: SWITCHBOARD_ followed by the \
+            option name in capitals with - as _ (--max-message-size is SWITCHBOARD_MAX_MESSAGE_SIZE). \
+            An option on the command line wins over the environment.
+            """
     )
 
     // Every option can also be set with SWITCHBOARD_<NAME> (EnvironmentOptions in Switchboard.swift).
