@@ -14,7 +14,8 @@ BIN=.build/release/switchboard
 ulimit -n "$(ulimit -Hn)"
 broker_dir=$(mktemp -d /tmp/switchboard-bench-rabbitmq.XXXXXX)
 trap './scripts/rabbitmq.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
-eval "$(./scripts/rabbitmq.sh start "$broker_dir")"
+broker_env=$(./scripts/rabbitmq.sh start "$broker_dir")
+eval "$broker_env"
 for run in $(seq 1 "$RUNS"); do
     echo "run $run: bench bindings (pipelined, then sequential)"
     "$BIN" bench bindings --backplane "$SWITCHBOARD_AMQP_URL" --count "$CONNECTIONS"

@@ -45,7 +45,8 @@ start_cluster() {
     swift build -c release --product switchboard
     mkdir -p "$CLUSTER_DIR/rabbitmq"
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    eval "$(./scripts/rabbitmq.sh start "$CLUSTER_DIR/rabbitmq" "$CLUSTER_AMQP_PORT")"
+    broker_env=$(./scripts/rabbitmq.sh start "$CLUSTER_DIR/rabbitmq" "$CLUSTER_AMQP_PORT")
+eval "$broker_env"
     for index in 1 2 3; do
         port=$((CLUSTER_PORT + index))
         .build/release/switchboard serve --host 127.0.0.1 --port "$port" --gateway-id "gw-$index" \

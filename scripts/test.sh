@@ -9,7 +9,9 @@ swift build --build-tests
 # A RabbitMQ of the tests' own: own node name, ports and folder; stopped on exit.
 broker_dir=$(mktemp -d /tmp/switchboard-rabbitmq.XXXXXX)
 trap './scripts/rabbitmq.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
-eval "$(./scripts/rabbitmq.sh start "$broker_dir")"
+broker_env=$(./scripts/rabbitmq.sh start "$broker_dir")
+eval "$broker_env"
 export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR
 
-swift test --skip-build
+# Serial: the broker-restart test takes the shared RabbitMQ away from every other test while it runs.
+swift test --skip-build --no-parallel

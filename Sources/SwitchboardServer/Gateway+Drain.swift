@@ -31,14 +31,20 @@ extension Gateway {
         let window = configuration.drainWindow
         let slots = max(1, min(connections.count, Int(window / .milliseconds(100))))
         let started = ContinuousClock.now
-        var next = 0
-        for slot in 0..<slots {
-            let end = connections.count * (slot + 1) / slots
-            let batch = Array(connections[next..<end])
-            next = end
-            let due = started + window * (Double(slot) / Double(slots))
-            try? await Task.sleep(until: due)
-            await drain(batch)
+        // Each batch starts on its own schedule, so a slow broker (unbinds) stretches no
+        // batch beyond its own few hundred milliseconds and the window holds.
+        await withTaskGroup(of: Void.self) { group in
+            var next = 0
+            for slot in 0..<slots {
+                let end = connections.count * (slot + 1) / slots
+                let batch = Array(connections[next..<end])
+                next = end
+                let due = started + window * (Double(slot) / Double(slots))
+                group.addTask {
+                    try? await Task.sleep(until: due)
+                    await self.drain(batch)
+                }
+            }
         }
         let deadline = ContinuousClock.now + .seconds(5)
         while registry.counts.connections > 0, ContinuousClock.now < deadline {

@@ -16,7 +16,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure a running gateway.",
-        subcommands: [IdleBench.self, BindingsBench.self]
+        subcommands: [IdleBench.self, BindingsBench.self, ConfirmsBench.self]
     )
 }
 
@@ -50,7 +50,7 @@ struct IdleBench: AsyncParsableCommand {
             throw ValidationError("bench only targets loopback addresses")
         }
         guard (1...19_000).contains(connections) else { throw ValidationError("--connections must be 1…19000") }
-        guard (1...60).contains(hold) else { throw ValidationError("--hold must be 1…60 seconds") }
+        guard (1...300).contains(hold) else { throw ValidationError("--hold must be 1…300 seconds") }
         guard (1...1000).contains(concurrency) else { throw ValidationError("--concurrency must be 1…1000") }
     }
 
@@ -200,5 +200,102 @@ struct BindingsBench: AsyncParsableCommand {
         let failed = failures.load(ordering: .relaxed)
         if failed > 0 { throw ValidationError("\(failed) operations failed") }
         return seconds
+    }
+}
+
+/// Publish-to-confirm latency as another gateway sees it, second by second: for watching
+/// what the broker does to everyone else while it deletes a queue with many bindings.
+struct ConfirmsBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "confirms",
+        abstract: "Publish at a fixed rate on a RabbitMQ backplane; print confirm latency per second."
+    )
+
+    @Option(help: "Broker URL (loopback only).")
+    var backplane = "amqp://guest:guest@127.0.0.1:5672/"
+
+    @Option(help: "Exchange to publish on (the gateways' exchange).")
+    var exchange = "switchboard"
+
+    @Option(help: "Publishes per second.")
+    var rate = 500
+
+    @Option(help: "Seconds to run (at most 300).")
+    var duration = 60
+
+    func validate() throws {
+        guard (1...20_000).contains(rate) else { throw ValidationError("--rate must be 1…20000") }
+        guard (1...300).contains(duration) else { throw ValidationError("--duration must be 1…300") }
+        guard let host = try? AMQPConfiguration(url: backplane).host, host.hasPrefix("127.") || host == "localhost" || host == "::1" else {
+            throw ValidationError("bench only targets a loopback broker")
+        }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let rabbit = RabbitMQBackplane(
+            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: backplane), gatewayID: "probe-\(tag)", exchange: exchange),
+            logger: logger
+        )
+        let service = Task { try await rabbit.run() }
+        let connectDeadline = ContinuousClock.now + .seconds(20)
+        while !rabbit.isReady {
+            guard ContinuousClock.now < connectDeadline else { throw ValidationError("the backplane did not connect") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let address = BackplaneAddress.user(try UserID(validating: "probe-\(tag)"))
+        try await rabbit.bind(address)
+        let frame = ByteBuffer(string: #"{"type":"direct","from":"probe","to":"probe","data":0}"#)
+
+        // samples[second] = latencies in microseconds of the publishes sent in that second.
+        let samples = Mutex<[Int: [Int]]>([:])
+        let failures = Atomic<Int>(0)
+        let started = ContinuousClock.now
+        let interval = Duration.seconds(1) / rate
+        var next = started
+        print("second\tsent\tp50_ms\tp99_ms\tmax_ms")
+        var printed = 0
+        while ContinuousClock.now - started < .seconds(duration) {
+            next += interval
+            try await Task.sleep(until: next)
+            let sentAt = ContinuousClock.now
+            let second = Int((sentAt - started).seconds)
+            rabbit.publish(frame, to: address) { result in
+                let micros = Int((ContinuousClock.now - sentAt).seconds * 1_000_000)
+                if case .failure = result { failures.wrappingAdd(1, ordering: .relaxed) }
+                samples.withLock { $0[second, default: []].append(micros) }
+            }
+            // Print each second once the next-but-one has begun (its confirms are in, unless stalled).
+            while printed < second - 1 {
+                printRow(printed, samples.withLock { $0[printed] ?? [] })
+                printed += 1
+            }
+        }
+        try await Task.sleep(for: .seconds(5))
+        while printed <= Int(Double(duration)) {
+            printRow(printed, samples.withLock { $0[printed] ?? [] })
+            printed += 1
+        }
+        let all = samples.withLock { $0.values.flatMap { $0 } }.sorted()
+        if !all.isEmpty {
+            print("all: \(all.count) confirmed, p50 \(ms(all[all.count / 2])) ms, p99 \(ms(all[all.count * 99 / 100])) ms, max \(ms(all[all.count - 1])) ms, failed \(failures.load(ordering: .relaxed))")
+        }
+        service.cancel()
+        _ = try? await service.value
+    }
+
+    private func printRow(_ second: Int, _ values: [Int]) {
+        let sorted = values.sorted()
+        guard let last = sorted.last else {
+            print("\(second)\t0\t-\t-\t-")
+            return
+        }
+        print("\(second)\t\(sorted.count)\t\(ms(sorted[sorted.count / 2]))\t\(ms(sorted[sorted.count * 99 / 100]))\t\(ms(last))")
+    }
+
+    private func ms(_ micros: Int) -> String {
+        String(format: "%.2f", Double(micros) / 1000)
     }
 }
