@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
     ],
     targets: [
         // Wire protocol v1: identifiers, routing-key words, client and server frames. No I/O.
@@ -65,6 +66,7 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "JWTKit", package: "jwt-kit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -155,6 +157,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardTesting",
+                .product(name: "JWTKit", package: "jwt-kit"),
                 "SwitchboardBackplane",
                 "SwitchboardClient",
                 "SwitchboardProtocol",

@@ -12,6 +12,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let path: String
     private let headers: [(String, String)]
     private let key: WebSocketKey
+    private let answerPings: Bool
     private let events: AsyncStream<WebSocketConnection.Event>.Continuation
     private let done: EventLoopPromise<[(name: String, value: String)]>
     private var received = ByteBuffer()
@@ -22,6 +23,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         path: String,
         headers: [(String, String)],
         key: WebSocketKey,
+        answerPings: Bool,
         events: AsyncStream<WebSocketConnection.Event>.Continuation,
         done: EventLoopPromise<[(name: String, value: String)]>
     ) {
@@ -29,6 +31,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.path = path
         self.headers = headers
         self.key = key
+        self.answerPings = answerPings
         self.events = events
         self.done = done
     }
@@ -77,7 +80,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 [
                     ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)),
                     WebSocketFrameEncoder(),
-                    ClientFrameHandler(events: events),
+                    ClientFrameHandler(events: events, answerPings: answerPings),
                 ],
                 position: .after(self)
             )
@@ -124,9 +127,11 @@ final class ClientFrameHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
 
     private let events: AsyncStream<WebSocketConnection.Event>.Continuation
+    private let answerPings: Bool
 
-    init(events: AsyncStream<WebSocketConnection.Event>.Continuation) {
+    init(events: AsyncStream<WebSocketConnection.Event>.Continuation, answerPings: Bool) {
         self.events = events
+        self.answerPings = answerPings
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -138,8 +143,11 @@ final class ClientFrameHandler: ChannelInboundHandler {
         case .binary:
             events.yield(.binary(frame.unmaskedData))
         case .ping:
-            let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
-            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+            events.yield(.ping(frame.unmaskedData))
+            if answerPings {
+                let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)
+                context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+            }
         case .pong:
             events.yield(.pong(frame.unmaskedData))
         case .connectionClose:

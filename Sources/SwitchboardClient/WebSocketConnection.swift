@@ -18,6 +18,8 @@ public final class WebSocketConnection: Sendable {
         case binary(ByteBuffer)
         /// A pong frame (answers to pings the client sent).
         case pong(ByteBuffer)
+        /// A ping frame from the server (answered automatically unless turned off).
+        case ping(ByteBuffer)
         /// The server sent a close frame with this code (nil when it had no payload).
         case close(code: UInt16?)
     }
@@ -42,6 +44,7 @@ public final class WebSocketConnection: Sendable {
     ///   - path: Request target, with its query (e.g. `/ws?user=alice`).
     ///   - headers: Extra request headers (e.g. `Authorization`).
     ///   - localAddress: Source address to bind, to spread many connections over loopback addresses.
+    ///   - answerPings: Answer the server's pings with pongs (a test may turn it off to play a dead client).
     ///   - eventLoopGroup: Where the connection runs.
     /// - Throws: ``HandshakeError`` when the server does not answer 101, or a NIO error.
     public static func connect(
@@ -50,6 +53,7 @@ public final class WebSocketConnection: Sendable {
         path: String,
         headers: [(String, String)] = [],
         localAddress: SocketAddress? = nil,
+        answerPings: Bool = true,
         eventLoopGroup: (any EventLoopGroup)? = nil
     ) async throws -> WebSocketConnection {
         let eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
@@ -66,6 +70,7 @@ public final class WebSocketConnection: Sendable {
                             path: path,
                             headers: headers,
                             key: key,
+                            answerPings: answerPings,
                             events: continuation,
                             done: handshakeDone
                         )

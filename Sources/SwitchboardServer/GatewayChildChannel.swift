@@ -50,7 +50,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             /// What `shouldUpgrade` decided, read by the upgrade and not-upgraded paths.
             enum Decision {
                 case undecided
-                case accepted(UserID)
+                case accepted(Identity)
                 case refused(Refusal)
             }
             let decision = NIOLoopBoundBox(Decision.undecided, eventLoop: channel.eventLoop)
@@ -62,28 +62,38 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                 maxFrameSize: configuration.maximumFrameSize,
                 enableAutomaticErrorHandling: true,
                 shouldUpgrade: { channel, head in
-                    let path = QueryString(uri: head.uri).path
-                    guard path == "/ws" else {
-                        decision.value = .refused(Refusal(status: .notFound, message: "WebSocket endpoint is /ws"))
+                    if let refusal = Self.precheck(head, gateway: gateway) {
+                        decision.value = .refused(refusal)
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
-                    guard gateway.isReady else {
-                        decision.value = .refused(Refusal(status: .serviceUnavailable, message: "gateway not ready"))
-                        return channel.eventLoop.makeSucceededFuture(nil)
+                    let decide: @Sendable (Result<Identity, AuthenticationFailure>) -> HTTPHeaders? = { result in
+                        switch result {
+                        case .success(let identity):
+                            if gateway.registry.connectionCount(of: identity.user) >= configuration.maximumConnectionsPerUser {
+                                decision.value = .refused(
+                                    Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerUser) connections per user")
+                                )
+                                return nil
+                            }
+                            decision.value = .accepted(identity)
+                            return HTTPHeaders()
+                        case .failure(let failure):
+                            gateway.logger.info("handshake refused", metadata: ["switchboard.auth.failure": .string(failure.reason)])
+                            decision.value = .refused(Refusal(status: .unauthorized, message: failure.reason))
+                            return nil
+                        }
                     }
-                    switch authenticator.authenticate(head) {
-                    case .success(let user):
-                        decision.value = .accepted(user)
-                        return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
-                    case .failure(let failure):
-                        gateway.logger.info("handshake refused: \(failure.reason)")
-                        decision.value = .refused(Refusal(status: .unauthorized, message: failure.reason))
-                        return channel.eventLoop.makeSucceededFuture(nil)
+                    if let immediate = authenticator.authenticateImmediately(head) {
+                        return channel.eventLoop.makeSucceededFuture(decide(immediate))
                     }
+                    // Signature checks are async in jwt-kit; the result comes back on this channel's loop.
+                    let promise = channel.eventLoop.makePromise(of: Result<Identity, AuthenticationFailure>.self)
+                    promise.completeWithTask { await authenticator.authenticateAsync(head) }
+                    return promise.futureResult.map(decide)
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
-                        guard case .accepted(let user) = decision.value else {
+                        guard case .accepted(let identity) = decision.value else {
                             throw ChannelError.inappropriateOperationForState
                         }
                         let high = max(configuration.maximumOutboundBytes, 2)
@@ -91,7 +101,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                             ChannelOptions.writeBufferWaterMark,
                             value: .init(low: high / 2, high: high)
                         )
-                        let session = SessionHandler(connectionID: ConnectionID.next(), user: user, gateway: gateway)
+                        let session = SessionHandler(connectionID: ConnectionID.next(), identity: identity, gateway: gateway)
                         try channel.pipeline.syncOperations.addHandler(session)
                         return UpgradeResult.websocket
                     }
@@ -103,7 +113,9 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPConnectionStateHandler(idleTimeout: configuration.handshakeTimeout, logger: logger)
+                        )
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
@@ -122,6 +134,11 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             upgradeConfiguration.enableErrorHandling = false
             upgradeConfiguration.enableResponseHeaderValidation = false
             let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: upgradeConfiguration)
+            // A client that neither finishes a request nor a handshake in time is closed.
+            let timeout = channel.eventLoop.scheduleTask(in: TimeAmount(configuration.handshakeTimeout)) {
+                channel.close(promise: nil)
+            }
+            result.whenComplete { _ in timeout.cancel() }
             return Value(upgradeResult: result, channel: channel)
         }
     }
@@ -140,6 +157,21 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         } catch {
             logger.debug("connection setup failed", metadata: [LoggingKeys.errorType: "\(error)"])
         }
+    }
+
+    /// Refusals decided from the request alone, before any credential is looked at.
+    private static func precheck(_ head: HTTPRequestHead, gateway: Gateway) -> Refusal? {
+        guard QueryString(uri: head.uri).path == "/ws" else {
+            return Refusal(status: .notFound, message: "WebSocket endpoint is /ws")
+        }
+        guard gateway.isReady else {
+            return Refusal(status: .serviceUnavailable, message: "gateway not ready")
+        }
+        let allowed = gateway.configuration.allowedOrigins
+        if !allowed.isEmpty, let origin = head.headers.first(name: "origin"), !allowed.contains(origin) {
+            return Refusal(status: .forbidden, message: "origin not allowed")
+        }
+        return nil
     }
 
     private func writeRefusal(_ refusal: Refusal, to channel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {

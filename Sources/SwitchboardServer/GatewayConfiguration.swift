@@ -19,6 +19,24 @@ public struct GatewayConfiguration: Sendable {
     public var maximumOutboundBytes: Int
     /// Rooms one connection may be a member of at once.
     public var maximumRoomsPerConnection: Int
+    /// Connections one user may hold on this gateway at once; more get HTTP 429.
+    public var maximumConnectionsPerUser: Int
+    /// Messages per second one connection may send (token bucket refill rate).
+    public var messageRate: Double
+    /// Messages one connection may send in a burst above the rate (bucket size).
+    public var messageBurst: Double
+    /// `rate_limited` answers in a row (no message accepted in between) after which the
+    /// connection is closed with 1008 for sustained abuse.
+    public var rateLimitedCloseAfter: Int
+    /// Origins allowed to open a WebSocket (browser `Origin` header); empty allows any.
+    /// A handshake without `Origin` (not a browser) is allowed.
+    public var allowedOrigins: Set<String>
+    /// A connection that has not finished its HTTP request or WebSocket handshake by then is closed.
+    public var handshakeTimeout: Duration
+    /// A client silent this long gets a WebSocket ping.
+    public var pingInterval: Duration
+    /// A client silent this long (no frame, no pong) is closed with 1001.
+    public var idleTimeout: Duration
     /// Pending connections the listening socket queues (connection storms).
     public var listenBacklog: Int
     /// On SIGTERM: how long `/readyz` answers 503 before clients are closed, so that load
@@ -32,11 +50,19 @@ public struct GatewayConfiguration: Sendable {
         gatewayID: String,
         host: String = "127.0.0.1",
         port: Int = 8080,
-        auth: AuthenticationMode = .none,
+        auth: AuthenticationMode,
         maximumMessageSize: Int = 64 * 1024,
         maximumFrameSize: Int? = nil,
         maximumOutboundBytes: Int = 1024 * 1024,
         maximumRoomsPerConnection: Int = 100,
+        maximumConnectionsPerUser: Int = 16,
+        messageRate: Double = 100,
+        messageBurst: Double = 200,
+        rateLimitedCloseAfter: Int = 100,
+        allowedOrigins: Set<String> = [],
+        handshakeTimeout: Duration = .seconds(10),
+        pingInterval: Duration = .seconds(30),
+        idleTimeout: Duration = .seconds(75),
         listenBacklog: Int = 4096,
         drainGrace: Duration = .seconds(3),
         drainWindow: Duration = .seconds(10)
@@ -49,6 +75,14 @@ public struct GatewayConfiguration: Sendable {
         self.maximumFrameSize = maximumFrameSize ?? max(4 * maximumMessageSize, 1024)
         self.maximumOutboundBytes = maximumOutboundBytes
         self.maximumRoomsPerConnection = maximumRoomsPerConnection
+        self.maximumConnectionsPerUser = maximumConnectionsPerUser
+        self.messageRate = messageRate
+        self.messageBurst = messageBurst
+        self.rateLimitedCloseAfter = rateLimitedCloseAfter
+        self.allowedOrigins = allowedOrigins
+        self.handshakeTimeout = handshakeTimeout
+        self.pingInterval = pingInterval
+        self.idleTimeout = idleTimeout
         self.listenBacklog = listenBacklog
         self.drainGrace = drainGrace
         self.drainWindow = drainWindow

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOWebSocket
@@ -34,18 +35,25 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     let connectionID: ConnectionID
-    let user: UserID
+    let identity: Identity
+    var user: UserID { identity.user }
     private let gateway: Gateway
     private var context: ChannelHandlerContext?
     private var phase: Phase = .connecting(held: [])
     private var fragments: Fragments = .none
     private var isReading = false
     private var needsFlush = false
+    /// The last time anything arrived from the client (frames, pongs), for the idle timeout.
+    private var lastHeard = NIODeadline.now()
+    private var rateLimiter: RateLimiter
+    /// Closes the connection when the token expires; cancelled when the session ends.
+    private var expiry: Scheduled<Void>?
 
-    init(connectionID: ConnectionID, user: UserID, gateway: Gateway) {
+    init(connectionID: ConnectionID, identity: Identity, gateway: Gateway) {
         self.connectionID = connectionID
-        self.user = user
+        self.identity = identity
         self.gateway = gateway
+        self.rateLimiter = RateLimiter(rate: gateway.configuration.messageRate, burst: gateway.configuration.messageBurst)
     }
 
     private var handle: SessionHandle? {
@@ -63,6 +71,30 @@ final class SessionHandler: ChannelInboundHandler {
         }
         gateway.bindings.ensureBound(.user(user)) { result in
             handle.withSession { $0.userBindingCompleted(result) }
+        }
+        if let expiresAt = identity.expiresAt {
+            let remaining = max(0, expiresAt.timeIntervalSinceNow)
+            expiry = context.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000))) {
+                handle.withSession { $0.tokenExpired() }
+            }
+        }
+    }
+
+    private func tokenExpired() {
+        gateway.logger.info("token expired; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"])
+        close(code: CloseCode.policyViolation)
+    }
+
+    /// Called by the gateway's keepalive sweep on this session's loop: ping a quiet client,
+    /// close one that stayed silent past the idle timeout.
+    func keepalive(now: NIODeadline) {
+        guard case .open = phase else { return }
+        let silent = now - lastHeard
+        if silent >= TimeAmount(gateway.configuration.idleTimeout) {
+            gateway.logger.info("idle timeout; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)"])
+            close(code: CloseCode.goingAway)
+        } else if silent >= TimeAmount(gateway.configuration.pingInterval) {
+            writeFrame(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
         }
     }
 
@@ -95,6 +127,7 @@ final class SessionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastHeard = .now()
         switch phase {
         case .connecting(var held):
             held.append(frame)
@@ -123,6 +156,8 @@ final class SessionHandler: ChannelInboundHandler {
         guard !hasEnded else { return }
         hasEnded = true
         phase = .closed
+        expiry?.cancel()
+        expiry = nil
         let change = gateway.registry.remove(connectionID)
         gateway.apply(change)
     }
@@ -258,6 +293,15 @@ final class SessionHandler: ChannelInboundHandler {
         guard String(validating: bytes, as: UTF8.self) != nil else {
             return close(code: CloseCode.invalidUTF8)
         }
+        switch rateLimiter.take(now: .now(), closeAfter: gateway.configuration.rateLimitedCloseAfter) {
+        case .allowed:
+            break
+        case .limited:
+            return reject(ProtocolError(.rateLimited, "slow down: at most \(Int(gateway.configuration.messageRate)) messages per second"))
+        case .abusive:
+            gateway.logger.info("sustained rate-limit abuse; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"])
+            return close(code: CloseCode.policyViolation)
+        }
         switch ClientFrame.decode(message) {
         case .failure(let error):
             reject(error)
@@ -292,6 +336,9 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     private func join(_ room: RoomID, correlationID: CorrelationID?) {
+        guard identity.rooms.allows(room) else {
+            return reject(ProtocolError(.forbidden, "the token does not allow this room", correlationID: correlationID))
+        }
         let maximum = gateway.configuration.maximumRoomsPerConnection
         switch gateway.registry.join(connectionID, room: room, maximumRooms: maximum) {
         case .tooManyRooms:
@@ -400,3 +447,38 @@ final class SessionHandler: ChannelInboundHandler {
 
 @available(*, unavailable)
 extension SessionHandler: Sendable {}
+
+/// A token bucket: `burst` messages at once, refilled at `rate` per second.
+struct RateLimiter {
+    enum Decision {
+        case allowed
+        case limited
+        /// Limited `closeAfter` times in a row: the client does not slow down.
+        case abusive
+    }
+
+    private let rate: Double
+    private let burst: Double
+    private var tokens: Double
+    private var refilledAt = NIODeadline.now()
+    private var limitedInARow = 0
+
+    init(rate: Double, burst: Double) {
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.tokens = max(1, burst)
+    }
+
+    mutating func take(now: NIODeadline, closeAfter: Int) -> Decision {
+        let elapsed = Double((now - refilledAt).nanoseconds) / 1e9
+        tokens = min(burst, tokens + elapsed * rate)
+        refilledAt = now
+        if tokens >= 1 {
+            tokens -= 1
+            limitedInARow = 0
+            return .allowed
+        }
+        limitedInARow += 1
+        return limitedInARow >= closeAfter ? .abusive : .limited
+    }
+}

@@ -33,7 +33,7 @@ public func buildGateway(
             serverName: nil,
             backlog: configuration.listenBacklog
         ),
-        services: [backplane],
+        services: [backplane, GatewayKeepaliveService(gateway: gateway)],
         onServerRunning: onServerRunning,
         logger: gateway.logger
     )

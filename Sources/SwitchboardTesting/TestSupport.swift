@@ -38,10 +38,11 @@ public struct RunningGateway: Sendable {
 /// Runs `body` against a live gateway built exactly as `switchboard serve` builds it.
 public func withGateway<T: Sendable>(
     backplane: any Backplane = InMemoryBackplane(),
+    logs: CapturedLogs? = nil,
     configure: (inout GatewayConfiguration) -> Void = { _ in },
     _ body: @Sendable (RunningGateway) async throws -> T
 ) async throws -> T {
-    try await withGateways([backplane], configure: { configuration, _ in configure(&configuration) }) { gateways in
+    try await withGateways([backplane], logs: logs, configure: { configuration, _ in configure(&configuration) }) { gateways in
         try await body(gateways[0])
     }
 }
@@ -50,11 +51,12 @@ public func withGateway<T: Sendable>(
 /// own free loopback port; gateway `i` is named `gw-test-<i>` unless `configure` says otherwise.
 public func withGateways<T: Sendable>(
     _ backplanes: [any Backplane],
+    logs: CapturedLogs? = nil,
     configure: (inout GatewayConfiguration, Int) -> Void = { _, _ in },
     _ body: @Sendable ([RunningGateway]) async throws -> T
 ) async throws -> T {
-    var logger = Logger(label: "test")
-    logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+    var logger = logs.map { logs in Logger(label: "test") { _ in CapturingLogHandler(logs: logs) } } ?? Logger(label: "test")
+    logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? (logs == nil ? .warning : .trace)
     var applications: [any Service] = []
     var gateways: [(Gateway, any Backplane)] = []
     var portStreams: [AsyncStream<Int>] = []
@@ -62,6 +64,7 @@ public func withGateways<T: Sendable>(
         var configuration = GatewayConfiguration(
             gatewayID: backplanes.count == 1 ? "gw-test" : "gw-test-\(index + 1)",
             port: 0,
+            auth: .none,
             drainGrace: .zero,
             drainWindow: .zero
         )
@@ -120,8 +123,8 @@ public final class TestClient: Sendable {
         self.connection = connection
     }
 
-    public static func connect(port: Int, path: String, headers: [(String, String)] = []) async throws -> TestClient {
-        let connection = try await WebSocketConnection.connect(host: "127.0.0.1", port: port, path: path, headers: headers)
+    public static func connect(port: Int, path: String, headers: [(String, String)] = [], answerPings: Bool = true) async throws -> TestClient {
+        let connection = try await WebSocketConnection.connect(host: "127.0.0.1", port: port, path: path, headers: headers, answerPings: answerPings)
         let client = TestClient(connection: connection)
         // The reader lives as long as the connection; it ends when the stream finishes.
         Task { [client] in
@@ -226,4 +229,32 @@ public func eventuallyAsync(timeout: Duration = .seconds(5), _ condition: () asy
         try await Task.sleep(for: .milliseconds(20))
     }
     return await condition()
+}
+
+/// Every log line a gateway wrote, message and metadata, for tests that assert on logs.
+public final class CapturedLogs: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    public init() {}
+
+    public var all: [String] { lines.withLock { $0 } }
+
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+}
+
+/// A swift-log handler that records into ``CapturedLogs``.
+struct CapturingLogHandler: LogHandler {
+    let logs: CapturedLogs
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        logs.append("\(event.level) \(event.message) \(merged)")
+    }
 }

@@ -38,8 +38,41 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
     var exchange = "switchboard"
 
-    @Option(help: "How clients authenticate: 'none' (development only: the user id comes from ?user=).")
-    var auth: AuthOption
+    @Option(help: "How clients authenticate: 'jwt' (a token in Authorization: Bearer or ?token=), or 'none' (development only: the user id comes from ?user=).")
+    var auth: AuthOption = .jwt
+
+    @Option(help: "HS256 secret (at least 32 bytes). Prefer SWITCHBOARD_JWT_SECRET or --jwt-secret-file: arguments are visible to other users.")
+    var jwtSecret: String?
+
+    @Option(help: "File holding the HS256 secret.")
+    var jwtSecretFile: String?
+
+    @Option(help: "PEM public key file for RS256, ES256 or EdDSA tokens.")
+    var jwtPublicKey: String?
+
+    @Option(help: "JWKS file (JSON); tokens choose their key by kid.")
+    var jwks: String?
+
+    @Option(help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed.")
+    var allowedOrigin: [String] = []
+
+    @Option(help: "Connections one user may hold on this gateway; more get HTTP 429.")
+    var maxConnectionsPerUser = 16
+
+    @Option(help: "Messages per second one connection may send; more get rate_limited.")
+    var rateLimit = 100.0
+
+    @Option(help: "Messages one connection may send in a burst above --rate-limit.")
+    var rateBurst = 200.0
+
+    @Option(help: "Seconds a connection has to finish its HTTP request or WebSocket handshake.")
+    var handshakeTimeout = 10.0
+
+    @Option(help: "Seconds of client silence before the gateway sends a WebSocket ping.")
+    var pingInterval = 30.0
+
+    @Option(help: "Seconds of client silence (no frame, no pong) before the connection is closed with 1001.")
+    var idleTimeout = 75.0
 
     @Option(help: "This gateway's id, shown in welcome frames; default: the host name.")
     var gatewayID: String?
@@ -67,6 +100,11 @@ struct ServeCommand: AsyncParsableCommand {
         guard maxMessageSize >= 64 else { throw ValidationError("--max-message-size must be at least 64") }
         guard maxOutboundBytes >= 1024 else { throw ValidationError("--max-outbound-bytes must be at least 1024") }
         guard maxRoomsPerConnection >= 1 else { throw ValidationError("--max-rooms-per-connection must be at least 1") }
+        guard maxConnectionsPerUser >= 1 else { throw ValidationError("--max-connections-per-user must be at least 1") }
+        guard rateLimit > 0, rateBurst >= 1 else { throw ValidationError("--rate-limit must be positive and --rate-burst at least 1") }
+        guard handshakeTimeout > 0, pingInterval > 0, idleTimeout > pingInterval else {
+            throw ValidationError("timeouts must be positive, and --idle-timeout longer than --ping-interval")
+        }
         guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
         if let gatewayID { try ValidateGatewayID.check(gatewayID) }
@@ -85,16 +123,26 @@ struct ServeCommand: AsyncParsableCommand {
             gatewayID: gatewayID ?? FileDescriptorLimit.hostName(),
             host: host,
             port: port,
-            auth: auth.mode,
+            auth: try await authenticationMode(),
             maximumMessageSize: maxMessageSize,
             maximumOutboundBytes: maxOutboundBytes,
             maximumRoomsPerConnection: maxRoomsPerConnection,
+            maximumConnectionsPerUser: maxConnectionsPerUser,
+            messageRate: rateLimit,
+            messageBurst: rateBurst,
+            allowedOrigins: Set(allowedOrigin.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }),
+            handshakeTimeout: .milliseconds(Int(handshakeTimeout * 1000)),
+            pingInterval: .milliseconds(Int(pingInterval * 1000)),
+            idleTimeout: .milliseconds(Int(idleTimeout * 1000)),
             drainGrace: .milliseconds(Int(drainGrace * 1000)),
             drainWindow: .milliseconds(Int(drainWindow * 1000))
         )
         let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, exchange: exchange, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
+        }
+        if configuration.allowedOrigins.isEmpty {
+            logger.notice("no --allowed-origin: pages from any origin may open WebSockets to this gateway")
         }
         let (application, gateway) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
         logger.info(
@@ -118,15 +166,45 @@ struct ServeCommand: AsyncParsableCommand {
     }
 }
 
-/// The values of `--auth`.
-enum AuthOption: String, ExpressibleByArgument, CaseIterable {
-    case none
-
-    var mode: AuthenticationMode {
-        switch self {
-        case .none: .none
+extension ServeCommand {
+    /// The authentication mode from `--auth` and the key flags; key files are read here, once.
+    func authenticationMode() async throws -> AuthenticationMode {
+        switch auth {
+        case .none:
+            return .none
+        case .jwt:
+            var keys: [JWTAuthenticator.Key] = []
+            if let jwtSecret { keys.append(.hmacSecret(jwtSecret)) }
+            if let jwtSecretFile {
+                let secret = try readFile(jwtSecretFile, flag: "--jwt-secret-file").trimmingCharacters(in: .whitespacesAndNewlines)
+                keys.append(.hmacSecret(secret))
+            }
+            if let jwtPublicKey { keys.append(.publicKeyPEM(try readFile(jwtPublicKey, flag: "--jwt-public-key"))) }
+            if let jwks { keys.append(.jwks(try readFile(jwks, flag: "--jwks"))) }
+            guard !keys.isEmpty else {
+                throw ValidationError("--auth jwt needs --jwt-secret (or SWITCHBOARD_JWT_SECRET), --jwt-secret-file, --jwt-public-key or --jwks; --auth none is for development only")
+            }
+            do {
+                return .jwt(try await JWTAuthenticator.make(keys: keys))
+            } catch {
+                throw ValidationError(error.reason)
+            }
         }
     }
+
+    private func readFile(_ path: String, flag: String) throws -> String {
+        do {
+            return try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ValidationError("\(flag): cannot read \(path)")
+        }
+    }
+}
+
+/// The values of `--auth`.
+enum AuthOption: String, ExpressibleByArgument, CaseIterable {
+    case jwt
+    case none
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}

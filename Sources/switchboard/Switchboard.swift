@@ -25,8 +25,10 @@ struct Switchboard: AsyncParsableCommand {
 enum EnvironmentOptions {
     /// The `serve` options that environment variables may set.
     static let serveOptions = [
-        "host", "port", "backplane", "exchange", "auth", "gateway-id", "max-message-size", "max-outbound-bytes",
-        "max-rooms-per-connection", "log-level", "drain-grace", "drain-window",
+        "host", "port", "backplane", "exchange", "auth", "jwt-secret", "jwt-secret-file", "jwt-public-key", "jwks",
+        "allowed-origin", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
+        "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
+        "log-level", "drain-grace", "drain-window",
     ]
 
     static func variableName(_ option: String) -> String {

@@ -43,7 +43,7 @@ struct ServeCommandTests {
         #expect(log.contains("--auth none"), "the development-mode warning is logged")
     }
 
-    @Test("an unsupported or malformed backplane URL, or a missing --auth, fails at once with a clear message")
+    @Test("an unsupported or malformed backplane URL, or JWT auth without a key, fails at once with a clear message")
     func badFlags() async throws {
         let (amqp, amqpOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "kafka://guest:secret@127.0.0.1:5672/"])
         amqp.waitUntilExit()
@@ -59,10 +59,11 @@ struct ServeCommandTests {
         #expect(badAMQPLog.contains("invalid port"))
         #expect(!badAMQPLog.contains("secret"))
 
-        let (noAuth, noAuthOutput) = try Self.run(["serve", "--port", "1"])
-        noAuth.waitUntilExit()
-        #expect(noAuth.terminationStatus != 0)
-        #expect(String(decoding: noAuthOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("--auth"))
+        // JWT is the default; without a key the gateway refuses to start rather than accept anyone.
+        let (noKey, noKeyOutput) = try Self.run(["serve", "--port", "1"])
+        noKey.waitUntilExit()
+        #expect(noKey.terminationStatus != 0)
+        #expect(String(decoding: noKeyOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("--auth jwt needs"))
     }
 }
 
