@@ -165,7 +165,9 @@ public final class TestClient: Sendable {
 
     /// The next text frame, exactly as sent.
     public func nextText(timeout: Duration = .seconds(5)) async throws -> String {
-        let event = try await nextEvent(timeout: timeout)
+        var event = try await nextEvent(timeout: timeout)
+        // The server's keepalive pings are answered by the client library; skip them.
+        while case .ping = event { event = try await nextEvent(timeout: timeout) }
         guard case .text(let text) = event else { throw TestFailure("expected a text frame, got \(event)") }
         return text
     }
