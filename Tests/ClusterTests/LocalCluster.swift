@@ -49,6 +49,8 @@ final class LocalCluster: Sendable {
                 arguments: [
                     "serve", "--port", "\(port)", "--gateway-id", "\(id)-\(tag)", "--auth", "none", "--backplane", url,
                     "--exchange", "cluster.\(tag)", "--drain-grace", "\(drainGrace)", "--drain-window", "\(drainWindow)",
+                    // The tests send as fast as replies come back; the default rate limit would answer rate_limited.
+                    "--rate-limit", "10000", "--rate-burst", "10000",
                     "--log-level", "info",
                 ],
                 logDirectory: directory
