@@ -1,5 +1,6 @@
 public import NIOCore
 import NIOPosix
+public import NIOSSL
 public import NIOWebSocket
 
 /// A raw WebSocket client connection (RFC 6455) over SwiftNIO.
@@ -44,6 +45,7 @@ public final class WebSocketConnection: Sendable {
     ///   - path: Request target, with its query (e.g. `/ws?user=alice`).
     ///   - headers: Extra request headers (e.g. `Authorization`).
     ///   - localAddress: Source address to bind, to spread many connections over loopback addresses.
+    ///   - tls: Connect with TLS (`wss://`) using this configuration.
     ///   - answerPings: Answer the server's pings with pongs (a test may turn it off to play a dead client).
     ///   - eventLoopGroup: Where the connection runs.
     /// - Throws: ``HandshakeError`` when the server does not answer 101, or a NIO error.
@@ -54,8 +56,10 @@ public final class WebSocketConnection: Sendable {
         headers: [(String, String)] = [],
         localAddress: SocketAddress? = nil,
         answerPings: Bool = true,
+        tls: TLSConfiguration? = nil,
         eventLoopGroup: (any EventLoopGroup)? = nil
     ) async throws -> WebSocketConnection {
+        let sslContext = try tls.map { try NIOSSLContext(configuration: $0) }
         let eventLoopGroup = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         let (events, continuation) = AsyncStream<Event>.makeStream()
         let handshakeDone = eventLoopGroup.any().makePromise(of: [(name: String, value: String)].self)
@@ -64,6 +68,9 @@ public final class WebSocketConnection: Sendable {
             .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: host))
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         HandshakeHandler(
                             host: host,

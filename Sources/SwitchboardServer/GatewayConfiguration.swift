@@ -1,5 +1,9 @@
+public import NIOSSL
+
 /// Everything a gateway is told at start-up; defaults are the documented ones.
 public struct GatewayConfiguration: Sendable {
+    /// Serves `wss://` and `https://` with this context (`--tls-cert`, `--tls-key`); nil serves plain text.
+    public var tls: NIOSSLContext?
     /// This gateway's id: shown to clients in `welcome`, names its backplane queue.
     public var gatewayID: String
     /// Address to listen on.

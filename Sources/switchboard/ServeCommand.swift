@@ -1,6 +1,7 @@
 public import ArgumentParser
 import Foundation
 import Hummingbird
+import NIOSSL
 public import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -56,6 +57,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed.")
     var allowedOrigin: [String] = []
 
+    @Option(help: "PEM certificate chain: serve wss:// and https:// (with --tls-key).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
     @Option(help: "Connections one user may hold on this gateway; more get HTTP 429.")
     var maxConnectionsPerUser = 16
 
@@ -100,6 +107,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard maxMessageSize >= 64 else { throw ValidationError("--max-message-size must be at least 64") }
         guard maxOutboundBytes >= 1024 else { throw ValidationError("--max-outbound-bytes must be at least 1024") }
         guard maxRoomsPerConnection >= 1 else { throw ValidationError("--max-rooms-per-connection must be at least 1") }
+        guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
         guard maxConnectionsPerUser >= 1 else { throw ValidationError("--max-connections-per-user must be at least 1") }
         guard rateLimit > 0, rateBurst >= 1 else { throw ValidationError("--rate-limit must be positive and --rate-burst at least 1") }
         guard handshakeTimeout > 0, pingInterval > 0, idleTimeout > pingInterval else {
@@ -119,7 +127,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "switchboard")
         let raised = FileDescriptorLimit.raiseToHardLimit()
-        let configuration = GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             gatewayID: gatewayID ?? FileDescriptorLimit.hostName(),
             host: host,
             port: port,
@@ -137,6 +145,7 @@ struct ServeCommand: AsyncParsableCommand {
             drainGrace: .milliseconds(Int(drainGrace * 1000)),
             drainWindow: .milliseconds(Int(drainWindow * 1000))
         )
+        configuration.tls = try tlsContext()
         let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, exchange: exchange, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
@@ -189,6 +198,18 @@ extension ServeCommand {
             } catch {
                 throw ValidationError(error.reason)
             }
+        }
+    }
+
+    /// The TLS context from `--tls-cert` and `--tls-key`, or nil.
+    func tlsContext() throws -> NIOSSLContext? {
+        guard let tlsCert, let tlsKey else { return nil }
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(tlsCert).map { NIOSSLCertificateSource.certificate($0) }
+            let key = try NIOSSLPrivateKey(file: tlsKey, format: .pem)
+            return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        } catch {
+            throw ValidationError("--tls-cert/--tls-key: \(error)")
         }
     }
 

@@ -26,7 +26,7 @@ enum EnvironmentOptions {
     /// The `serve` options that environment variables may set.
     static let serveOptions = [
         "host", "port", "backplane", "exchange", "auth", "jwt-secret", "jwt-secret-file", "jwt-public-key", "jwks",
-        "allowed-origin", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
+        "allowed-origin", "tls-cert", "tls-key", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
         "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
         "log-level", "drain-grace", "drain-window",
     ]
