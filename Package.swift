@@ -113,6 +113,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libFuzzer target over the frame decoder and routing words (scripts/fuzz.sh); a
+        // normal build makes it a replayer of Tests/Fuzz/regressions.
+        .executableTarget(
+            name: "SwitchboardFuzz",
+            dependencies: ["SwitchboardProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         // Helpers shared by the test targets: live gateways in-process and a test WebSocket client.
         .target(
             name: "SwitchboardTesting",

@@ -15,3 +15,6 @@ export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR
 
 # Serial: the broker-restart test takes the shared RabbitMQ away from every other test while it runs.
 swift test --skip-build --no-parallel
+
+# A short libFuzzer run over the frame decoder and routing words (scripts/fuzz.sh 3600 for a long one).
+./scripts/fuzz.sh "${SWITCHBOARD_FUZZ_SECONDS:-20}"
