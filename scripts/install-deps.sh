@@ -15,6 +15,7 @@ PACKAGES=(
     openssl         # a throwaway CA for the broker's TLS listener in tests
     haproxy         # the load balancer of the end-to-end tests and scripts/cluster.sh
     nginx-light     # only to lint deploy/nginx/nginx.conf (nginx -t)
+    python3-venv    # a throwaway virtualenv for the Python websockets client check
 )
 
 if ! command -v swift >/dev/null 2>&1; then
