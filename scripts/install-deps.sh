@@ -16,6 +16,7 @@ PACKAGES=(
     haproxy         # the load balancer of the end-to-end tests and scripts/cluster.sh
     nginx-light     # only to lint deploy/nginx/nginx.conf (nginx -t)
     python3-venv    # a throwaway virtualenv for the Python websockets client check
+    chromium        # a browser-grade WebSocket client in the tests (headless)
 )
 
 if ! command -v swift >/dev/null 2>&1; then

@@ -144,19 +144,8 @@ struct BindingsBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = Logger(label: "bench")
-        logger.logLevel = .warning
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
-        let rabbit = RabbitMQBackplane(
-            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: backplane), gatewayID: "bench-\(tag)", exchange: "bench.\(tag)"),
-            logger: logger
-        )
-        let service = Task { try await rabbit.run() }
-        let deadline = ContinuousClock.now + .seconds(20)
-        while !rabbit.isReady {
-            guard ContinuousClock.now < deadline else { throw ValidationError("the backplane did not connect to \(backplane)") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        let (rabbit, service) = try await BenchBackplane.start(url: backplane, gatewayID: "bench-\(tag)", exchange: "bench.\(tag)")
         let addresses = try (0..<count).map { BackplaneAddress.user(try UserID(validating: "bench-user-\($0)")) }
 
         let bindSeconds = try await measure(addresses) { address, done in rabbit.bind(address, completion: done) }
@@ -232,19 +221,8 @@ struct ConfirmsBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = Logger(label: "bench")
-        logger.logLevel = .error
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
-        let rabbit = RabbitMQBackplane(
-            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: backplane), gatewayID: "probe-\(tag)", exchange: exchange),
-            logger: logger
-        )
-        let service = Task { try await rabbit.run() }
-        let connectDeadline = ContinuousClock.now + .seconds(20)
-        while !rabbit.isReady {
-            guard ContinuousClock.now < connectDeadline else { throw ValidationError("the backplane did not connect") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        let (rabbit, service) = try await BenchBackplane.start(url: backplane, gatewayID: "probe-\(tag)", exchange: exchange)
         let address = BackplaneAddress.user(try UserID(validating: "probe-\(tag)"))
         try await rabbit.bind(address)
         let frame = ByteBuffer(string: #"{"type":"direct","from":"probe","to":"probe","data":0}"#)
@@ -297,5 +275,27 @@ struct ConfirmsBench: AsyncParsableCommand {
 
     private func ms(_ micros: Int) -> String {
         String(format: "%.2f", Double(micros) / 1000)
+    }
+}
+
+/// A RabbitMQ backplane of the load generator's own, connected and ready.
+enum BenchBackplane {
+    static func start(url: String, gatewayID: String, exchange: String) async throws -> (RabbitMQBackplane, Task<Void, any Error>) {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let rabbit = RabbitMQBackplane(
+            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: url), gatewayID: gatewayID, exchange: exchange),
+            logger: logger
+        )
+        let service = Task { try await rabbit.run() }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !rabbit.isReady {
+            guard ContinuousClock.now < deadline else {
+                service.cancel()
+                throw ValidationError("the backplane did not connect to \(BackplaneURL.redacted(url))")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return (rabbit, service)
     }
 }

@@ -7,25 +7,11 @@ import Testing
 /// endpoint they name exists.
 @Suite("deploy/ files", .serialized, .timeLimit(.minutes(1)))
 struct DeployLintTests {
-    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     static func deploy(_ path: String) -> String { packageRoot.appendingPathComponent("deploy/\(path)").path }
 
     @Test("haproxy -c accepts deploy/haproxy/haproxy.cfg")
     func haproxyConfig() throws {
-        let result = try Self.run(
+        let result = try runProcess(
             "/usr/sbin/haproxy",
             ["-c", "-f", Self.deploy("haproxy/haproxy.cfg")],
             environment: [
@@ -38,7 +24,7 @@ struct DeployLintTests {
 
     @Test("nginx -t accepts deploy/nginx/nginx.conf")
     func nginxConfig() throws {
-        let result = try Self.run("/usr/sbin/nginx", ["-t", "-c", Self.deploy("nginx/nginx.conf"), "-p", NSTemporaryDirectory()])
+        let result = try runProcess("/usr/sbin/nginx", ["-t", "-c", Self.deploy("nginx/nginx.conf"), "-p", NSTemporaryDirectory()])
         #expect(result.status == 0, "\(result.output)")
     }
 
@@ -46,10 +32,10 @@ struct DeployLintTests {
     func manifestsMatchTheBinary() throws {
         let files = ["docker-compose.yml", "kubernetes/deployment.yaml", "kubernetes/service.yaml", "kubernetes/poddisruptionbudget.yaml"]
         for file in files {
-            let parse = try Self.run("/usr/bin/env", ["python3", "-c", "import sys, yaml; list(yaml.safe_load_all(open(sys.argv[1])))", Self.deploy(file)])
+            let parse = try runProcess("/usr/bin/env", ["python3", "-c", "import sys, yaml; list(yaml.safe_load_all(open(sys.argv[1])))", Self.deploy(file)])
             #expect(parse.status == 0, "\(file): \(parse.output)")
         }
-        let help = try Self.run(try switchboardBinary().path, ["serve", "--help"]).output
+        let help = try runProcess(try switchboardBinary().path, ["serve", "--help"]).output
         let options = Set(help.matches(of: /--([a-z][a-z-]+) </).map { String($0.1) })
         #expect(options.contains("drain-window") && options.contains("backplane"))
         let variables = Set(options.map { "SWITCHBOARD_" + $0.uppercased().replacingOccurrences(of: "-", with: "_") })
@@ -95,7 +81,7 @@ struct DeployLintTests {
         await gateway.stop()
         #expect(gateway.exitStatus == 0)
 
-        let invalid = try Self.run(try switchboardBinary().path, ["serve", "--auth", "none"], environment: ["SWITCHBOARD_MAX_MESSAGE_SIZE": "12"])
+        let invalid = try runProcess(try switchboardBinary().path, ["serve", "--auth", "none"], environment: ["SWITCHBOARD_MAX_MESSAGE_SIZE": "12"])
         #expect(invalid.status != 0 && invalid.output.contains("--max-message-size"))
     }
 }

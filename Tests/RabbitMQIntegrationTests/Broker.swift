@@ -18,27 +18,14 @@ enum Broker {
         }
     }
 
-    static var packageRoot: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    }
-
     /// Runs `rabbitmqctl ARGS` against the test broker and returns its output.
     @discardableResult
     static func ctl(_ arguments: [String]) throws -> String {
         guard let dir = ProcessInfo.processInfo.environment["SWITCHBOARD_RABBITMQ_DIR"] else {
             throw TestFailure("SWITCHBOARD_RABBITMQ_DIR is not set: run ./scripts/test.sh")
         }
-        let process = Process()
-        process.executableURL = packageRoot.appendingPathComponent("scripts/rabbitmq.sh")
-        process.arguments = ["ctl", dir] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else { throw TestFailure("rabbitmqctl \(arguments) failed: \(text)") }
+        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/rabbitmq.sh").path, ["ctl", dir] + arguments)
+        guard status == 0 else { throw TestFailure("rabbitmqctl \(arguments) failed: \(text)") }
         return text
     }
 

@@ -191,15 +191,9 @@ struct AuthenticationTests {
     }
 
     static func openssl(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        let result = try runProcess("/usr/bin/openssl", arguments)
+        guard result.status == 0 else { throw TestFailure("openssl \(arguments) failed: \(result.output)") }
+        return result.output
     }
 }
 
