@@ -101,6 +101,37 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // hiredis (Debian libhiredis-dev), seen only by RedisClient.
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // A small Redis client: SwiftNIO sockets, hiredis's RESP reader, pipelining, Pub/Sub, reconnect.
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Redis Pub/Sub backplane: `broadcast` (one channel) and `channels` (per user and room) modes.
+        .target(
+            name: "SwitchboardRedis",
+            dependencies: [
+                "RedisClient",
+                "SwitchboardBackplane",
+                "SwitchboardProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A WebSocket client for Switchboard (tests and `switchboard bench` use it).
         .target(
             name: "SwitchboardClient",
@@ -141,6 +172,7 @@ let package = Package(
                 "SwitchboardServer",
                 "SwitchboardBackplane",
                 "SwitchboardRabbitMQ",
+                "SwitchboardRedis",
                 "SwitchboardClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -186,9 +218,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "RabbitMQIntegrationTests",
+            name: "BackplaneIntegrationTests",
             dependencies: [
                 "SwitchboardRabbitMQ",
+                "SwitchboardRedis",
+                "RedisClient",
                 "AMQPClient",
                 "SwitchboardServer",
                 "SwitchboardTesting",

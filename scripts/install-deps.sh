@@ -11,7 +11,9 @@ PACKAGES=(
     pkg-config      # SwiftPM finds librabbitmq through it
     librabbitmq-dev # the AMQP client (rabbitmq-c) the RabbitMQ backplane wraps
     libssl-dev      # amqps:// through rabbitmq-c's OpenSSL
+    libhiredis-dev  # the RESP reader the Redis backplane wraps (RedisClient)
     rabbitmq-server # the broker the tests start on loopback
+    redis-server    # the Redis backplane's broker (scripts/redis.sh, bench/run.sh)
     openssl         # a throwaway CA for the broker's TLS listener in tests
     haproxy         # the load balancer of the end-to-end tests and scripts/cluster.sh
     nginx-light     # only to lint deploy/nginx/nginx.conf (nginx -t)
@@ -23,6 +25,9 @@ if ! command -v swift >/dev/null 2>&1; then
     echo "error: swift is not on PATH. Install a Swift 6.2+ toolchain (https://swift.org/install) and retry." >&2
     exit 1
 fi
+
+# node runs the browser client's unit tests; the machine image usually has one already.
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

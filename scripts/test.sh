@@ -9,21 +9,26 @@ swift build --build-tests
 # A short libFuzzer run over the frame decoder and routing words (scripts/fuzz.sh 3600 for a long one).
 ./scripts/fuzz.sh "${SWITCHBOARD_FUZZ_SECONDS:-20}"
 
+# The tests' own RabbitMQ and Redis: own names, ports and folders; stopped on exit.
+work=$(mktemp -d /tmp/switchboard-test.XXXXXX)
+chmod 755 "$work"  # the rabbitmq user reads its node folder below it
+mkdir "$work/rabbitmq" "$work/redis"
+cleanup() {
+    ./scripts/rabbitmq.sh stop "$work/rabbitmq" || true
+    ./scripts/redis.sh stop "$work/redis" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+eval "$(./scripts/rabbitmq.sh start "$work/rabbitmq")"
+eval "$(./scripts/redis.sh start "$work/redis")"
+export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDIS_DIR
+
 # Independent clients: Python's websockets library, and headless Chromium driven over
 # the DevTools protocol, from a throwaway virtualenv.
-venv=$(mktemp -d /tmp/switchboard-venv.XXXXXX)
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "websockets>=12"
-"$venv/bin/python" Tests/Python/independent_client.py .build/debug/switchboard
-"$venv/bin/python" Tests/Python/browser_check.py .build/debug/switchboard
-rm -rf "$venv"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "websockets>=12"
+"$work/venv/bin/python" Tests/Python/independent_client.py .build/debug/switchboard
+"$work/venv/bin/python" Tests/Python/browser_check.py .build/debug/switchboard
 
-# A RabbitMQ of the tests' own: own node name, ports and folder; stopped on exit.
-broker_dir=$(mktemp -d /tmp/switchboard-rabbitmq.XXXXXX)
-trap './scripts/rabbitmq.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
-broker_env=$(./scripts/rabbitmq.sh start "$broker_dir")
-eval "$broker_env"
-export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR
-
-# Serial: the broker-restart test takes the shared RabbitMQ away from every other test while it runs.
+# Serial: the broker-restart tests take a shared broker away from every other test while they run.
 swift test --skip-build --no-parallel

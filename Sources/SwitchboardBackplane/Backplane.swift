@@ -42,6 +42,9 @@ public protocol Backplane: Service {
 
     /// Whether the backplane can take operations now; drives `/readyz`.
     var isReady: Bool { get }
+
+    /// Counters since start, for `/metrics` and benchmarks.
+    var statistics: BackplaneStatistics { get }
 }
 
 extension Backplane {

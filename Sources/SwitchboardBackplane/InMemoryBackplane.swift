@@ -20,6 +20,7 @@ public final class InMemoryBackplane: Backplane {
     }
 
     private let state = Mutex(State())
+    private let counters = BackplaneCounters()
 
     public init() {}
 
@@ -32,6 +33,8 @@ public final class InMemoryBackplane: Backplane {
 
     public var isReady: Bool { state.withLock { $0.isRunning } }
 
+    public var statistics: BackplaneStatistics { counters.snapshot }
+
     public func run() async throws {
         state.withLock { $0.isRunning = true }
         defer { state.withLock { $0.isRunning = false } }
@@ -41,11 +44,13 @@ public final class InMemoryBackplane: Backplane {
 
     public func bind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         state.withLock { _ = $0.bound.insert(address) }
+        counters.binds.add(1, ordering: .relaxed)
         completion(.success(()))
     }
 
     public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         state.withLock { _ = $0.bound.remove(address) }
+        counters.unbinds.add(1, ordering: .relaxed)
         completion(.success(()))
     }
 
@@ -60,10 +65,13 @@ public final class InMemoryBackplane: Backplane {
             return state.handler
         }
         guard let handler else {
+            counters.count(.success(.noRecipient))
             completion(.success(.noRecipient))
             return
         }
+        counters.received.add(1, ordering: .relaxed)
         handler([BackplaneDelivery(address: address, frame: frame)])
+        counters.count(.success(.routed))
         completion(.success(.routed))
     }
 }

@@ -39,19 +39,9 @@ public final class RabbitMQBackplane: Backplane {
     /// What the two connection threads and the callers share; each part has its own lock.
     private final class Shared: Sendable {
         let state = Mutex(State())
-        let counters = Mutex(Statistics(received: 0, routed: 0, unroutable: 0))
+        let counters = BackplaneCounters()
         let consumerOpen = Atomic<Bool>(false)
         let publisherOpen = Atomic<Bool>(false)
-    }
-
-    /// Counters for tests, metrics and benchmarks.
-    public struct Statistics: Sendable, Equatable {
-        /// Messages this gateway's queue delivered to it.
-        public var received: Int
-        /// Publishes confirmed as routed.
-        public var routed: Int
-        /// Publishes returned as unroutable.
-        public var unroutable: Int
     }
 
     public let configuration: RabbitMQConfiguration
@@ -94,7 +84,7 @@ public final class RabbitMQBackplane: Backplane {
                     }
                     batch.append(BackplaneDelivery(address: address, frame: delivery.body))
                 }
-                shared.counters.withLock { $0.received += batch.count }
+                shared.counters.received.add(batch.count, ordering: .relaxed)
                 if let handler, !batch.isEmpty { handler(batch) }
             },
             onStateChange: { change in
@@ -116,7 +106,7 @@ public final class RabbitMQBackplane: Backplane {
         )
     }
 
-    public var statistics: Statistics { shared.counters.withLock { $0 } }
+    public var statistics: BackplaneStatistics { shared.counters.snapshot }
 
     public var isReady: Bool {
         shared.consumerOpen.load(ordering: .acquiring) && shared.publisherOpen.load(ordering: .acquiring)
@@ -141,8 +131,10 @@ public final class RabbitMQBackplane: Backplane {
         consumer.bind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
             switch result {
             case .success:
+                shared.counters.binds.add(1, ordering: .relaxed)
                 completion(.success(()))
             case .failure(let error):
+                shared.counters.bindFailures.add(1, ordering: .relaxed)
                 // Not bound: do not restore it after a reconnect either.
                 shared.state.withLock { _ = $0.wanted.remove(address) }
                 completion(.failure(BackplaneError(.unavailable, "bind \(address.routingKey) failed", cause: error)))
@@ -152,6 +144,7 @@ public final class RabbitMQBackplane: Backplane {
 
     public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         shared.state.withLock { _ = $0.wanted.remove(address) }
+        shared.counters.unbinds.add(1, ordering: .relaxed)
         let logger = self.logger
         consumer.unbind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
             if case .failure(let error) = result {
@@ -167,18 +160,19 @@ public final class RabbitMQBackplane: Backplane {
     public func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
         let shared = self.shared
         publisher.publish(exchange: configuration.exchange, routingKey: address.routingKey, body: frame, mandatory: true) { result in
+            let outcome: Result<PublishOutcome, BackplaneError>
             switch result {
             case .success(.confirmed), .success(.sent):
-                shared.counters.withLock { $0.routed += 1 }
-                completion(.success(.routed))
+                outcome = .success(.routed)
             case .success(.returned):
-                shared.counters.withLock { $0.unroutable += 1 }
-                completion(.success(.noRecipient))
+                outcome = .success(.noRecipient)
             case .failure(let error) where error.code == .nacked:
-                completion(.failure(BackplaneError(.rejected, "the broker rejected the message", cause: error)))
+                outcome = .failure(BackplaneError(.rejected, "the broker rejected the message", cause: error))
             case .failure(let error):
-                completion(.failure(BackplaneError(.unavailable, "the broker connection is down", cause: error)))
+                outcome = .failure(BackplaneError(.unavailable, "the broker connection is down", cause: error))
             }
+            shared.counters.count(outcome)
+            completion(outcome)
         }
     }
 }
@@ -186,27 +180,5 @@ public final class RabbitMQBackplane: Backplane {
 extension AMQPConnectionState {
     var isOpen: Bool {
         if case .open = self { true } else { false }
-    }
-}
-
-extension BackplaneAddress {
-    /// The address a routing key of this topology names; nil for keys Switchboard never binds.
-    init?(routingKey: String) {
-        if routingKey == "broadcast" {
-            self = .broadcast
-            return
-        }
-        let parts = routingKey.split(separator: ".", maxSplits: 1)
-        guard parts.count == 2, let id = RoutingWord.decode(String(parts[1])) else { return nil }
-        switch parts[0] {
-        case "user":
-            guard let user = try? UserID(validating: id) else { return nil }
-            self = .user(user)
-        case "room":
-            guard let room = try? RoomID(validating: id) else { return nil }
-            self = .room(room)
-        default:
-            return nil
-        }
     }
 }

@@ -78,16 +78,46 @@ public func httpStatus(port: Int, path: String) async -> Int? {
 }
 
 /// Runs a program to completion and returns its exit status and its output (stdout and stderr).
+///
+/// posix_spawn rather than Foundation's `Process`, whose pipe's write end leaked into a
+/// daemon started by the script (scripts/redis.sh start), so that reading the output
+/// never ended.
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    var pipeEnds: [Int32] = [0, 0]
+    guard pipe(&pipeEnds) == 0 else { throw TestFailure("pipe() failed for \(executable)") }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 2)
+    posix_spawn_file_actions_addclose(&actions, pipeEnds[0])
+    // Else a daemon the script starts would inherit the write end and the read below
+    // would never see end-of-file (what made Foundation's Process hang here).
+    posix_spawn_file_actions_addclose(&actions, pipeEnds[1])
+    let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+    close(pipeEnds[1])
+    guard spawned == 0 else {
+        close(pipeEnds[0])
+        throw TestFailure("cannot start \(executable): errno \(spawned)")
+    }
+    let output = FileHandle(fileDescriptor: pipeEnds[0], closeOnDealloc: true).readDataToEndOfFile()
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+    // WIFEXITED / WEXITSTATUS, which Swift does not import as macros.
+    let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (exitStatus, String(decoding: output, as: UTF8.self))
+}
+
+/// An environment variable that `scripts/test.sh` sets (a broker's URL, its folder);
+/// a clear failure when the tests run without it.
+public func requiredEnvironment(_ name: String) throws -> String {
+    guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
+        throw TestFailure("\(name) is not set: run ./scripts/test.sh, which starts the brokers the tests use")
+    }
+    return value
 }

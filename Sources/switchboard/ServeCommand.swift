@@ -8,6 +8,7 @@ import UnixSignals
 import AMQPClient
 import SwitchboardBackplane
 import SwitchboardRabbitMQ
+import SwitchboardRedis
 import SwitchboardServer
 
 #if canImport(Glibc)
@@ -33,7 +34,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on.")
     var port = 8080
 
-    @Option(help: "Backplane URL: 'memory' (one gateway, the default) or amqp://user:pass@host:5672/vhost (amqps:// for TLS).")
+    @Option(help: "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS), or redis://[:pass@]host:6379?mode=channels|broadcast.")
     var backplane = "memory"
 
     @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
@@ -258,9 +259,17 @@ enum BackplaneURL {
                 throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
             }
         }
+        if url.hasPrefix("redis://") || url.hasPrefix("rediss://") {
+            do {
+                let redis = try RedisBackplaneConfiguration(url: url, gatewayID: gatewayID)
+                return RedisBackplane(configuration: redis, logger: logger)
+            } catch {
+                throw ValidationError("invalid backplane URL '\(redacted(url))': \(String(describing: error))")
+            }
+        }
         let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
         throw ValidationError(
-            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): use 'memory', amqp:// or amqps://"
+            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): use 'memory', amqp://, amqps:// or redis://"
         )
     }
 

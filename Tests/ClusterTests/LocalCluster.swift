@@ -18,12 +18,7 @@ final class LocalCluster: Sendable {
     let directory: URL
 
     static var amqpURL: String {
-        get throws {
-            guard let url = ProcessInfo.processInfo.environment["SWITCHBOARD_AMQP_URL"] else {
-                throw TestFailure("SWITCHBOARD_AMQP_URL is not set: run ./scripts/test.sh")
-            }
-            return url
-        }
+        get throws { try requiredEnvironment("SWITCHBOARD_AMQP_URL") }
     }
 
     private init(haproxyPort: Int, gateways: [GatewayProcess], haproxy: ChildProcess, directory: URL) {

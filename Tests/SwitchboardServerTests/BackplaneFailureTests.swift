@@ -19,6 +19,7 @@ final class SwitchableBackplane: Backplane {
 
     func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) { inner.setDeliveryHandler(handler) }
     var isReady: Bool { !isDown.load(ordering: .relaxed) && inner.isReady }
+    var statistics: BackplaneStatistics { inner.statistics }
     func run() async throws { try await inner.run() }
 
     private func failure() -> BackplaneError? {

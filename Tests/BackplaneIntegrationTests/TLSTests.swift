@@ -11,12 +11,7 @@ import Testing
 @Suite("RabbitMQ over TLS (amqps://)", .serialized, .timeLimit(.minutes(2)))
 struct TLSTests {
     static var amqpsURL: String {
-        get throws {
-            guard let url = ProcessInfo.processInfo.environment["SWITCHBOARD_AMQPS_URL"] else {
-                throw TestFailure("SWITCHBOARD_AMQPS_URL is not set: run ./scripts/test.sh")
-            }
-            return url
-        }
+        get throws { try requiredEnvironment("SWITCHBOARD_AMQPS_URL") }
     }
 
     @Test("two gateways on amqps:// exchange a direct message")
@@ -24,7 +19,7 @@ struct TLSTests {
         let amqp = try AMQPConfiguration(url: try Self.amqpsURL)
         #expect(amqp.tls?.verifyPeer == true)
         #expect(amqp.tls?.caCertificatePath?.hasSuffix("tls/ca.pem") == true)
-        let cluster = try RabbitCluster(gateways: 2, amqp: amqp)
+        let cluster = try BackplaneCluster(.rabbitmq, gateways: 2, amqp: amqp)
         try await cluster.run { gateways in
             let alice = try await gateways[0].connect("alice")
             let bob = try await gateways[1].connect("bob")

@@ -1,0 +1,273 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+import Synchronization
+
+/// One Redis connection that opens itself again after every loss.
+///
+/// It lives on one SwiftNIO event loop: the socket is NIO's and hiredis only parses
+/// (``RESPReader``), so there is no thread of its own and nothing blocks. Commands are
+/// pipelined: ``send(_:completion:)`` may be called from any thread, writes are
+/// flushed once per event-loop tick, and replies complete in the order sent.
+///
+/// A *subscriber* connection (Pub/Sub) hands `message` pushes to `onMessages` in
+/// batches, on its event loop; its replies are the confirmations of `SUBSCRIBE`,
+/// `UNSUBSCRIBE` and `PING`.
+///
+/// Life: ``start()`` connects, sends `AUTH` when the configuration has a password, runs
+/// `setUp` (a backplane re-subscribes its channels there) and only then reports open.
+/// When the connection drops, or a command waits longer than the command timeout, every
+/// pending command fails with `connectionLost`, `onStateChange(false)` runs, and it
+/// reconnects after a jittered, growing delay. Commands sent while it is not open fail
+/// at once with `notConnected`: nothing is queued for later.
+public final class RedisConnection: Sendable {
+    /// Runs when a command's reply (or failure) arrives, on the connection's event loop.
+    public typealias Completion = @Sendable (Result<RedisValue, RedisError>) -> Void
+
+    /// Sends commands during set-up, before the connection counts as open.
+    public struct SetUp: Sendable {
+        public let channel: any Channel
+
+        /// Sends `command`; the future fails on an error reply or a lost connection.
+        public func send(_ command: RedisCommand) -> EventLoopFuture<RedisValue> {
+            let promise = channel.eventLoop.makePromise(of: RedisValue.self)
+            channel.writeAndFlush(RedisOutbound(command: command) { result in promise.completeWith(result.mapError { $0 as any Error }) }, promise: nil)
+            return promise.futureResult
+        }
+    }
+
+    public let configuration: RedisConfiguration
+    /// Names the connection in logs (`gw-1-subscriber`).
+    public let name: String
+    public let eventLoop: any EventLoop
+    private let logger: Logger
+    private let isSubscriber: Bool
+    private let setUp: @Sendable (SetUp) -> EventLoopFuture<Void>
+    private let onMessages: @Sendable ([RedisMessage]) -> Void
+    private let onStateChange: @Sendable (Bool) -> Void
+    private let core: NIOLoopBoundBox<Core>
+    private let open = Atomic<Bool>(false)
+
+    /// State that only the event loop touches.
+    private final class Core {
+        enum Phase { case idle, connecting, open, shutDown }
+        var phase = Phase.idle
+        var channel: (any Channel)?
+        var handler: RedisChannelHandler?
+        var attempt = 0
+        var reconnect: Scheduled<Void>?
+        var watchdog: RepeatedTask?
+        var flushScheduled = false
+        var lastPing = NIODeadline.now()
+    }
+
+    /// - Parameters:
+    ///   - isSubscriber: the connection will `SUBSCRIBE`; `message` pushes go to `onMessages`.
+    ///   - setUp: runs after every connect (and `AUTH`), before the connection is open.
+    ///   - onStateChange: true once open, false when lost; on the event loop.
+    public init(
+        configuration: RedisConfiguration,
+        name: String,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        isSubscriber: Bool = false,
+        setUp: @escaping @Sendable (SetUp) -> EventLoopFuture<Void> = { $0.channel.eventLoop.makeSucceededVoidFuture() },
+        onMessages: @escaping @Sendable ([RedisMessage]) -> Void = { _ in },
+        onStateChange: @escaping @Sendable (Bool) -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.name = name
+        self.eventLoop = eventLoop
+        var logger = logger
+        logger[metadataKey: "redis.connection"] = .string(name)
+        logger[metadataKey: "redis.server"] = .string(configuration.serverDescription)
+        self.logger = logger
+        self.isSubscriber = isSubscriber
+        self.setUp = setUp
+        self.onMessages = onMessages
+        self.onStateChange = onStateChange
+        self.core = NIOLoopBoundBox.makeBoxSendingValue(Core(), eventLoop: eventLoop)
+    }
+
+    /// Whether the connection is open and set up now.
+    public var isOpen: Bool { open.load(ordering: .acquiring) }
+
+    /// Starts connecting; returns at once.
+    public func start() {
+        eventLoop.execute {
+            guard self.core.value.phase == .idle else { return }
+            let interval = TimeAmount.milliseconds(250)
+            self.core.value.watchdog = self.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+                self.checkHealth()
+            }
+            self.connect()
+        }
+    }
+
+    /// Closes the connection and stops reconnecting; pending commands fail.
+    public func shutdown() async {
+        let closed: EventLoopFuture<Void> = eventLoop.flatSubmit {
+            let core = self.core.value
+            core.phase = .shutDown
+            core.reconnect?.cancel()
+            core.watchdog?.cancel()
+            self.setOpen(false)
+            guard let channel = core.channel else { return self.eventLoop.makeSucceededVoidFuture() }
+            return channel.close().recover { _ in }
+        }
+        try? await closed.get()
+    }
+
+    /// Sends `command`; `completion` gets the reply, `.serverError` for an error reply,
+    /// or `.notConnected` / `.connectionLost`.
+    public func send(_ command: RedisCommand, completion: @escaping Completion) {
+        if eventLoop.inEventLoop {
+            sendOnLoop(command, completion)
+        } else {
+            eventLoop.execute { self.sendOnLoop(command, completion) }
+        }
+    }
+
+    /// Async form of ``send(_:completion:)``.
+    public func send(_ command: RedisCommand) async throws(RedisError) -> RedisValue {
+        let result = await withCheckedContinuation { continuation in
+            send(command) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    private func sendOnLoop(_ command: RedisCommand, _ completion: @escaping Completion) {
+        let core = core.value
+        guard core.phase == .open, let channel = core.channel else {
+            completion(.failure(RedisError(.notConnected, "\(command.name): the connection to Redis is not open")))
+            return
+        }
+        channel.write(RedisOutbound(command: command, completion: completion), promise: nil)
+        // One flush per event-loop tick for everything written in it: pipelining.
+        if !core.flushScheduled {
+            core.flushScheduled = true
+            eventLoop.execute {
+                self.core.value.flushScheduled = false
+                self.core.value.channel?.flush()
+            }
+        }
+    }
+
+    private func connect() {
+        let core = core.value
+        guard core.phase != .shutDown else { return }
+        core.phase = .connecting
+        let handler = RedisChannelHandler(isSubscriber: isSubscriber, onMessages: onMessages)
+        let configuration = configuration
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(configuration.connectTimeout))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .flatMap { channel -> EventLoopFuture<any Channel> in
+                self.core.value.channel = channel
+                self.core.value.handler = handler
+                let setUp = SetUp(channel: channel)
+                return self.authenticate(setUp)
+                    .flatMap { self.setUp(setUp) }
+                    .map { channel }
+            }
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    guard self.core.value.phase == .connecting else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    self.core.value.phase = .open
+                    self.core.value.attempt = 0
+                    self.setOpen(true)
+                    self.logger.info("Redis connection open")
+                    channel.closeFuture.whenComplete { _ in self.connectionClosed(channel) }
+                case .failure(let error):
+                    self.logger.warning("Redis connect failed", metadata: ["error.type": .string("\(error)")])
+                    self.core.value.channel?.close(promise: nil)
+                    self.core.value.channel = nil
+                    self.core.value.handler = nil
+                    self.scheduleReconnect()
+                }
+            }
+    }
+
+    private func authenticate(_ setUp: SetUp) -> EventLoopFuture<Void> {
+        guard let password = configuration.password else { return eventLoop.makeSucceededVoidFuture() }
+        let command = configuration.username.map { RedisCommand("AUTH", $0, password) } ?? RedisCommand("AUTH", password)
+        return setUp.send(command).flatMapErrorThrowing { error in
+            // The server's words only: they never contain the password.
+            let reason = (error as? RedisError)?.message ?? "\(error)"
+            throw RedisError(.authenticationFailed, reason)
+        }.map { _ in }
+    }
+
+    private func connectionClosed(_ channel: any Channel) {
+        let core = core.value
+        guard core.channel === channel else { return }
+        core.channel = nil
+        core.handler = nil
+        setOpen(false)
+        guard core.phase != .shutDown else { return }
+        logger.warning("Redis connection lost; reconnecting")
+        scheduleReconnect()
+    }
+
+    private func scheduleReconnect() {
+        let core = core.value
+        guard core.phase != .shutDown else { return }
+        core.phase = .idle
+        let minimum = Double(configuration.reconnectMinimumDelay.components.seconds) + Double(configuration.reconnectMinimumDelay.components.attoseconds) / 1e18
+        let maximum = Double(configuration.reconnectMaximumDelay.components.seconds) + Double(configuration.reconnectMaximumDelay.components.attoseconds) / 1e18
+        let ceiling = min(maximum, minimum * pow2(core.attempt))
+        let delay = ceiling * Double.random(in: 0.5...1.0)
+        core.attempt += 1
+        core.phase = .connecting
+        core.reconnect = eventLoop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+            self.connect()
+        }
+    }
+
+    /// Every 250 ms: a command without a reply past the timeout closes the connection;
+    /// an idle open connection pings now and then so that a dead server is noticed.
+    private func checkHealth() {
+        let core = core.value
+        guard core.phase == .open, let channel = core.channel, let handler = core.handler else { return }
+        let now = NIODeadline.now()
+        if let oldest = handler.oldestPendingSince, now - oldest > TimeAmount(configuration.commandTimeout) {
+            logger.warning("Redis command timed out; closing the connection", metadata: ["redis.pending": .stringConvertible(handler.pendingCount)])
+            channel.close(promise: nil)
+            return
+        }
+        if handler.pendingCount == 0, now - core.lastPing > TimeAmount(configuration.healthCheckInterval) {
+            core.lastPing = now
+            sendOnLoop(RedisCommand("PING")) { _ in }
+        }
+    }
+
+    private func setOpen(_ value: Bool) {
+        let was = open.exchange(value, ordering: .acquiringAndReleasing)
+        if was != value { onStateChange(value) }
+    }
+}
+
+/// A Pub/Sub `message` push: the channel it was published to and its payload.
+public struct RedisMessage: Sendable {
+    public var channel: ByteBuffer
+    public var payload: ByteBuffer
+}
+
+private func pow2(_ exponent: Int) -> Double {
+    Double(1 << min(exponent, 20))
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

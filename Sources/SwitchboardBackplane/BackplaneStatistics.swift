@@ -1,0 +1,65 @@
+public import Synchronization
+
+/// What a backplane has done since it started: the numbers behind `/metrics` and the
+/// benchmarks' amplification figures.
+public struct BackplaneStatistics: Sendable, Equatable {
+    /// Messages that arrived from the broker, before any local filtering. On Redis
+    /// `broadcast` every gateway receives every message; elsewhere only those bound.
+    public var received = 0
+    /// Received messages dropped because no local address wanted them (Redis `broadcast`).
+    public var filtered = 0
+    /// Publishes the broker took and reported as reaching at least one gateway.
+    public var routed = 0
+    /// Publishes that reached no gateway (``PublishOutcome/noRecipient``).
+    public var unroutable = 0
+    /// Publishes taken without knowing who got them (``PublishOutcome/unknown``).
+    public var unconfirmed = 0
+    /// Publishes that failed (broker down, rejected).
+    public var publishFailures = 0
+    /// Binds (AMQP `queue.bind`, Redis `SUBSCRIBE`) that succeeded, and those that failed.
+    public var binds = 0
+    public var bindFailures = 0
+    /// Unbinds sent.
+    public var unbinds = 0
+
+    public init() {}
+}
+
+/// Lock-free counters behind ``BackplaneStatistics``; backplanes bump them from any thread.
+public final class BackplaneCounters: Sendable {
+    public let received = Atomic<Int>(0)
+    public let filtered = Atomic<Int>(0)
+    public let routed = Atomic<Int>(0)
+    public let unroutable = Atomic<Int>(0)
+    public let unconfirmed = Atomic<Int>(0)
+    public let publishFailures = Atomic<Int>(0)
+    public let binds = Atomic<Int>(0)
+    public let bindFailures = Atomic<Int>(0)
+    public let unbinds = Atomic<Int>(0)
+
+    public init() {}
+
+    /// Counts one publish's result.
+    public func count(_ result: Result<PublishOutcome, BackplaneError>) {
+        switch result {
+        case .success(.routed): routed.add(1, ordering: .relaxed)
+        case .success(.noRecipient): unroutable.add(1, ordering: .relaxed)
+        case .success(.unknown): unconfirmed.add(1, ordering: .relaxed)
+        case .failure: publishFailures.add(1, ordering: .relaxed)
+        }
+    }
+
+    public var snapshot: BackplaneStatistics {
+        var statistics = BackplaneStatistics()
+        statistics.received = received.load(ordering: .relaxed)
+        statistics.filtered = filtered.load(ordering: .relaxed)
+        statistics.routed = routed.load(ordering: .relaxed)
+        statistics.unroutable = unroutable.load(ordering: .relaxed)
+        statistics.unconfirmed = unconfirmed.load(ordering: .relaxed)
+        statistics.publishFailures = publishFailures.load(ordering: .relaxed)
+        statistics.binds = binds.load(ordering: .relaxed)
+        statistics.bindFailures = bindFailures.load(ordering: .relaxed)
+        statistics.unbinds = unbinds.load(ordering: .relaxed)
+        return statistics
+    }
+}

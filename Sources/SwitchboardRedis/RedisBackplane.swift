@@ -1,0 +1,240 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+import RedisClient
+import ServiceLifecycle
+public import SwitchboardBackplane
+import Synchronization
+
+/// The Redis Pub/Sub backplane, in the two designs people run today (see
+/// ``RedisBackplaneConfiguration/Mode``), for migration and for side-by-side benchmarks.
+///
+/// Two connections on one event loop (``RedisConnection``): a subscriber and a publisher.
+///
+/// `channels` mode: the channel of an address is `<prefix>:<routing key>`
+/// (`switchboard:user.alice`, `switchboard:room.lobby`, `switchboard:broadcast`). A bind is
+/// a `SUBSCRIBE`, complete when Redis confirms it; `PUBLISH` answers with the number of
+/// subscribers that got the message, so a direct message to a user no gateway hosts is
+/// reported as ``PublishOutcome/noRecipient`` (`recipient_offline`), as on RabbitMQ.
+///
+/// `broadcast` mode: one channel, `<prefix>`. Each message carries its routing key
+/// (`user.alice\n` + frame); every gateway gets every message and keeps those for
+/// addresses it binds. Binds cost nothing on Redis, but every gateway pays for every
+/// message, and a publish cannot tell whether anyone hosts the recipient: it completes
+/// as ``PublishOutcome/unknown`` and the sender gets an `ack`.
+///
+/// Guarantees: Redis Pub/Sub is at most once. A message published while a gateway's
+/// subscriber is reconnecting is lost for that gateway. While either connection is down,
+/// `isReady` is false and `bind` and `publish` fail at once with `unavailable`; a publish
+/// whose reply was pending when the connection dropped fails the same way (it may or may
+/// not have been delivered). After a reconnect every wanted channel is subscribed again
+/// before the backplane reports ready.
+public final class RedisBackplane: Backplane {
+    private struct State {
+        /// Addresses that should be bound: subscribed again after every reconnect.
+        var wanted: Set<BackplaneAddress> = [.broadcast]
+        var handler: BackplaneDeliveryHandler?
+    }
+
+    /// What the connections' callbacks and the callers share.
+    private final class Shared: Sendable {
+        let state = Mutex(State())
+        let counters = BackplaneCounters()
+    }
+
+    public let configuration: RedisBackplaneConfiguration
+    private let logger: Logger
+    private let shared = Shared()
+    private let subscriber: RedisConnection
+    private let publisher: RedisConnection
+
+    public init(configuration: RedisBackplaneConfiguration, eventLoop: (any EventLoop)? = nil, logger: Logger) {
+        let eventLoop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
+        self.logger = logger
+        let shared = self.shared
+        let naming = ChannelNaming(mode: configuration.mode, prefix: configuration.prefix)
+        let modeName = configuration.mode.rawValue
+
+        subscriber = RedisConnection(
+            configuration: configuration.redis,
+            name: "\(configuration.gatewayID)-subscriber",
+            eventLoop: eventLoop,
+            logger: logger,
+            isSubscriber: true,
+            setUp: { setUp in
+                let channels = naming.subscriptions(for: shared.state.withLock { $0.wanted })
+                // One SUBSCRIBE per channel, pipelined: one confirmation each, in order.
+                let confirmations = channels.map { setUp.send(RedisCommand("SUBSCRIBE", [$0])) }
+                return EventLoopFuture.andAllSucceed(confirmations, on: setUp.channel.eventLoop).map {
+                    logger.info("Redis subscriptions ready", metadata: ["redis.mode": .string(modeName), "redis.channels": .stringConvertible(channels.count)])
+                }
+            },
+            onMessages: { messages in
+                shared.counters.received.add(messages.count, ordering: .relaxed)
+                let (handler, deliveries) = shared.state.withLock { state in
+                    (state.handler, messages.compactMap { naming.delivery(from: $0, wanted: state.wanted) })
+                }
+                let dropped = messages.count - deliveries.count
+                if dropped > 0 { shared.counters.filtered.add(dropped, ordering: .relaxed) }
+                if let handler, !deliveries.isEmpty { handler(deliveries) }
+            }
+        )
+        publisher = RedisConnection(
+            configuration: configuration.redis,
+            name: "\(configuration.gatewayID)-publisher",
+            eventLoop: eventLoop,
+            logger: logger
+        )
+        self.naming = naming
+    }
+
+    private let naming: ChannelNaming
+
+    public var isReady: Bool { subscriber.isOpen && publisher.isOpen }
+
+    public var statistics: BackplaneStatistics { shared.counters.snapshot }
+
+    public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
+        shared.state.withLock { $0.handler = handler }
+    }
+
+    public func run() async throws {
+        logger.info(
+            "connecting to Redis",
+            metadata: ["redis.server": .string(configuration.redis.serverDescription), "redis.mode": .string(configuration.mode.rawValue)]
+        )
+        subscriber.start()
+        publisher.start()
+        try? await gracefulShutdown()
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
+    public func bind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
+        let shared = self.shared
+        switch configuration.mode {
+        case .broadcast:
+            // Nothing to tell Redis: the gateway already receives everything.
+            guard subscriber.isOpen else {
+                shared.counters.bindFailures.add(1, ordering: .relaxed)
+                return completion(.failure(BackplaneError(.unavailable, "the Redis subscriber connection is down")))
+            }
+            shared.state.withLock { _ = $0.wanted.insert(address) }
+            shared.counters.binds.add(1, ordering: .relaxed)
+            completion(.success(()))
+        case .channels:
+            shared.state.withLock { _ = $0.wanted.insert(address) }
+            subscriber.send(RedisCommand("SUBSCRIBE", [naming.channel(for: address)])) { result in
+                switch result {
+                case .success:
+                    shared.counters.binds.add(1, ordering: .relaxed)
+                    completion(.success(()))
+                case .failure(let error):
+                    shared.counters.bindFailures.add(1, ordering: .relaxed)
+                    // Not subscribed: do not restore it after a reconnect either.
+                    shared.state.withLock { _ = $0.wanted.remove(address) }
+                    completion(.failure(BackplaneError(.unavailable, "SUBSCRIBE \(address.routingKey) failed", cause: error)))
+                }
+            }
+        }
+    }
+
+    public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
+        shared.state.withLock { _ = $0.wanted.remove(address) }
+        shared.counters.unbinds.add(1, ordering: .relaxed)
+        guard configuration.mode == .channels else { return completion(.success(())) }
+        let logger = self.logger
+        subscriber.send(RedisCommand("UNSUBSCRIBE", [naming.channel(for: address)])) { result in
+            if case .failure(let error) = result {
+                // A subscriber that is down holds no subscriptions, and a reconnect restores
+                // only what is still wanted: either way the address is no longer bound.
+                logger.debug("UNSUBSCRIBE did not reach Redis", metadata: ["redis.channel": .string(address.routingKey), "error.type": .string("\(error)")])
+            }
+            completion(.success(()))
+        }
+    }
+
+    public func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+        let counters = shared.counters
+        let mode = configuration.mode
+        let (channel, payload) = naming.publication(of: frame, to: address)
+        publisher.send(RedisCommand("PUBLISH", [channel, payload])) { result in
+            let outcome: Result<PublishOutcome, BackplaneError>
+            switch result {
+            case .success(.integer(let receivers)):
+                switch (mode, address) {
+                case (.broadcast, _): outcome = .success(.unknown)
+                case (.channels, .user): outcome = .success(receivers > 0 ? .routed : .noRecipient)
+                case (.channels, _): outcome = .success(.routed)
+                }
+            case .success(let other):
+                outcome = .failure(BackplaneError(.rejected, "PUBLISH answered \(other), not a count"))
+            case .failure(let error) where error.code == .serverError:
+                outcome = .failure(BackplaneError(.rejected, "Redis refused PUBLISH", cause: error))
+            case .failure(let error):
+                outcome = .failure(BackplaneError(.unavailable, "the Redis publisher connection is down", cause: error))
+            }
+            counters.count(outcome)
+            completion(outcome)
+        }
+    }
+}
+
+/// Channel names and payloads of each mode.
+struct ChannelNaming: Sendable {
+    let mode: RedisBackplaneConfiguration.Mode
+    let prefix: String
+    let separator = UInt8(ascii: "\n")
+
+    /// The channel an address is subscribed and published on (channels mode).
+    func channel(for address: BackplaneAddress) -> ByteBuffer {
+        ByteBuffer(string: "\(prefix):\(address.routingKey)")
+    }
+
+    /// The channels to subscribe for `wanted`.
+    func subscriptions(for wanted: Set<BackplaneAddress>) -> [ByteBuffer] {
+        switch mode {
+        case .broadcast: [ByteBuffer(string: prefix)]
+        case .channels: wanted.map(channel(for:))
+        }
+    }
+
+    /// The channel and payload of a publish.
+    func publication(of frame: ByteBuffer, to address: BackplaneAddress) -> (channel: ByteBuffer, payload: ByteBuffer) {
+        switch mode {
+        case .channels:
+            return (channel(for: address), frame)
+        case .broadcast:
+            let key = address.routingKey
+            var payload = ByteBuffer()
+            payload.reserveCapacity(key.utf8.count + 1 + frame.readableBytes)
+            payload.writeString(key)
+            payload.writeInteger(separator)
+            payload.writeImmutableBuffer(frame)
+            return (ByteBuffer(string: prefix), payload)
+        }
+    }
+
+    /// The delivery a message stands for, or nil when it is not for a wanted address.
+    func delivery(from message: RedisMessage, wanted: Set<BackplaneAddress>) -> BackplaneDelivery? {
+        switch mode {
+        case .channels:
+            let name = String(buffer: message.channel)
+            guard name.hasPrefix(prefix + ":"), let address = BackplaneAddress(routingKey: String(name.dropFirst(prefix.utf8.count + 1))) else {
+                return nil
+            }
+            return BackplaneDelivery(address: address, frame: message.payload)
+        case .broadcast:
+            var payload = message.payload
+            guard let newline = payload.readableBytesView.firstIndex(of: separator),
+                let key = payload.readString(length: newline - payload.readerIndex),
+                let address = BackplaneAddress(routingKey: key), wanted.contains(address)
+            else { return nil }
+            payload.moveReaderIndex(forwardBy: 1)
+            return BackplaneDelivery(address: address, frame: payload)
+        }
+    }
+}
