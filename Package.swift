@@ -70,6 +70,7 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
+            resources: [.copy("Resources/web")],
             swiftSettings: swiftSettings
         ),
         // rabbitmq-c (Debian librabbitmq-dev), seen only by AMQPClient.

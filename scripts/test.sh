@@ -9,6 +9,9 @@ swift build --build-tests
 # A short libFuzzer run over the frame decoder and routing words (scripts/fuzz.sh 3600 for a long one).
 ./scripts/fuzz.sh "${SWITCHBOARD_FUZZ_SECONDS:-20}"
 
+# The browser client's logic, against a fake WebSocket (node's own test runner, no npm).
+node --test Tests/JavaScript/
+
 # The tests' own RabbitMQ and Redis: own names, ports and folders; stopped on exit.
 work=$(mktemp -d /tmp/switchboard-test.XXXXXX)
 chmod 755 "$work"  # the rabbitmq user reads its node folder below it
@@ -24,11 +27,13 @@ eval "$(./scripts/redis.sh start "$work/redis")"
 export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDIS_DIR
 
 # Independent clients: Python's websockets library, and headless Chromium driven over
-# the DevTools protocol, from a throwaway virtualenv.
+# the DevTools protocol (a WebSocket page, then the demo chat on two gateways), from a
+# throwaway virtualenv. Screenshots go to artifacts/ (SWITCHBOARD_ARTIFACTS).
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check "websockets>=12"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "websockets>=12" "pika>=1.3"
 "$work/venv/bin/python" Tests/Python/independent_client.py .build/debug/switchboard
 "$work/venv/bin/python" Tests/Python/browser_check.py .build/debug/switchboard
+"$work/venv/bin/python" Tests/Python/demo_check.py .build/debug/switchboard
 
 # Serial: the broker-restart tests take a shared broker away from every other test while they run.
 swift test --skip-build --no-parallel

@@ -49,6 +49,8 @@ public struct GatewayConfiguration: Sendable {
     /// On SIGTERM: the window over which clients are closed with 1012, spread evenly so
     /// that they do not all reconnect to the other gateways at once.
     public var drainWindow: Duration
+    /// The browser client and demo page served at `/` and `/switchboard.js`; nil serves neither.
+    public var webAssets: WebAssets?
 
     public init(
         gatewayID: String,
@@ -69,7 +71,8 @@ public struct GatewayConfiguration: Sendable {
         idleTimeout: Duration = .seconds(75),
         listenBacklog: Int = 4096,
         drainGrace: Duration = .seconds(3),
-        drainWindow: Duration = .seconds(10)
+        drainWindow: Duration = .seconds(10),
+        webAssets: WebAssets? = nil
     ) {
         self.gatewayID = gatewayID
         self.host = host
@@ -90,5 +93,6 @@ public struct GatewayConfiguration: Sendable {
         self.listenBacklog = listenBacklog
         self.drainGrace = drainGrace
         self.drainWindow = drainWindow
+        self.webAssets = webAssets
     }
 }

@@ -20,6 +20,17 @@ enum Routes {
             response.headers[.upgrade] = "websocket"
             return response
         }
+        if let assets = gateway.configuration.webAssets {
+            for (path, file) in assets.files {
+                router.get(RouterPath(path)) { _, _ in
+                    Response(
+                        status: .ok,
+                        headers: [.contentType: file.contentType, .cacheControl: "no-cache"],
+                        body: ResponseBody(byteBuffer: file.body)
+                    )
+                }
+            }
+        }
     }
 
     static func jsonResponse(_ status: HTTPResponse.Status, _ body: String) -> Response {

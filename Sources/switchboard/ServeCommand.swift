@@ -94,6 +94,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Rooms one connection may be in at once.")
     var maxRoomsPerConnection = 100
 
+    @Option(help: "Folder with index.html and switchboard.js, served at / and /switchboard.js; default: the copy shipped beside the executable. 'off' serves neither.")
+    var webRoot: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -147,6 +150,7 @@ struct ServeCommand: AsyncParsableCommand {
             drainWindow: .milliseconds(Int(drainWindow * 1000))
         )
         configuration.tls = try tlsContext()
+        configuration.webAssets = try webAssets(logger: logger)
         let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, exchange: exchange, logger: logger)
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
@@ -199,6 +203,28 @@ extension ServeCommand {
             } catch {
                 throw ValidationError(error.reason)
             }
+        }
+    }
+
+    /// The demo page and browser client from `--web-root`, or the copy beside the executable.
+    func webAssets(logger: Logger) throws -> WebAssets? {
+        if webRoot == "off" { return nil }
+        if let webRoot {
+            do {
+                return try WebAssets.load(from: webRoot)
+            } catch {
+                throw ValidationError("--web-root: \(error.description)")
+            }
+        }
+        do {
+            guard let directory = WebAssets.bundledDirectory else {
+                throw WebAssets.LoadError(description: "no web folder beside the executable")
+            }
+            return try WebAssets.load(from: directory)
+        } catch {
+            // The gateway works without the demo; say why it is missing and go on.
+            logger.notice("/ and /switchboard.js are not served (--web-root sets a folder)", metadata: ["reason": .string("\(error)")])
+            return nil
         }
     }
 
