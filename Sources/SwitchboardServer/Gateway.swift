@@ -17,6 +17,7 @@ public final class Gateway: Sendable {
     let bindings: BindingReconciler
     let logger: Logger
     let draining = Atomic<Bool>(false)
+    let metrics = GatewayMetrics()
 
     /// Creates the gateway and installs it as the backplane's delivery handler.
     public init(configuration: GatewayConfiguration, backplane: any Backplane, logger: Logger) {
@@ -33,8 +34,8 @@ public final class Gateway: Sendable {
             case .broadcast: true
             }
         }
-        backplane.setDeliveryHandler { [registry] deliveries in
-            Gateway.deliver(deliveries, registry: registry)
+        backplane.setDeliveryHandler { [registry, metrics] deliveries in
+            Gateway.deliver(deliveries, registry: registry, metrics: metrics)
         }
     }
 
@@ -42,6 +43,9 @@ public final class Gateway: Sendable {
     public var isReady: Bool {
         !draining.load(ordering: .relaxed) && backplane.isReady
     }
+
+    /// Whether a SIGTERM drain has begun.
+    public var isDraining: Bool { draining.load(ordering: .relaxed) }
 
     /// Local connection, user and room counts.
     public var localCounts: (connections: Int, users: Int, rooms: Int) {
@@ -58,15 +62,17 @@ public final class Gateway: Sendable {
     public func isLocal(room: RoomID) -> Bool { registry.isLocal(.room(room)) }
 
     /// Hands frames from the backplane to every local connection of their address.
-    static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>) {
+    static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>, metrics: GatewayMetrics) {
         for delivery in deliveries {
             let handles: [SessionHandle]
+            let kind: GatewayMetrics.OutboundKind
             switch delivery.address {
-            case .user(let user): handles = registry.handles(for: .user(user))
-            case .room(let room): handles = registry.handles(for: .room(room))
-            case .broadcast: handles = registry.allHandles()
+            case .user(let user): (handles, kind) = (registry.handles(for: .user(user)), .direct)
+            case .room(let room): (handles, kind) = (registry.handles(for: .room(room)), .room)
+            case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
             }
             for handle in handles { handle.deliver(delivery.frame) }
+            if !handles.isEmpty { metrics.sent(kind, count: handles.count) }
         }
     }
 

@@ -179,6 +179,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     private func writeRefusal(_ refusal: Refusal, to channel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {
+        gateway.metrics.refused(status: refusal.status.code)
         do {
             try await channel.executeThenClose { _, outbound in
                 var body = ByteBuffer()

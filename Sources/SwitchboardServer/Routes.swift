@@ -20,6 +20,13 @@ enum Routes {
             response.headers[.upgrade] = "websocket"
             return response
         }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: gateway.metrics.scrape(gateway)))
+            )
+        }
         if let assets = gateway.configuration.webAssets {
             for (path, file) in assets.files {
                 router.get(RouterPath(path)) { _, _ in

@@ -48,6 +48,8 @@ final class SessionHandler: ChannelInboundHandler {
     private var rateLimiter: RateLimiter
     /// Closes the connection when the token expires; cancelled when the session ends.
     private var expiry: Scheduled<Void>?
+    /// Why the session ended, for `switchboard_connections_closed_total`; nil: the socket just closed.
+    private var closeReason: GatewayMetrics.CloseReason?
 
     init(connectionID: ConnectionID, identity: Identity, gateway: Gateway) {
         self.connectionID = connectionID
@@ -64,6 +66,7 @@ final class SessionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        gateway.metrics.connectionOpened()
         let handle = SessionHandle(connectionID: connectionID, session: self, eventLoop: context.eventLoop)
         let change = gateway.registry.add(connectionID, user: user, handle: handle)
         if !change.becameLocal.isEmpty {
@@ -160,6 +163,7 @@ final class SessionHandler: ChannelInboundHandler {
         expiry = nil
         let change = gateway.registry.remove(connectionID)
         gateway.apply(change)
+        gateway.metrics.connectionClosed(closeReason ?? .disconnected)
     }
 
     private func userBindingCompleted(_ result: Result<Void, BackplaneError>) {
@@ -167,7 +171,7 @@ final class SessionHandler: ChannelInboundHandler {
         switch result {
         case .success:
             phase = .open
-            write(ServerFrame.welcome(user: user, gateway: gateway.configuration.gatewayID))
+            write(ServerFrame.welcome(user: user, gateway: gateway.configuration.gatewayID), counted: .welcome)
             isReading = true
             for frame in held { handle(frame) }
             isReading = false
@@ -263,6 +267,7 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     private func rejectBinary() {
+        gateway.metrics.received(.binary)
         reject(ProtocolError(.invalidMessage, "binary frames are not supported; send JSON text frames"))
     }
 
@@ -270,11 +275,11 @@ final class SessionHandler: ChannelInboundHandler {
     private func answerClose(_ payload: ByteBuffer) {
         var payload = payload
         guard payload.readableBytes != 1 else { return close(code: CloseCode.protocolError) }
-        guard let code = payload.readInteger(as: UInt16.self) else { return close(code: CloseCode.normal) }
+        guard let code = payload.readInteger(as: UInt16.self) else { return close(code: CloseCode.normal, reason: .client) }
         guard Self.isValidCloseCode(code),
             String(validating: payload.readableBytesView, as: UTF8.self) != nil
         else { return close(code: CloseCode.protocolError) }
-        close(code: WebSocketErrorCode(codeNumber: Int(code)))
+        close(code: WebSocketErrorCode(codeNumber: Int(code)), reason: .client)
     }
 
     /// Close codes a peer may send (RFC 6455 7.4).
@@ -297,6 +302,7 @@ final class SessionHandler: ChannelInboundHandler {
         case .allowed:
             break
         case .limited:
+            gateway.metrics.received(.rateLimited)
             return reject(ProtocolError(.rateLimited, "slow down: at most \(Int(gateway.configuration.messageRate)) messages per second"))
         case .abusive:
             gateway.logger.info("sustained rate-limit abuse; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"])
@@ -304,6 +310,7 @@ final class SessionHandler: ChannelInboundHandler {
         }
         switch ClientFrame.decode(message) {
         case .failure(let error):
+            gateway.metrics.received(.invalid)
             reject(error)
         case .success(let frame):
             handle(frame)
@@ -313,13 +320,16 @@ final class SessionHandler: ChannelInboundHandler {
     private func handle(_ frame: ClientFrame) {
         switch frame {
         case .ping(let id):
-            write(ServerFrame.pong(correlationID: id))
+            gateway.metrics.received(.ping)
+            write(ServerFrame.pong(correlationID: id), counted: .pong)
 
         case .direct(let recipient, let data, let id):
+            gateway.metrics.received(.direct)
             let encoded = ServerFrame.direct(from: user, to: recipient, data: data)
             publish(encoded, to: .user(recipient), correlationID: id, noRecipient: .recipientOffline)
 
         case .publish(let room, let data, let id):
+            gateway.metrics.received(.publish)
             guard gateway.registry.isMember(connectionID, of: room) else {
                 return reject(ProtocolError(.notMember, "join the room before publishing to it", correlationID: id))
             }
@@ -327,11 +337,13 @@ final class SessionHandler: ChannelInboundHandler {
             publish(encoded, to: .room(room), correlationID: id, noRecipient: nil)
 
         case .join(let room, let id):
+            gateway.metrics.received(.join)
             join(room, correlationID: id)
 
         case .leave(let room, let id):
+            gateway.metrics.received(.leave)
             gateway.apply(gateway.registry.leave(connectionID, room: room))
-            write(ServerFrame.ack(correlationID: id))
+            write(ServerFrame.ack(correlationID: id), counted: .ack)
         }
     }
 
@@ -357,7 +369,7 @@ final class SessionHandler: ChannelInboundHandler {
             handle.withSession { session in
                 switch result {
                 case .success:
-                    session.write(ServerFrame.ack(correlationID: correlationID))
+                    session.write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
                 case .failure:
                     // Undo the membership: the room is not reachable through this gateway.
                     gateway.apply(gateway.registry.leave(connectionID, room: room))
@@ -371,25 +383,29 @@ final class SessionHandler: ChannelInboundHandler {
         guard let handle else { return }
         let logger = gateway.logger
         let connectionID = self.connectionID
+        let metrics = gateway.metrics
+        let started = ContinuousClock.now
         gateway.backplane.publish(frame, to: address) { result in
+            metrics.publishCompleted(after: ContinuousClock.now - started)
             let reply: ByteBuffer
             switch result {
             case .success(.noRecipient) where noRecipient != nil:
                 reply = ServerFrame.error(ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID))
             case .success:
-                reply = ServerFrame.ack(correlationID: correlationID)
+                handle.withSession { $0.write(ServerFrame.ack(correlationID: correlationID), counted: .ack) }
+                return
             case .failure(let error) where error.code == .unavailable || error.code == .closed:
                 reply = ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID))
             case .failure(let error):
                 logger.error("publish failed", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.errorType: "\(error)"])
                 reply = ServerFrame.error(ProtocolError(.internal, "the message could not be sent", correlationID: correlationID))
             }
-            handle.withSession { $0.write(reply) }
+            handle.withSession { $0.write(reply, counted: .error) }
         }
     }
 
     private func reject(_ error: ProtocolError) {
-        write(ServerFrame.error(error))
+        write(ServerFrame.error(error), counted: .error)
     }
 
     // MARK: Writing
@@ -403,6 +419,12 @@ final class SessionHandler: ChannelInboundHandler {
         writeFrame(WebSocketFrame(fin: true, opcode: .text, data: text))
     }
 
+    /// Writes a frame of the gateway's own (ack, error, pong, welcome) and counts it.
+    private func write(_ text: ByteBuffer, counted kind: GatewayMetrics.OutboundKind) {
+        gateway.metrics.sent(kind)
+        write(text)
+    }
+
     private func writeFrame(_ frame: WebSocketFrame) {
         guard let context, case .open = phase else { return }
         guard context.channel.isWritable else {
@@ -410,7 +432,8 @@ final class SessionHandler: ChannelInboundHandler {
                 "slow consumer: outbound buffer full, closing",
                 metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"]
             )
-            return close(code: CloseCode.slowConsumer)
+            gateway.metrics.slowConsumerClosed()
+            return close(code: CloseCode.slowConsumer, reason: .slowConsumer)
         }
         context.write(wrapOutboundOut(frame), promise: nil)
         if isReading {
@@ -425,9 +448,10 @@ final class SessionHandler: ChannelInboundHandler {
 
     /// Sends a close frame with `code`, then closes the connection once it is written
     /// (or after ``closeFrameTimeout``, for a client that does not read).
-    func close(code: WebSocketErrorCode) {
+    func close(code: WebSocketErrorCode, reason: GatewayMetrics.CloseReason? = nil) {
         guard let context, case .open = phase else { return }
         phase = .closed
+        closeReason = reason ?? Self.closeReason(for: code)
         var payload = context.channel.allocator.buffer(capacity: 2)
         payload.write(webSocketErrorCode: code)
         let channel = context.channel
@@ -442,6 +466,20 @@ final class SessionHandler: ChannelInboundHandler {
             context.eventLoop.scheduleTask(in: Self.closeFrameTimeout) { channel.close(promise: nil) }
         }
         sessionEnded()
+    }
+}
+
+extension SessionHandler {
+    /// The metrics reason of a close the gateway starts.
+    static func closeReason(for code: WebSocketErrorCode) -> GatewayMetrics.CloseReason {
+        switch code {
+        case CloseCode.goingAway: .idle
+        case CloseCode.policyViolation: .policy
+        case CloseCode.protocolError, CloseCode.invalidUTF8, CloseCode.messageTooBig: .protocolError
+        case CloseCode.serviceRestart: .drain
+        case CloseCode.tryAgainLater: .backplane
+        default: .serverError
+        }
     }
 }
 

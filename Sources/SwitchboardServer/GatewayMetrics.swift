@@ -1,0 +1,176 @@
+import CoreMetrics
+import Prometheus
+import SwitchboardBackplane
+import Synchronization
+
+/// What one gateway counts, served at `GET /metrics` in the Prometheus text format.
+///
+/// The counters are swift-metrics objects made by a `PrometheusMetricsFactory` over a
+/// registry of this gateway's own (not the process-wide bootstrap), so that several
+/// gateways in one process (the tests) keep separate numbers. The hot paths only bump
+/// atomics; gauges and the backplane's own counters (``BackplaneStatistics``) are read
+/// when `/metrics` is scraped. docs/operations.md lists every series.
+final class GatewayMetrics: Sendable {
+    /// Why a connection ended: the `reason` label of `switchboard_connections_closed_total`.
+    enum CloseReason: String, CaseIterable, Sendable {
+        /// The client sent a close frame.
+        case client
+        /// The socket closed without a close handshake (network, client crash).
+        case disconnected
+        case idle = "idle_timeout"
+        case slowConsumer = "slow_consumer"
+        /// Token expired, or sustained rate-limit abuse (1008).
+        case policy
+        /// An RFC 6455 violation, invalid UTF-8, or a frame over the hard limit.
+        case protocolError = "protocol_error"
+        case drain
+        /// The backplane could not make the user reachable at connect (1013).
+        case backplane
+        case serverError = "server_error"
+    }
+
+    /// Client frames, by `type` label.
+    enum InboundKind: String, CaseIterable, Sendable {
+        case direct, publish, join, leave, ping, invalid, binary
+        case rateLimited = "rate_limited"
+    }
+
+    /// Frames written to clients, by `type` label.
+    enum OutboundKind: String, CaseIterable, Sendable {
+        case welcome, direct, room, broadcast, ack, error, pong
+    }
+
+    let registry = PrometheusCollectorRegistry()
+    private let opened: CoreMetrics.Counter
+    private let closed: [CloseReason: CoreMetrics.Counter]
+    private let inbound: [InboundKind: CoreMetrics.Counter]
+    private let outbound: [OutboundKind: CoreMetrics.Counter]
+    let slowConsumerCloses: CoreMetrics.Counter
+    private let refusals: [Int: CoreMetrics.Counter]
+    private let authFailures: [String: CoreMetrics.Counter]
+    let apiPublishes: [String: CoreMetrics.Counter]
+    let eventsPublished: CoreMetrics.Counter
+    let eventPublishFailures: CoreMetrics.Counter
+    /// Time from handing a message to the backplane to its outcome (confirm, return, error).
+    let publishDuration: CoreMetrics.Timer
+    private let connections: CoreMetrics.Gauge
+    private let users: CoreMetrics.Gauge
+    private let rooms: CoreMetrics.Gauge
+    private let bindingsHeld: CoreMetrics.Gauge
+    private let ready: CoreMetrics.Gauge
+    private let draining: CoreMetrics.Gauge
+    private let backplane: BackplaneCounterMirror
+
+    init() {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .seconds(1), .seconds(5),
+        ]
+        func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
+            CoreMetrics.Counter(label: name, dimensions: dimensions, factory: factory)
+        }
+        func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
+
+        opened = counter("switchboard_connections_opened_total")
+        closed = Dictionary(uniqueKeysWithValues: CloseReason.allCases.map { ($0, counter("switchboard_connections_closed_total", [("reason", $0.rawValue)])) })
+        inbound = Dictionary(uniqueKeysWithValues: InboundKind.allCases.map { ($0, counter("switchboard_messages_in_total", [("type", $0.rawValue)])) })
+        outbound = Dictionary(uniqueKeysWithValues: OutboundKind.allCases.map { ($0, counter("switchboard_messages_out_total", [("type", $0.rawValue)])) })
+        slowConsumerCloses = counter("switchboard_slow_consumer_closes_total")
+        refusals = Dictionary(uniqueKeysWithValues: [401, 403, 404, 429, 503].map { ($0, counter("switchboard_handshake_refusals_total", [("status", "\($0)")])) })
+        authFailures = Dictionary(uniqueKeysWithValues: ["credentials", "origin", "api_key"].map { ($0, counter("switchboard_auth_failures_total", [("reason", $0)])) })
+        apiPublishes = Dictionary(uniqueKeysWithValues: ["routed", "recipient_offline", "unknown", "rejected"].map { ($0, counter("switchboard_api_publishes_total", [("outcome", $0)])) })
+        eventsPublished = counter("switchboard_events_published_total")
+        eventPublishFailures = counter("switchboard_events_publish_failures_total")
+        publishDuration = CoreMetrics.Timer(label: "switchboard_backplane_publish_duration_seconds", dimensions: [], factory: factory)
+        connections = gauge("switchboard_connections")
+        users = gauge("switchboard_users")
+        rooms = gauge("switchboard_rooms")
+        bindingsHeld = gauge("switchboard_bindings")
+        ready = gauge("switchboard_ready")
+        draining = gauge("switchboard_draining")
+        backplane = BackplaneCounterMirror(factory: factory)
+    }
+
+    func connectionOpened() { opened.increment() }
+    func connectionClosed(_ reason: CloseReason) { closed[reason]?.increment() }
+    func received(_ kind: InboundKind) { inbound[kind]?.increment() }
+    func sent(_ kind: OutboundKind, count: Int = 1) { outbound[kind]?.increment(by: count) }
+    func refused(status: Int) {
+        refusals[status]?.increment()
+        if status == 401 { authFailures["credentials"]?.increment() }
+        if status == 403 { authFailures["origin"]?.increment() }
+    }
+    func apiKeyRejected() { authFailures["api_key"]?.increment() }
+    func slowConsumerClosed() { slowConsumerCloses.increment() }
+    func publishCompleted(after duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        publishDuration.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    /// The Prometheus text of every series, after reading the gauges and the backplane.
+    func scrape(_ gateway: Gateway) -> [UInt8] {
+        let counts = gateway.localCounts
+        connections.record(counts.connections)
+        users.record(counts.users)
+        rooms.record(counts.rooms)
+        bindingsHeld.record(gateway.boundAddressCount)
+        ready.record(gateway.isReady ? 1 : 0)
+        draining.record(gateway.isDraining ? 1 : 0)
+        backplane.update(from: gateway.backplane.statistics)
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}
+
+/// Prometheus counters that follow a backplane's own ``BackplaneStatistics``: each scrape
+/// adds what changed since the last one, so the series stay monotonic.
+private final class BackplaneCounterMirror: Sendable {
+    private let last = Mutex(BackplaneStatistics())
+    private let received: CoreMetrics.Counter
+    private let filtered: CoreMetrics.Counter
+    private let routed: CoreMetrics.Counter
+    private let unroutable: CoreMetrics.Counter
+    private let unconfirmed: CoreMetrics.Counter
+    private let failed: CoreMetrics.Counter
+    private let binds: CoreMetrics.Counter
+    private let bindFailures: CoreMetrics.Counter
+    private let unbinds: CoreMetrics.Counter
+
+    init(factory: PrometheusMetricsFactory) {
+        func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
+            CoreMetrics.Counter(label: name, dimensions: dimensions, factory: factory)
+        }
+        received = counter("switchboard_backplane_received_messages_total")
+        filtered = counter("switchboard_backplane_filtered_messages_total")
+        routed = counter("switchboard_backplane_publishes_total", [("outcome", "routed")])
+        unroutable = counter("switchboard_backplane_publishes_total", [("outcome", "unroutable")])
+        unconfirmed = counter("switchboard_backplane_publishes_total", [("outcome", "unknown")])
+        failed = counter("switchboard_backplane_publishes_total", [("outcome", "failed")])
+        binds = counter("switchboard_backplane_bindings_total")
+        bindFailures = counter("switchboard_backplane_binding_failures_total")
+        unbinds = counter("switchboard_backplane_unbindings_total")
+    }
+
+    func update(from now: BackplaneStatistics) {
+        let before = last.withLock { last in
+            defer { last = now }
+            return last
+        }
+        func add(_ counter: CoreMetrics.Counter, _ keyPath: KeyPath<BackplaneStatistics, Int>) {
+            let delta = now[keyPath: keyPath] - before[keyPath: keyPath]
+            if delta > 0 { counter.increment(by: delta) }
+        }
+        add(received, \.received)
+        add(filtered, \.filtered)
+        add(routed, \.routed)
+        add(unroutable, \.unroutable)
+        add(unconfirmed, \.unconfirmed)
+        add(failed, \.publishFailures)
+        add(binds, \.binds)
+        add(bindFailures, \.bindFailures)
+        add(unbinds, \.unbinds)
+    }
+}
