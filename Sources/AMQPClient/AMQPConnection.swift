@@ -116,8 +116,17 @@ public final class AMQPConnection: Sendable {
     /// With confirms on (``AMQPSetup/enableConfirms()``), the completion runs when the
     /// broker confirms: `.confirmed`, or `.returned` when `mandatory` is set and no queue
     /// was bound. Many publishes may await their confirms at once (up to `maximumUnconfirmed`).
-    public func publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, completion: @escaping PublishCompletion) {
-        enqueue(.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, completion: completion)) {
+    /// `persistent` sets delivery mode 2, so that durable queues keep the message across
+    /// a broker restart; gateway traffic is transient (its queues die with the gateway).
+    public func publish(
+        exchange: String,
+        routingKey: String,
+        body: ByteBuffer,
+        mandatory: Bool,
+        persistent: Bool = false,
+        completion: @escaping PublishCompletion
+    ) {
+        enqueue(.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, persistent: persistent, completion: completion)) {
             completion(.failure($0))
         }
     }
@@ -250,13 +259,13 @@ final class AMQPConnectionShared: Sendable {
 
 /// Work for the connection thread.
 enum AMQPCommand {
-    case publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, completion: AMQPConnection.PublishCompletion)
+    case publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, persistent: Bool, completion: AMQPConnection.PublishCompletion)
     case bind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
     case unbind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
 
     func fail(_ error: AMQPError) {
         switch self {
-        case .publish(_, _, _, _, let completion): completion(.failure(error))
+        case .publish(_, _, _, _, _, let completion): completion(.failure(error))
         case .bind(_, _, _, let completion), .unbind(_, _, _, let completion): completion(.failure(error))
         }
     }

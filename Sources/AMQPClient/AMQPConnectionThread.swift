@@ -232,10 +232,10 @@ final class AMQPConnectionThread {
         defer { backlog.removeFirst(index) }
         while index < backlog.count {
             switch backlog[index] {
-            case .publish(let exchange, let routingKey, let body, let mandatory, let completion):
+            case .publish(let exchange, let routingKey, let body, let mandatory, let persistent, let completion):
                 if confirmsEnabled, confirms.count >= context.maximumUnconfirmed { return }
                 index += 1
-                try publish(connection, exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, completion: completion)
+                try publish(connection, exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, persistent: persistent, completion: completion)
 
             case .bind:
                 // Consecutive binds: all no-wait but the last, whose reply fences them all.
@@ -273,6 +273,7 @@ final class AMQPConnectionThread {
         routingKey: String,
         body: ByteBuffer,
         mandatory: Bool,
+        persistent: Bool,
         completion: @escaping AMQPConnection.PublishCompletion
     ) throws(AMQPError) {
         let tag = confirms.nextTag
@@ -285,7 +286,8 @@ final class AMQPConnectionThread {
                         var properties = amqp_basic_properties_t()
                         properties._flags = crmq_message_id_flag | crmq_delivery_mode_flag
                         properties.message_id = tagBytes
-                        properties.delivery_mode = 1  // transient: gateway queues die with their gateway
+                        // Gateway traffic is transient (its queues die with the gateway); worker events are not.
+                        properties.delivery_mode = persistent ? 2 : 1
                         return amqp_basic_publish(connection, 1, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, &properties, bodyBytes)
                     }
                 }

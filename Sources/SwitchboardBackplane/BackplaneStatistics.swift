@@ -21,6 +21,9 @@ public struct BackplaneStatistics: Sendable, Equatable {
     public var bindFailures = 0
     /// Unbinds sent.
     public var unbinds = 0
+    /// Worker events (``EventSink``) the broker confirmed, and those that failed.
+    public var eventsPublished = 0
+    public var eventFailures = 0
 
     public init() {}
 }
@@ -36,6 +39,8 @@ public final class BackplaneCounters: Sendable {
     public let binds = Atomic<Int>(0)
     public let bindFailures = Atomic<Int>(0)
     public let unbinds = Atomic<Int>(0)
+    public let eventsPublished = Atomic<Int>(0)
+    public let eventFailures = Atomic<Int>(0)
 
     public init() {}
 
@@ -60,6 +65,8 @@ public final class BackplaneCounters: Sendable {
         statistics.binds = binds.load(ordering: .relaxed)
         statistics.bindFailures = bindFailures.load(ordering: .relaxed)
         statistics.unbinds = unbinds.load(ordering: .relaxed)
+        statistics.eventsPublished = eventsPublished.load(ordering: .relaxed)
+        statistics.eventFailures = eventFailures.load(ordering: .relaxed)
         return statistics
     }
 }

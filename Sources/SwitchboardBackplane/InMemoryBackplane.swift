@@ -13,7 +13,8 @@ import Synchronization
 /// the delivery handler and completions run inline on the caller's thread.
 public final class InMemoryBackplane: Backplane {
     private struct State {
-        var bound: Set<BackplaneAddress> = []
+        /// Like every backplane, bound to `broadcast` from the start.
+        var bound: Set<BackplaneAddress> = [.broadcast]
         var handler: BackplaneDeliveryHandler?
         var isRunning = false
         var published = 0

@@ -83,7 +83,7 @@ public enum ClientFrame: Sendable, Equatable {
 }
 
 /// Typed access to the members of a decoded frame, producing the documented errors.
-private struct Fields {
+struct Fields {
     let members: [JSONMember]
     let message: ByteBuffer
     var correlationIDForErrors: CorrelationID?

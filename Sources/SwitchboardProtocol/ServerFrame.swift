@@ -28,6 +28,15 @@ public enum ServerFrame {
         return assemble(head: head, data: data)
     }
 
+    /// `{"type":"broadcast","from":…,"data":…}`: every connection on every gateway gets it
+    /// (published by a backend through `POST /v1/publish`).
+    public static func broadcast(from: UserID, data: ByteBuffer) -> ByteBuffer {
+        var head = #"{"type":"broadcast","from":"#
+        JSONText.appendQuoted(from.rawValue, to: &head)
+        head += #","data":"#
+        return assemble(head: head, data: data)
+    }
+
     /// `{"type":"room","room":…,"from":…,"data":…}` as every member connection gets it.
     public static func room(_ room: RoomID, from: UserID, data: ByteBuffer) -> ByteBuffer {
         var head = #"{"type":"room","room":"#

@@ -57,6 +57,7 @@ public final class RabbitMQBackplane: Backplane {
         self.logger = gatewayLogger
         let logger = gatewayLogger
         let exchange = configuration.exchange
+        let eventsExchange = configuration.eventsExchange
         let queue = configuration.queueName
         let shared = self.shared
 
@@ -98,6 +99,7 @@ public final class RabbitMQBackplane: Backplane {
             maximumUnconfirmed: configuration.maximumUnconfirmed,
             setUp: { (setup) throws(AMQPError) in
                 try setup.declareExchange(exchange, type: "topic", durable: true)
+                if let eventsExchange { try setup.declareExchange(eventsExchange, type: "topic", durable: true) }
                 try setup.enableConfirms()
             },
             onStateChange: { change in
@@ -182,3 +184,44 @@ extension AMQPConnectionState {
         if case .open = self { true } else { false }
     }
 }
+
+extension RabbitMQBackplane {
+    /// The sink that copies client messages to ``RabbitMQConfiguration/eventsExchange``, or
+    /// nil when none is configured. It shares the publisher connection (and its confirms);
+    /// events are persistent and not mandatory: no worker queue bound is not an error.
+    public func makeEventSink() -> (any EventSink)? {
+        guard let exchange = configuration.eventsExchange else { return nil }
+        return RabbitMQEventSink(publisher: publisher, exchange: exchange, counters: shared.counters, logger: logger)
+    }
+}
+
+/// Publishes worker events: `user.<word>`, `room.<word>`, `undelivered.user.<word>`.
+private struct RabbitMQEventSink: EventSink {
+    let publisher: AMQPConnection
+    let exchange: String
+    let counters: BackplaneCounters
+    let logger: Logger
+
+    func clientMessage(_ frame: ByteBuffer, to address: BackplaneAddress) {
+        publish(frame, key: address.routingKey)
+    }
+
+    func undelivered(_ frame: ByteBuffer, to address: BackplaneAddress) {
+        publish(frame, key: "undelivered." + address.routingKey)
+    }
+
+    private func publish(_ frame: ByteBuffer, key: String) {
+        let counters = counters
+        let logger = logger
+        publisher.publish(exchange: exchange, routingKey: key, body: frame, mandatory: false, persistent: true) { result in
+            switch result {
+            case .success:
+                counters.eventsPublished.add(1, ordering: .relaxed)
+            case .failure(let error):
+                counters.eventFailures.add(1, ordering: .relaxed)
+                logger.debug("event not published", metadata: ["amqp.routing_key": .string(key), "error.type": .string("\(error)")])
+            }
+        }
+    }
+}
+

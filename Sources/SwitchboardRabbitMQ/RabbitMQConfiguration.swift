@@ -10,12 +10,16 @@ public struct RabbitMQConfiguration: Sendable {
     public var exchange: String
     /// Publishes awaiting a broker confirm at once (the sliding confirm window).
     public var maximumUnconfirmed: Int
+    /// A separate durable topic exchange that gets a copy of every client message for
+    /// background workers (`--events-exchange`); nil: none. Never the main exchange.
+    public var eventsExchange: String?
 
-    public init(amqp: AMQPConfiguration, gatewayID: String, exchange: String = "switchboard", maximumUnconfirmed: Int = 1000) {
+    public init(amqp: AMQPConfiguration, gatewayID: String, exchange: String = "switchboard", maximumUnconfirmed: Int = 1000, eventsExchange: String? = nil) {
         self.amqp = amqp
         self.gatewayID = gatewayID
         self.exchange = exchange
         self.maximumUnconfirmed = maximumUnconfirmed
+        self.eventsExchange = eventsExchange
     }
 
     /// `switchboard.gateway.<gatewayID>`: exclusive and auto-delete, it dies with the gateway's connection.

@@ -1,3 +1,4 @@
+public import SwitchboardBackplane
 public import NIOSSL
 
 /// Everything a gateway is told at start-up; defaults are the documented ones.
@@ -51,6 +52,10 @@ public struct GatewayConfiguration: Sendable {
     public var drainWindow: Duration
     /// The browser client and demo page served at `/` and `/switchboard.js`; nil serves neither.
     public var webAssets: WebAssets?
+    /// Keys that `POST /v1/publish` accepts (`Authorization: Bearer KEY`); empty turns the API off.
+    public var apiKeys: [String] = []
+    /// Where client messages are copied for background workers (`--events-exchange`); nil: nowhere.
+    public var events: (any EventSink)?
 
     public init(
         gatewayID: String,

@@ -49,8 +49,6 @@ final class GatewayMetrics: Sendable {
     private let refusals: [Int: CoreMetrics.Counter]
     private let authFailures: [String: CoreMetrics.Counter]
     let apiPublishes: [String: CoreMetrics.Counter]
-    let eventsPublished: CoreMetrics.Counter
-    let eventPublishFailures: CoreMetrics.Counter
     /// Time from handing a message to the backplane to its outcome (confirm, return, error).
     let publishDuration: CoreMetrics.Timer
     private let connections: CoreMetrics.Gauge
@@ -81,8 +79,6 @@ final class GatewayMetrics: Sendable {
         refusals = Dictionary(uniqueKeysWithValues: [401, 403, 404, 429, 503].map { ($0, counter("switchboard_handshake_refusals_total", [("status", "\($0)")])) })
         authFailures = Dictionary(uniqueKeysWithValues: ["credentials", "origin", "api_key"].map { ($0, counter("switchboard_auth_failures_total", [("reason", $0)])) })
         apiPublishes = Dictionary(uniqueKeysWithValues: ["routed", "recipient_offline", "unknown", "rejected"].map { ($0, counter("switchboard_api_publishes_total", [("outcome", $0)])) })
-        eventsPublished = counter("switchboard_events_published_total")
-        eventPublishFailures = counter("switchboard_events_publish_failures_total")
         publishDuration = CoreMetrics.Timer(label: "switchboard_backplane_publish_duration_seconds", dimensions: [], factory: factory)
         connections = gauge("switchboard_connections")
         users = gauge("switchboard_users")
@@ -103,6 +99,7 @@ final class GatewayMetrics: Sendable {
         if status == 403 { authFailures["origin"]?.increment() }
     }
     func apiKeyRejected() { authFailures["api_key"]?.increment() }
+    func apiPublished(_ outcome: String) { apiPublishes[outcome]?.increment() }
     func slowConsumerClosed() { slowConsumerCloses.increment() }
     func publishCompleted(after duration: Duration) {
         let (seconds, attoseconds) = duration.components
@@ -138,6 +135,8 @@ private final class BackplaneCounterMirror: Sendable {
     private let binds: CoreMetrics.Counter
     private let bindFailures: CoreMetrics.Counter
     private let unbinds: CoreMetrics.Counter
+    private let eventsPublished: CoreMetrics.Counter
+    private let eventFailures: CoreMetrics.Counter
 
     init(factory: PrometheusMetricsFactory) {
         func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
@@ -152,6 +151,8 @@ private final class BackplaneCounterMirror: Sendable {
         binds = counter("switchboard_backplane_bindings_total")
         bindFailures = counter("switchboard_backplane_binding_failures_total")
         unbinds = counter("switchboard_backplane_unbindings_total")
+        eventsPublished = counter("switchboard_events_published_total")
+        eventFailures = counter("switchboard_events_publish_failures_total")
     }
 
     func update(from now: BackplaneStatistics) {
@@ -172,5 +173,7 @@ private final class BackplaneCounterMirror: Sendable {
         add(binds, \.binds)
         add(bindFailures, \.bindFailures)
         add(unbinds, \.unbinds)
+        add(eventsPublished, \.eventsPublished)
+        add(eventFailures, \.eventFailures)
     }
 }

@@ -20,6 +20,7 @@ enum Routes {
             response.headers[.upgrade] = "websocket"
             return response
         }
+        PublishAPI.add(to: router, gateway: gateway)
         router.get("/metrics") { _, _ in
             Response(
                 status: .ok,

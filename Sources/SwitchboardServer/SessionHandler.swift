@@ -326,6 +326,7 @@ final class SessionHandler: ChannelInboundHandler {
         case .direct(let recipient, let data, let id):
             gateway.metrics.received(.direct)
             let encoded = ServerFrame.direct(from: user, to: recipient, data: data)
+            gateway.configuration.events?.clientMessage(encoded, to: .user(recipient))
             publish(encoded, to: .user(recipient), correlationID: id, noRecipient: .recipientOffline)
 
         case .publish(let room, let data, let id):
@@ -334,6 +335,7 @@ final class SessionHandler: ChannelInboundHandler {
                 return reject(ProtocolError(.notMember, "join the room before publishing to it", correlationID: id))
             }
             let encoded = ServerFrame.room(room, from: user, data: data)
+            gateway.configuration.events?.clientMessage(encoded, to: .room(room))
             publish(encoded, to: .room(room), correlationID: id, noRecipient: nil)
 
         case .join(let room, let id):
@@ -384,12 +386,14 @@ final class SessionHandler: ChannelInboundHandler {
         let logger = gateway.logger
         let connectionID = self.connectionID
         let metrics = gateway.metrics
+        let events = gateway.configuration.events
         let started = ContinuousClock.now
         gateway.backplane.publish(frame, to: address) { result in
             metrics.publishCompleted(after: ContinuousClock.now - started)
             let reply: ByteBuffer
             switch result {
             case .success(.noRecipient) where noRecipient != nil:
+                events?.undelivered(frame, to: address)
                 reply = ServerFrame.error(ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID))
             case .success:
                 handle.withSession { $0.write(ServerFrame.ack(correlationID: correlationID), counted: .ack) }

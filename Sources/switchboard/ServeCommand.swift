@@ -40,6 +40,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
     var exchange = "switchboard"
 
+    @Option(help: "A separate topic exchange that gets a copy of every client message for background workers (amqp backplane only; docs/workers.md).")
+    var eventsExchange: String?
+
+    @Option(help: "Key for POST /v1/publish (repeat, or separate with commas); none turns the API off. Prefer SWITCHBOARD_API_KEY: arguments are visible to other users.")
+    var apiKey: [String] = []
+
     @Option(help: "How clients authenticate: 'jwt' (a token in Authorization: Bearer or ?token=), or 'none' (development only: the user id comes from ?user=).")
     var auth: AuthOption = .jwt
 
@@ -106,6 +112,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds over which clients are closed with 1012 after the grace, spread evenly.")
     var drainWindow = 10.0
 
+    /// `--api-key` values, commas split.
+    var apiKeys: [String] {
+        apiKey.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+    }
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1…65535") }
         guard maxMessageSize >= 64 else { throw ValidationError("--max-message-size must be at least 64") }
@@ -121,6 +132,16 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
         if let gatewayID { try ValidateGatewayID.check(gatewayID) }
         guard !exchange.isEmpty, exchange.utf8.count <= 127 else { throw ValidationError("--exchange must be 1…127 bytes") }
+        if let eventsExchange {
+            guard !eventsExchange.isEmpty, eventsExchange.utf8.count <= 127 else { throw ValidationError("--events-exchange must be 1…127 bytes") }
+            guard eventsExchange != exchange else {
+                throw ValidationError("--events-exchange must differ from --exchange: only gateway queues may bind to the main exchange")
+            }
+            guard backplane.hasPrefix("amqp://") || backplane.hasPrefix("amqps://") else {
+                throw ValidationError("--events-exchange needs a RabbitMQ backplane (amqp:// or amqps://)")
+            }
+        }
+        guard apiKeys.allSatisfy({ $0.utf8.count >= 16 }) else { throw ValidationError("--api-key: each key must be at least 16 bytes") }
     }
 
     func run() async throws {
@@ -151,7 +172,15 @@ struct ServeCommand: AsyncParsableCommand {
         )
         configuration.tls = try tlsContext()
         configuration.webAssets = try webAssets(logger: logger)
-        let backplane = try BackplaneURL.make(self.backplane, gatewayID: configuration.gatewayID, exchange: exchange, logger: logger)
+        configuration.apiKeys = apiKeys
+        let backplane = try BackplaneURL.make(
+            self.backplane,
+            gatewayID: configuration.gatewayID,
+            exchange: exchange,
+            eventsExchange: eventsExchange,
+            logger: logger
+        )
+        configuration.events = (backplane as? RabbitMQBackplane)?.makeEventSink()
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
@@ -273,14 +302,15 @@ enum ValidateGatewayID {
 
 /// Picks the backplane from `--backplane`.
 enum BackplaneURL {
-    static func make(_ url: String, gatewayID: String, exchange: String, logger: Logger) throws -> any Backplane {
+    static func make(_ url: String, gatewayID: String, exchange: String, eventsExchange: String? = nil, logger: Logger) throws -> any Backplane {
         if url == "memory" || url == "memory://" {
             return InMemoryBackplane()
         }
         if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
             do {
                 let amqp = try AMQPConfiguration(url: url)
-                return RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID, exchange: exchange), logger: logger)
+                let configuration = RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID, exchange: exchange, eventsExchange: eventsExchange)
+                return RabbitMQBackplane(configuration: configuration, logger: logger)
             } catch {
                 throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
             }
