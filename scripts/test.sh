@@ -34,6 +34,8 @@ python3 -m venv "$work/venv"
 "$work/venv/bin/python" Tests/Python/independent_client.py .build/debug/switchboard
 "$work/venv/bin/python" Tests/Python/browser_check.py .build/debug/switchboard
 "$work/venv/bin/python" Tests/Python/demo_check.py .build/debug/switchboard
+# Background workers and the publish API, with pika as an independent AMQP client.
+"$work/venv/bin/python" Tests/Python/workers_check.py .build/debug/switchboard
 
 # Serial: the broker-restart tests take a shared broker away from every other test while they run.
 swift test --skip-build --no-parallel
