@@ -15,7 +15,7 @@ for run in $(seq 1 "$RUNS"); do
     trap 'kill $SERVER 2>/dev/null || true' EXIT
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
     echo "run $run:"
-    "$BIN" bench idle --port "$PORT" --connections "$CONNECTIONS" --hold 5 --server-pid "$SERVER"
+    "$BIN" bench idle --gateway "ws://127.0.0.1:$PORT/ws" --users "$CONNECTIONS" --hold 5 --gateway-pid "$SERVER"
     kill "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     trap - EXIT

@@ -33,7 +33,7 @@ eval "$broker_env"
     --drain-grace 0 --drain-window 10 --log-level error &
 GATEWAY=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
-"$BIN" bench idle --port "$PORT" --connections "$USERS" --hold 300 --server-pid "$GATEWAY" >"$work/holder.log" 2>&1 &
+"$BIN" bench idle --gateway "ws://127.0.0.1:$PORT/ws" --users "$USERS" --hold 300 --gateway-pid "$GATEWAY" >"$work/holder.log" 2>&1 &
 HOLDER=$!
 for _ in $(seq 1 600); do grep -q "connections opened" "$work/holder.log" && break; sleep 0.1; done
 echo "gateway 'doomed' holds: $(head -1 "$work/holder.log")"

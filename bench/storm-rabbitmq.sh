@@ -24,7 +24,7 @@ for run in $(seq 1 "$RUNS"); do
     SERVER=$!
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
     echo "run $run: connection storm"
-    "$BIN" bench idle --port "$PORT" --connections "$CONNECTIONS" --hold 2 --server-pid "$SERVER"
+    "$BIN" bench idle --gateway "ws://127.0.0.1:$PORT/ws" --users "$CONNECTIONS" --hold 2 --gateway-pid "$SERVER"
     kill "$SERVER"
     wait "$SERVER" 2>/dev/null || true
 done

@@ -122,8 +122,8 @@ public final class RedisBackplane: Backplane {
                 shared.counters.bindFailures.add(1, ordering: .relaxed)
                 return completion(.failure(BackplaneError(.unavailable, "the Redis subscriber connection is down")))
             }
+            // Not counted in `binds`: nothing is sent to Redis (the counter is the broker's work).
             shared.state.withLock { _ = $0.wanted.insert(address) }
-            shared.counters.binds.add(1, ordering: .relaxed)
             completion(.success(()))
         case .channels:
             shared.state.withLock { _ = $0.wanted.insert(address) }
@@ -144,8 +144,8 @@ public final class RedisBackplane: Backplane {
 
     public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         shared.state.withLock { _ = $0.wanted.remove(address) }
-        shared.counters.unbinds.add(1, ordering: .relaxed)
         guard configuration.mode == .channels else { return completion(.success(())) }
+        shared.counters.unbinds.add(1, ordering: .relaxed)
         let logger = self.logger
         subscriber.send(RedisCommand("UNSUBSCRIBE", [naming.channel(for: address)])) { result in
             if case .failure(let error) = result {

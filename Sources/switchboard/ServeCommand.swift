@@ -1,6 +1,7 @@
 public import ArgumentParser
 import Foundation
 import Hummingbird
+import NIOCore
 import NIOSSL
 public import Logging
 import ServiceLifecycle
@@ -103,6 +104,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Folder with index.html and switchboard.js, served at / and /switchboard.js; default: the copy shipped beside the executable. 'off' serves neither.")
     var webRoot: String?
 
+    @Option(help: "SwiftNIO event-loop threads for sockets and the Redis connections; default: one per CPU core. Fewer threads mean fewer cross-thread hops when gateways share a small machine.")
+    var eventLoops: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -128,6 +132,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard handshakeTimeout > 0, pingInterval > 0, idleTimeout > pingInterval else {
             throw ValidationError("timeouts must be positive, and --idle-timeout longer than --ping-interval")
         }
+        if let eventLoops { guard (1...256).contains(eventLoops) else { throw ValidationError("--event-loops must be 1…256") } }
         guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
         if let gatewayID { try ValidateGatewayID.check(gatewayID) }
@@ -151,6 +156,8 @@ struct ServeCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "switchboard")
+        // Before anything touches the singleton group (Hummingbird, the Redis backplane).
+        if let eventLoops { NIOSingletons.groupLoopCountSuggestion = eventLoops }
         let raised = FileDescriptorLimit.raiseToHardLimit()
         var configuration = GatewayConfiguration(
             gatewayID: gatewayID ?? FileDescriptorLimit.hostName(),

@@ -28,7 +28,7 @@ enum EnvironmentOptions {
         "host", "port", "backplane", "exchange", "auth", "jwt-secret", "jwt-secret-file", "jwt-public-key", "jwks",
         "allowed-origin", "tls-cert", "tls-key", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
         "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
-        "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key",
+        "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key", "event-loops",
     ]
 
     static func variableName(_ option: String) -> String {

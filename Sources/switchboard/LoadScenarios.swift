@@ -1,0 +1,283 @@
+import ArgumentParser
+import Foundation
+import SwitchboardClient
+import Synchronization
+
+/// Offered load: messages per second for a number of seconds.
+struct TrafficOptions: ParsableArguments {
+    @Option(help: "Messages per second offered, in total.")
+    var rate = 1000
+
+    @Option(help: "Seconds of sending (1…120).")
+    var duration = 10
+
+    func validateTraffic() throws {
+        guard (1...50_000).contains(rate) else { throw ValidationError("--rate must be 1…50000") }
+        guard (1...120).contains(duration) else { throw ValidationError("--duration must be 1…120") }
+    }
+}
+
+/// `bench connect`: a connection storm.
+struct ConnectBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect",
+        abstract: "Open N connections as fast as the gateways accept; report accepted/s and the time until every user is reachable."
+    )
+    @OptionGroup var load: LoadOptions
+
+    func validate() throws { try load.validateCommon() }
+
+    func run() async throws {
+        let endpoints = try load.endpoints()
+        let bindsBefore = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
+        let fleet = try await Fleet.open(load)
+        let bindsAfter = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
+        let seconds = max(fleet.connectSeconds, 0.001)
+        var result = LoadResult(scenario: "connect", label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
+        // A welcome is sent once the user's binding is in place: the last welcome is the moment
+        // every user is reachable by a direct message from any gateway.
+        result.connect = .init(accepted_per_s: Double(fleet.connected) / seconds, all_reachable_s: seconds, failed: load.users - fleet.connected)
+        result.subscriptions_per_s = Double(bindsAfter - bindsBefore) / seconds
+        result.report(json: load.json)
+        await fleet.closeAll()
+    }
+}
+
+/// `bench idle`: hold N idle connections; RSS per connection.
+struct IdleBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "idle",
+        abstract: "Open N connections, hold them idle, report the gateways' RSS per connection."
+    )
+    @OptionGroup var load: LoadOptions
+
+    @Option(help: "Seconds to hold the connections before measuring (1…300).")
+    var hold = 5
+
+    func validate() throws {
+        try load.validateCommon()
+        guard (1...300).contains(hold) else { throw ValidationError("--hold must be 1…300") }
+        guard !load.gatewayPIDs.isEmpty else { throw ValidationError("idle needs --gateway-pid to read RSS") }
+    }
+
+    func run() async throws {
+        let baseline = try ProcessStats.residentKiB(load.gatewayPIDs)
+        let fleet = try await Fleet.open(load)
+        // Scripts wait for this line before doing something to the held connections.
+        let line = String(format: "connections opened: %d of %d in %.1f s; holding %d s\n", fleet.connected, load.users, fleet.connectSeconds, hold)
+        FileHandle.standardOutput.write(Data(line.utf8))
+        try await Task.sleep(for: .seconds(hold))
+        let held = try ProcessStats.residentKiB(load.gatewayPIDs)
+        var result = LoadResult(scenario: "idle", label: load.label, gateways: load.gateways.count, users: load.users, connected: fleet.connected)
+        result.connect = .init(
+            accepted_per_s: Double(fleet.connected) / max(fleet.connectSeconds, 0.001),
+            all_reachable_s: fleet.connectSeconds,
+            failed: load.users - fleet.connected
+        )
+        result.rss_kb_per_connection = fleet.connected == 0 ? nil : Double(held - baseline) / Double(fleet.connected)
+        result.report(json: load.json)
+        await fleet.closeAll()
+    }
+}
+
+/// `bench direct`: direct messages between users on different gateways.
+struct DirectBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "direct",
+        abstract: "K users spread over the gateways; R direct messages/s for D seconds, each to a user on another gateway."
+    )
+    @OptionGroup var load: LoadOptions
+    @OptionGroup var traffic: TrafficOptions
+
+    func validate() throws {
+        try load.validateCommon()
+        try traffic.validateTraffic()
+        guard load.users >= 2 else { throw ValidationError("direct needs at least 2 users") }
+    }
+
+    func run() async throws {
+        let users = load.users
+        let gateways = load.gateways.count
+        let result = try await TrafficRun.run(scenario: "direct", load: load, traffic: traffic, expectedPerMessage: 1, setUp: { _, _ in nil }) { _, payload in
+            // The next user is on the next gateway (users are spread round-robin).
+            var sender = Int.random(in: 0..<users)
+            if gateways > 1, Fleet.gateway(of: sender, gateways: gateways) == Fleet.gateway(of: (sender + 1) % users, gateways: gateways) {
+                sender = (sender + 1) % users
+            }
+            let recipient = (sender + 1) % users
+            return (sender, #"{"type":"direct","to":""# + Fleet.user(recipient) + #"","data":"# + payload + "}")
+        }
+        result.report(json: load.json)
+    }
+}
+
+/// `bench room`: rooms whose members are spread over the gateways.
+struct RoomBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "room",
+        abstract: "M rooms of X members spread over the gateways; R room messages/s from random members for D seconds."
+    )
+    @OptionGroup var load: LoadOptions
+    @OptionGroup var traffic: TrafficOptions
+
+    @Option(help: "Rooms.")
+    var rooms = 100
+
+    @Option(help: "Members per room (users = rooms × members-per-room).")
+    var membersPerRoom = 10
+
+    func validate() throws {
+        try load.validateCommon()
+        try traffic.validateTraffic()
+        guard rooms >= 1, membersPerRoom >= 1, rooms * membersPerRoom == load.users else {
+            throw ValidationError("--users must equal --rooms × --members-per-room")
+        }
+    }
+
+    func run() async throws {
+        let rooms = self.rooms
+        let members = membersPerRoom
+        let result = try await TrafficRun.run(
+            scenario: "room",
+            load: load,
+            traffic: traffic,
+            expectedPerMessage: members,
+            setUp: { index, _ in #"{"type":"join","room":"r"# + String(index / members) + #""}"# }
+        ) { _, payload in
+            let room = Int.random(in: 0..<rooms)
+            let sender = room * members + Int.random(in: 0..<members)
+            return (sender, #"{"type":"publish","room":"r"# + String(room) + #"","data":"# + payload + "}")
+        }
+        result.report(json: load.json)
+    }
+}
+
+/// `bench fanout`: one room, many members, one publisher.
+struct FanoutBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fanout",
+        abstract: "One room with every user in it; one publisher sends R messages/s for D seconds."
+    )
+    @OptionGroup var load: LoadOptions
+    @OptionGroup var traffic: TrafficOptions
+
+    @Option(help: "Members of the room, publisher included (default: every user); the other users stay connected and idle.")
+    var members: Int?
+
+    func validate() throws {
+        try load.validateCommon()
+        try traffic.validateTraffic()
+        if let members { guard (1...load.users).contains(members) else { throw ValidationError("--members must be 1…--users") } }
+    }
+
+    func run() async throws {
+        let members = self.members ?? load.users
+        // User 0 publishes; it is a member (a room takes messages from members only) and gets its own too.
+        let result = try await TrafficRun.run(
+            scenario: "fanout",
+            load: load,
+            traffic: traffic,
+            expectedPerMessage: members,
+            setUp: { index, _ in index < members ? #"{"type":"join","room":"fanout"}"# : nil }
+        ) { _, payload in
+            (0, #"{"type":"publish","room":"fanout","data":"# + payload + "}")
+        }
+        result.report(json: load.json)
+    }
+}
+
+/// The measured phase shared by direct, room and fanout.
+enum TrafficRun {
+    /// Opens the fleet, sends each connection's set-up frame (a join) and waits for the acks,
+    /// then offers `traffic.rate` messages/s for `traffic.duration` s, waits for the
+    /// deliveries (at most 5 s more), and measures CPU and backplane traffic over that window.
+    static func run(
+        scenario: String,
+        load: LoadOptions,
+        traffic: TrafficOptions,
+        expectedPerMessage: Int,
+        setUp: @escaping @Sendable (Int, Int) -> String?,
+        message: @escaping @Sendable (Int, String) -> (sender: Int, text: String)
+    ) async throws -> LoadResult {
+        let endpoints = try load.endpoints()
+        let capacity = traffic.rate * traffic.duration + traffic.rate
+        let ledger = DeliveryLedger(capacity: capacity)
+        let acks = Atomic<Int>(0)
+        let fleet = try await Fleet.open(load) { _, text in
+            if text.hasPrefix(#"{"type":"ack""#) {
+                acks.add(1, ordering: .relaxed)
+            } else if text.hasPrefix(#"{"type":"direct""#) || text.hasPrefix(#"{"type":"room""#) {
+                ledger.record(text)
+            }
+        }
+        defer { Task { await fleet.closeAll() } }
+        var result = LoadResult(scenario: scenario, label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
+        guard fleet.connected == load.users else {
+            print("only \(fleet.connected) of \(load.users) connections opened; not sending")
+            return result
+        }
+
+        // Set-up frames (joins), then wait until each is acknowledged.
+        var setUpFrames = 0
+        for (index, connection) in fleet.connections.enumerated() {
+            guard let connection, let frame = setUp(index, load.users) else { continue }
+            try await connection.send(text: frame)
+            setUpFrames += 1
+        }
+        let setUpDeadline = ContinuousClock.now + .seconds(60)
+        while acks.load(ordering: .relaxed) < setUpFrames, ContinuousClock.now < setUpDeadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+
+        let receivedBefore = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
+        let gatewayCPUBefore = try ProcessStats.cpuMicroseconds(load.gatewayPIDs)
+        let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
+
+        // Paced sending: each millisecond, catch up to rate × elapsed.
+        let started = ContinuousClock.now
+        let end = started + .seconds(traffic.duration)
+        var sent = 0
+        var tick = started
+        while ContinuousClock.now < end, sent < capacity {
+            tick += .milliseconds(1)
+            try await Task.sleep(until: tick)
+            let due = min(capacity, Int((ContinuousClock.now - started).seconds * Double(traffic.rate)))
+            while sent < due {
+                let (sender, text) = message(sent, ledger.payload(sequence: sent))
+                try? await fleet.connections[sender]?.send(text: text)
+                sent += 1
+            }
+        }
+        let sendSeconds = (ContinuousClock.now - started).seconds
+        let expected = sent * expectedPerMessage
+        let drainDeadline = ContinuousClock.now + .seconds(5)
+        while ledger.totalArrived < expected, ContinuousClock.now < drainDeadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
+        let brokerCPU = try ProcessStats.cpuMicroseconds(load.brokerPIDs) - brokerCPUBefore
+        let receivedAfter = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
+
+        let (delivered, lost, duplicated) = ledger.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
+        result.rate = traffic.rate
+        result.duration_s = sendSeconds
+        result.sent = sent
+        result.expected = expected
+        result.delivered = delivered
+        result.lost = lost
+        result.duplicated = duplicated
+        result.achieved_rate = Double(sent) / max(sendSeconds, 0.001)
+        result.latency_ms = ledger.latency
+        if delivered > 0, !load.gatewayPIDs.isEmpty {
+            let perMessage = Double(delivered)
+            result.cpu_us_per_msg = .init(
+                gateways: gatewayCPU / perMessage,
+                brokers: brokerCPU / perMessage,
+                total: (gatewayCPU + brokerCPU) / perMessage
+            )
+        }
+        result.backplane_received = receivedAfter - receivedBefore
+        result.amplification = sent > 0 ? Double(receivedAfter - receivedBefore) / Double(sent) : nil
+        return result
+    }
+}
