@@ -59,6 +59,18 @@ struct ServeCommandTests {
         #expect(badAMQPLog.contains("invalid port"))
         #expect(!badAMQPLog.contains("secret"))
 
+        // Worker events need RabbitMQ, never the main exchange; API keys must not be guessable.
+        for (arguments, message) in [
+            (["--events-exchange", "events"], "needs a RabbitMQ backplane"),
+            (["--backplane", "amqp://127.0.0.1/", "--events-exchange", "switchboard"], "must differ from --exchange"),
+            (["--api-key", "short"], "at least 16 bytes"),
+        ] {
+            let (process, output) = try Self.run(["serve", "--auth", "none"] + arguments)
+            process.waitUntilExit()
+            #expect(process.terminationStatus != 0)
+            #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains(message), "\(arguments)")
+        }
+
         // JWT is the default; without a key the gateway refuses to start rather than accept anyone.
         let (noKey, noKeyOutput) = try Self.run(["serve", "--port", "1"])
         noKey.waitUntilExit()
