@@ -63,7 +63,7 @@ struct BindingsBench: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...100_000).contains(count) else { throw ValidationError("--count must be 1…100000") }
-        guard let host = try? AMQPConfiguration(url: backplane).host, host.hasPrefix("127.") || host == "localhost" || host == "::1" else {
+        guard let host = try? AMQPConfiguration(url: backplane).host, Loopback.contains(host) else {
             throw ValidationError("bench only targets a loopback broker")
         }
     }
@@ -140,7 +140,7 @@ struct ConfirmsBench: AsyncParsableCommand {
     func validate() throws {
         guard (1...20_000).contains(rate) else { throw ValidationError("--rate must be 1…20000") }
         guard (1...300).contains(duration) else { throw ValidationError("--duration must be 1…300") }
-        guard let host = try? AMQPConfiguration(url: backplane).host, host.hasPrefix("127.") || host == "localhost" || host == "::1" else {
+        guard let host = try? AMQPConfiguration(url: backplane).host, Loopback.contains(host) else {
             throw ValidationError("bench only targets a loopback broker")
         }
     }

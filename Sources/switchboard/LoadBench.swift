@@ -61,6 +61,7 @@ struct LoadOptions: ParsableArguments {
     }
 }
 
+/// The only addresses `switchboard bench` sends traffic to.
 enum Loopback {
     static func contains(_ host: String) -> Bool {
         host.hasPrefix("127.") || host == "::1" || host == "[::1]" || host == "localhost"
