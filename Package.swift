@@ -138,10 +138,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // A WebSocket client for Switchboard (tests and `switchboard bench` use it).
+        // A WebSocket client for Switchboard: the raw `WebSocketConnection` (`switchboard bench`,
+        // protocol tests) and `GatewayClient`, which reconnects, re-joins and awaits acks.
         .target(
             name: "SwitchboardClient",
             dependencies: [
+                "SwitchboardProtocol",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

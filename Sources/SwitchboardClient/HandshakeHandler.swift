@@ -112,7 +112,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    private func fail(context: ChannelHandlerContext, _ error: HandshakeError) {
+    /// Ends the handshake with `error` (once) and closes the connection.
+    func fail(context: ChannelHandlerContext, _ error: HandshakeError) {
         guard !finished else { return }
         finished = true
         done.fail(error)

@@ -47,8 +47,11 @@ public final class WebSocketConnection: Sendable {
     ///   - localAddress: Source address to bind, to spread many connections over loopback addresses.
     ///   - tls: Connect with TLS (`wss://`) using this configuration.
     ///   - answerPings: Answer the server's pings with pongs (a test may turn it off to play a dead client).
+    ///   - handshakeTimeout: Give up when the TCP connect, TLS and the upgrade together take
+    ///     longer (``HandshakeError/timedOut``, or NIO's connect timeout error); nil: only
+    ///     NIO's 10 s TCP connect timeout, and a server that accepts but never answers holds the call.
     ///   - eventLoopGroup: Where the connection runs.
-    /// - Throws: ``HandshakeError`` when the server does not answer 101, or a NIO error.
+    /// - Throws: ``HandshakeError`` when the server does not answer 101 (in time), or a NIO error.
     public static func connect(
         host: String,
         port: Int,
@@ -57,6 +60,7 @@ public final class WebSocketConnection: Sendable {
         localAddress: SocketAddress? = nil,
         answerPings: Bool = true,
         tls: TLSConfiguration? = nil,
+        handshakeTimeout: Duration? = nil,
         eventLoopGroup: (any EventLoopGroup)? = nil
     ) async throws -> WebSocketConnection {
         let sslContext = try tls.map { try NIOSSLContext(configuration: $0) }
@@ -85,6 +89,8 @@ public final class WebSocketConnection: Sendable {
                 }
             }
         if let localAddress { bootstrap = bootstrap.bind(to: localAddress) }
+        let deadline = handshakeTimeout.map { NIODeadline.now() + TimeAmount($0) }
+        if let handshakeTimeout { bootstrap = bootstrap.connectTimeout(TimeAmount(handshakeTimeout)) }
         let channel: any Channel
         do {
             channel = try await bootstrap.connect(host: host, port: port).get()
@@ -93,10 +99,22 @@ public final class WebSocketConnection: Sendable {
             continuation.finish()
             throw error
         }
+        // Runs on the channel's event loop, where the handshake handler lives; once the
+        // handshake is done the handler has left the pipeline and this does nothing.
+        let handshakeTimer = deadline.map { deadline in
+            channel.eventLoop.scheduleTask(deadline: deadline) {
+                guard let context = try? channel.pipeline.syncOperations.context(handlerType: HandshakeHandler.self),
+                    let handler = context.handler as? HandshakeHandler
+                else { return }
+                handler.fail(context: context, .timedOut)
+            }
+        }
         let responseHeaders: [(name: String, value: String)]
         do {
             responseHeaders = try await handshakeDone.futureResult.get()
+            handshakeTimer?.cancel()
         } catch {
+            handshakeTimer?.cancel()
             channel.close(promise: nil)
             throw error
         }
@@ -146,4 +164,7 @@ public enum HandshakeError: Error, Sendable, Equatable {
     case invalidResponse(String)
     /// The connection closed before the handshake finished.
     case connectionClosed
+    /// The server did not finish the handshake within the `handshakeTimeout` given to
+    /// ``WebSocketConnection/connect(host:port:path:headers:localAddress:answerPings:tls:handshakeTimeout:eventLoopGroup:)``.
+    case timedOut
 }

@@ -1,0 +1,155 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import SwitchboardProtocol
+
+/// A frame from the gateway, as ``GatewayClient`` reads it.
+///
+/// Parsed with SwitchboardProtocol's `JSONScanner`, the validating scanner the gateway
+/// itself uses: it yields each top-level member's exact byte range, so `data` reaches
+/// the application as the exact JSON text the sender wrote (numbers, escapes and
+/// spacing unchanged), which a decode-and-re-encode with JSONSerialization would not keep.
+enum IncomingFrame: Equatable {
+    case welcome(user: String, gateway: String)
+    /// `ack` and `pong` both answer a request; `id` as a string, or the raw text of a non-string id.
+    case reply(id: String?)
+    case error(id: String?, code: String, message: String)
+    case direct(from: String, to: String, data: String)
+    case room(room: String, from: String, data: String)
+    case broadcast(from: String, data: String)
+    /// Valid JSON, but a type this client does not know, or a known type missing a member.
+    case unknown
+
+    /// Reads one text frame; nil when it is not a JSON object.
+    init?(text: String) {
+        let bytes = Array(text.utf8)
+        guard let members = try? JSONScanner.topLevelMembers(of: bytes) else { return nil }
+        func string(_ key: String) -> String? {
+            members.first { $0.key == key }?.stringValue
+        }
+        func rawText(_ key: String) -> String? {
+            guard let member = members.first(where: { $0.key == key }) else { return nil }
+            return String(decoding: bytes[member.range], as: UTF8.self)
+        }
+        func id() -> String? {
+            guard let member = members.first(where: { $0.key == "id" }) else { return nil }
+            return member.stringValue ?? String(decoding: bytes[member.range], as: UTF8.self)
+        }
+        switch string("type") {
+        case "welcome":
+            guard let user = string("user"), let gateway = string("gateway") else { self = .unknown; return }
+            self = .welcome(user: user, gateway: gateway)
+        case "ack", "pong":
+            self = .reply(id: id())
+        case "error":
+            self = .error(id: id(), code: string("code") ?? SwitchboardClientError.Code.internal.rawValue, message: string("message") ?? "")
+        case "direct":
+            guard let from = string("from"), let to = string("to"), let data = rawText("data") else { self = .unknown; return }
+            self = .direct(from: from, to: to, data: data)
+        case "room":
+            guard let room = string("room"), let from = string("from"), let data = rawText("data") else { self = .unknown; return }
+            self = .room(room: room, from: from, data: data)
+        case "broadcast":
+            guard let from = string("from"), let data = rawText("data") else { self = .unknown; return }
+            self = .broadcast(from: from, data: data)
+        default:
+            self = .unknown
+        }
+    }
+}
+
+/// The frames ``GatewayClient`` sends (wire protocol v1, docs/protocol.md).
+enum OutgoingFrame {
+    static func direct(to user: String, data: String, id: String) -> String {
+        var text = #"{"type":"direct","to":"#
+        JSONText.appendQuoted(user, to: &text)
+        text += #","data":"# + data
+        return finish(text, id: id)
+    }
+
+    static func publish(room: String, data: String, id: String) -> String {
+        var text = #"{"type":"publish","room":"#
+        JSONText.appendQuoted(room, to: &text)
+        text += #","data":"# + data
+        return finish(text, id: id)
+    }
+
+    static func join(room: String, id: String) -> String {
+        var text = #"{"type":"join","room":"#
+        JSONText.appendQuoted(room, to: &text)
+        return finish(text, id: id)
+    }
+
+    static func leave(room: String, id: String) -> String {
+        var text = #"{"type":"leave","room":"#
+        JSONText.appendQuoted(room, to: &text)
+        return finish(text, id: id)
+    }
+
+    static func ping(id: String) -> String {
+        finish(#"{"type":"ping""#, id: id)
+    }
+
+    private static func finish(_ head: String, id: String) -> String {
+        var text = head + #","id":"#
+        JSONText.appendQuoted(id, to: &text)
+        return text + "}"
+    }
+
+    /// Checks that `json` is exactly one JSON value, by the gateway's own rules, so that a
+    /// bad `data` fails here with the request's error instead of as an id-less
+    /// `invalid_message` from the gateway that no request would match.
+    static func validated(json: String) throws(SwitchboardClientError) -> String {
+        let prefix = #"{"data":"#
+        let wrapped = Array((prefix + json + "}").utf8)
+        let members: [JSONMember]
+        do {
+            members = try JSONScanner.topLevelMembers(of: wrapped)
+        } catch {
+            throw SwitchboardClientError(code: .invalidMessage, message: "data is not valid JSON: \(json.prefix(80))", cause: error)
+        }
+        // `1},"x":{` would wrap into a valid object of two members: only one value may be there.
+        let dataRange = prefix.utf8.count..<(wrapped.count - 1)
+        guard members.count == 1, members[0].range == trimmed(wrapped, dataRange) else {
+            throw SwitchboardClientError(code: .invalidMessage, message: "data is not one JSON value: \(json.prefix(80))")
+        }
+        return json
+    }
+
+    /// `range` without the JSON white space at either end.
+    private static func trimmed(_ bytes: [UInt8], _ range: Range<Int>) -> Range<Int> {
+        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+        var lower = range.lowerBound
+        var upper = range.upperBound
+        while lower < upper, isSpace(bytes[lower]) { lower += 1 }
+        while upper > lower, isSpace(bytes[upper - 1]) { upper -= 1 }
+        return lower..<upper
+    }
+
+    /// Encodes `value` with `JSONEncoder` into the text of a `data` member.
+    static func encoded(_ value: some Encodable) throws(SwitchboardClientError) -> String {
+        do {
+            return String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+        } catch {
+            throw SwitchboardClientError(code: .invalidMessage, message: "data could not be encoded as JSON: \(error)", cause: error)
+        }
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters, for a query value.
+    static func percentEncoded(_ value: String) -> String {
+        let hexDigits = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                bytes.append(byte)
+            default:
+                bytes.append(contentsOf: [UInt8(ascii: "%"), hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0x0F)]])
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
