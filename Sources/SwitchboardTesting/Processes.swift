@@ -94,6 +94,9 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     // Else a daemon the script starts would inherit the write end and the read below
     // would never see end-of-file (what made Foundation's Process hang here).
     posix_spawn_file_actions_addclose(&actions, pipeEnds[1])
+    // Nothing else of the test process either: an inherited listening socket (freePort's,
+    // a test gateway's) would keep its port busy for as long as the child lives.
+    closeInheritedDescriptors(&actions)
     let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -121,3 +124,19 @@ public func requiredEnvironment(_ name: String) throws -> String {
     }
     return value
 }
+
+/// Asks the child to close every descriptor from 3 up: glibc's
+/// `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module does not
+/// export, looked up at run time; without it, each descriptor open now is closed one by one.
+private func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t) {
+    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+        let addCloseFrom = unsafeBitCast(symbol, to: AddCloseFrom.self)
+        if addCloseFrom(&actions, 3) == 0 { return }
+    }
+    let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    for descriptor in open.compactMap({ Int32($0) }) where descriptor > 2 {
+        posix_spawn_file_actions_addclose(&actions, descriptor)
+    }
+}
+
