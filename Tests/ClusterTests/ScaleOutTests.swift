@@ -30,6 +30,10 @@ struct ScaleOutTests {
             try await carol.send(#"{"type":"publish","room":"all","data":3}"#)
             #expect(try await alice.next()["data"] == "3")
             #expect(try await bob.next()["data"] == "3")
+            // The demo page comes through the balancer; /metrics only from a gateway itself.
+            #expect(await httpStatus(port: cluster.haproxyPort, path: "/") == 200)
+            #expect(await httpStatus(port: cluster.haproxyPort, path: "/metrics") == 404)
+            #expect(await httpStatus(port: cluster.gateways[0].port, path: "/metrics") == 200)
             for client in [alice, bob, carol] { await client.close() }
         } catch {
             await cluster.stop()

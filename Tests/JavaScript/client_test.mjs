@@ -282,18 +282,22 @@ test('close code 1008 stops reconnecting unless a token function can fetch a fre
   refreshing.close();
 });
 
-test('direct and room frames become events; off() removes a listener', async () => {
+test('direct, room and broadcast frames become events; off() removes a listener', async () => {
   const client = makeClient();
   await connected(client);
   const directs = [];
   const rooms = [];
+  const everyone = [];
   client.on('direct', (m) => directs.push(m));
   const stop = client.on('room', (m) => rooms.push(m));
+  client.on('broadcast', (m) => everyone.push(m));
   latest().receive({ type: 'direct', from: 'bob', to: 'alice', data: 'psst' });
   latest().receive({ type: 'room', room: 'lobby', from: 'bob', data: { text: 'hi' } });
+  latest().receive({ type: 'broadcast', from: 'server', data: 'maintenance' });
   stop();
   latest().receive({ type: 'room', room: 'lobby', from: 'bob', data: 2 });
   assert.deepEqual(directs, [{ from: 'bob', to: 'alice', data: 'psst' }]);
   assert.deepEqual(rooms, [{ room: 'lobby', from: 'bob', data: { text: 'hi' } }]);
+  assert.deepEqual(everyone, [{ from: 'server', data: 'maintenance' }]);
   client.close();
 });

@@ -436,6 +436,10 @@
         case 'room':
           this._emit('room', { room: frame.room, from: frame.from, data: frame.data });
           break;
+        case 'broadcast':
+          // From a backend, to everyone (POST /v1/publish).
+          this._emit('broadcast', { from: frame.from, data: frame.data });
+          break;
         default:
           break;
       }
