@@ -157,18 +157,22 @@ public final class RedisConnection: Sendable {
         let core = core.value
         guard core.phase != .shutDown else { return }
         core.phase = .connecting
-        let handler = RedisChannelHandler(isSubscriber: isSubscriber, onMessages: onMessages)
+        let isSubscriber = isSubscriber
+        let onMessages = onMessages
         let configuration = configuration
         ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(isSubscriber: isSubscriber, onMessages: onMessages))
+                }
             }
             .connect(host: configuration.host, port: configuration.port)
             .flatMap { channel -> EventLoopFuture<any Channel> in
+                // On the channel's own loop (the bootstrap's), so the pipeline can be read directly.
                 self.core.value.channel = channel
-                self.core.value.handler = handler
+                self.core.value.handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
                 let setUp = SetUp(channel: channel)
                 return self.authenticate(setUp)
                     .flatMap { self.setUp(setUp) }

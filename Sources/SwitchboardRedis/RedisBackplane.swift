@@ -51,9 +51,10 @@ public final class RedisBackplane: Backplane {
     public init(configuration: RedisBackplaneConfiguration, eventLoop: (any EventLoop)? = nil, logger: Logger) {
         let eventLoop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         self.configuration = configuration
-        var logger = logger
-        logger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
-        self.logger = logger
+        var gatewayLogger = logger
+        gatewayLogger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
+        self.logger = gatewayLogger
+        let logger = gatewayLogger
         let shared = self.shared
         let naming = ChannelNaming(mode: configuration.mode, prefix: configuration.prefix)
         let modeName = configuration.mode.rawValue

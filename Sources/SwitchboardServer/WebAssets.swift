@@ -1,5 +1,5 @@
 import Foundation
-public import NIOCore
+import NIOCore
 
 /// The browser client (`switchboard.js`) and the demo chat page (`index.html`) that a
 /// gateway serves at `/switchboard.js` and `/`.
