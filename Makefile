@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (which are what the README and CI call).
-.PHONY: run test build release bench-idle cluster cluster-stop
+.PHONY: run test build release bench bench-quick bench-idle cluster cluster-stop
 
 run:
 	./scripts/run.sh
@@ -12,6 +12,12 @@ build:
 
 release:
 	swift build -c release --product switchboard
+
+bench:
+	./bench/run.sh
+
+bench-quick:
+	./bench/run.sh --quick
 
 bench-idle:
 	./bench/idle.sh
