@@ -224,14 +224,11 @@ public final class RedisConnection: Sendable {
     private func scheduleReconnect() {
         let core = core.value
         guard core.phase != .shutDown else { return }
-        core.phase = .idle
-        let minimum = Double(configuration.reconnectMinimumDelay.components.seconds) + Double(configuration.reconnectMinimumDelay.components.attoseconds) / 1e18
-        let maximum = Double(configuration.reconnectMaximumDelay.components.seconds) + Double(configuration.reconnectMaximumDelay.components.attoseconds) / 1e18
-        let ceiling = min(maximum, minimum * pow2(core.attempt))
+        let ceiling = min(configuration.reconnectMaximumDelay, configuration.reconnectMinimumDelay * (1 << min(core.attempt, 20)))
         let delay = ceiling * Double.random(in: 0.5...1.0)
         core.attempt += 1
         core.phase = .connecting
-        core.reconnect = eventLoop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+        core.reconnect = eventLoop.scheduleTask(in: TimeAmount(delay)) {
             self.connect()
         }
     }
@@ -265,13 +262,3 @@ public struct RedisMessage: Sendable {
     public var payload: ByteBuffer
 }
 
-private func pow2(_ exponent: Int) -> Double {
-    Double(1 << min(exponent, 20))
-}
-
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}

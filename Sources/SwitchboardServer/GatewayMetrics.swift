@@ -1,4 +1,5 @@
 import CoreMetrics
+import NIOCore
 import Prometheus
 import SwitchboardBackplane
 import Synchronization
@@ -102,8 +103,7 @@ final class GatewayMetrics: Sendable {
     func apiPublished(_ outcome: String) { apiPublishes[outcome]?.increment() }
     func slowConsumerClosed() { slowConsumerCloses.increment() }
     func publishCompleted(after duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        publishDuration.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        publishDuration.recordNanoseconds(TimeAmount(duration).nanoseconds)
     }
 
     /// The Prometheus text of every series, after reading the gauges and the backplane.
