@@ -30,15 +30,10 @@ import Synchronization
 /// - After a reconnect the queue is declared again and every binding in force is
 ///   restored (no-wait binds with one fence) before the backplane reports ready.
 public final class RabbitMQBackplane: Backplane {
-    private struct State {
-        /// Addresses that should be bound: restored after every reconnect.
-        var wanted: Set<BackplaneAddress> = [.broadcast]
-        var handler: BackplaneDeliveryHandler?
-    }
-
     /// What the two connection threads and the callers share; each part has its own lock.
     private final class Shared: Sendable {
-        let state = Mutex(State())
+        /// Restored after every reconnect.
+        let wanted = WantedBindings()
         let counters = BackplaneCounters()
         let consumerOpen = Atomic<Bool>(false)
         let publisherOpen = Atomic<Bool>(false)
@@ -69,13 +64,13 @@ public final class RabbitMQBackplane: Backplane {
                 try setup.declareExchange(exchange, type: "topic", durable: true)
                 try setup.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
                 // Everything the gateway hosts now, including what was bound before a reconnect.
-                let keys = shared.state.withLock { $0.wanted.map(\.routingKey) }
+                let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
                 try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
                 try setup.consume(queue: queue, noAck: true)
                 logger.info("RabbitMQ queue ready", metadata: ["amqp.queue": .string(queue), "amqp.bindings": .stringConvertible(keys.count)])
             },
             onDeliveries: { deliveries in
-                let handler = shared.state.withLock { $0.handler }
+                let handler = shared.wanted.handler
                 var batch: [BackplaneDelivery] = []
                 batch.reserveCapacity(deliveries.count)
                 for delivery in deliveries {
@@ -115,7 +110,7 @@ public final class RabbitMQBackplane: Backplane {
     }
 
     public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
-        shared.state.withLock { $0.handler = handler }
+        shared.wanted.setHandler(handler)
     }
 
     public func run() async throws {
@@ -129,7 +124,7 @@ public final class RabbitMQBackplane: Backplane {
 
     public func bind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         let shared = self.shared
-        shared.state.withLock { _ = $0.wanted.insert(address) }
+        shared.wanted.insert(address)
         consumer.bind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
             switch result {
             case .success:
@@ -138,14 +133,14 @@ public final class RabbitMQBackplane: Backplane {
             case .failure(let error):
                 shared.counters.bindFailures.add(1, ordering: .relaxed)
                 // Not bound: do not restore it after a reconnect either.
-                shared.state.withLock { _ = $0.wanted.remove(address) }
+                shared.wanted.remove(address)
                 completion(.failure(BackplaneError(.unavailable, "bind \(address.routingKey) failed", cause: error)))
             }
         }
     }
 
     public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
-        shared.state.withLock { _ = $0.wanted.remove(address) }
+        shared.wanted.remove(address)
         shared.counters.unbinds.add(1, ordering: .relaxed)
         let logger = self.logger
         consumer.unbind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in

@@ -30,15 +30,10 @@ import Synchronization
 /// not have been delivered). After a reconnect every wanted channel is subscribed again
 /// before the backplane reports ready.
 public final class RedisBackplane: Backplane {
-    private struct State {
-        /// Addresses that should be bound: subscribed again after every reconnect.
-        var wanted: Set<BackplaneAddress> = [.broadcast]
-        var handler: BackplaneDeliveryHandler?
-    }
-
     /// What the connections' callbacks and the callers share.
     private final class Shared: Sendable {
-        let state = Mutex(State())
+        /// Subscribed again after every reconnect.
+        let wanted = WantedBindings()
         let counters = BackplaneCounters()
     }
 
@@ -66,7 +61,7 @@ public final class RedisBackplane: Backplane {
             logger: logger,
             isSubscriber: true,
             setUp: { setUp in
-                let channels = naming.subscriptions(for: shared.state.withLock { $0.wanted })
+                let channels = shared.wanted.withAddresses { addresses, _ in naming.subscriptions(for: addresses) }
                 // One SUBSCRIBE per channel, pipelined: one confirmation each, in order.
                 let confirmations = channels.map { setUp.send(RedisCommand("SUBSCRIBE", [$0])) }
                 return EventLoopFuture.andAllSucceed(confirmations, on: setUp.channel.eventLoop).map {
@@ -75,8 +70,8 @@ public final class RedisBackplane: Backplane {
             },
             onMessages: { messages in
                 shared.counters.received.add(messages.count, ordering: .relaxed)
-                let (handler, deliveries) = shared.state.withLock { state in
-                    (state.handler, messages.compactMap { naming.delivery(from: $0, wanted: state.wanted) })
+                let (handler, deliveries) = shared.wanted.withAddresses { wanted, handler in
+                    (handler, messages.compactMap { naming.delivery(from: $0, wanted: wanted) })
                 }
                 let dropped = messages.count - deliveries.count
                 if dropped > 0 { shared.counters.filtered.add(dropped, ordering: .relaxed) }
@@ -99,7 +94,7 @@ public final class RedisBackplane: Backplane {
     public var statistics: BackplaneStatistics { shared.counters.snapshot }
 
     public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
-        shared.state.withLock { $0.handler = handler }
+        shared.wanted.setHandler(handler)
     }
 
     public func run() async throws {
@@ -124,10 +119,10 @@ public final class RedisBackplane: Backplane {
                 return completion(.failure(BackplaneError(.unavailable, "the Redis subscriber connection is down")))
             }
             // Not counted in `binds`: nothing is sent to Redis (the counter is the broker's work).
-            shared.state.withLock { _ = $0.wanted.insert(address) }
+            shared.wanted.insert(address)
             completion(.success(()))
         case .channels:
-            shared.state.withLock { _ = $0.wanted.insert(address) }
+            shared.wanted.insert(address)
             subscriber.send(RedisCommand("SUBSCRIBE", [naming.channel(for: address)])) { result in
                 switch result {
                 case .success:
@@ -136,7 +131,7 @@ public final class RedisBackplane: Backplane {
                 case .failure(let error):
                     shared.counters.bindFailures.add(1, ordering: .relaxed)
                     // Not subscribed: do not restore it after a reconnect either.
-                    shared.state.withLock { _ = $0.wanted.remove(address) }
+                    shared.wanted.remove(address)
                     completion(.failure(BackplaneError(.unavailable, "SUBSCRIBE \(address.routingKey) failed", cause: error)))
                 }
             }
@@ -144,7 +139,7 @@ public final class RedisBackplane: Backplane {
     }
 
     public func unbind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
-        shared.state.withLock { _ = $0.wanted.remove(address) }
+        shared.wanted.remove(address)
         guard configuration.mode == .channels else { return completion(.success(())) }
         shared.counters.unbinds.add(1, ordering: .relaxed)
         let logger = self.logger
