@@ -390,21 +390,21 @@ final class SessionHandler: ChannelInboundHandler {
         let started = ContinuousClock.now
         gateway.backplane.publish(frame, to: address) { result in
             metrics.publishCompleted(after: ContinuousClock.now - started)
-            let reply: ByteBuffer
+            let error: ProtocolError
             switch result {
             case .success(.noRecipient) where noRecipient != nil:
                 events?.undelivered(frame, to: address)
-                reply = ServerFrame.error(ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID))
+                error = ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID)
             case .success:
                 handle.withSession { $0.write(ServerFrame.ack(correlationID: correlationID), counted: .ack) }
                 return
-            case .failure(let error) where error.code == .unavailable || error.code == .closed:
-                reply = ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID))
-            case .failure(let error):
-                logger.error("publish failed", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.errorType: "\(error)"])
-                reply = ServerFrame.error(ProtocolError(.internal, "the message could not be sent", correlationID: correlationID))
+            case .failure(let failure) where failure.code == .unavailable || failure.code == .closed:
+                error = ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID)
+            case .failure(let failure):
+                logger.error("publish failed", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.errorType: "\(failure)"])
+                error = ProtocolError(.internal, "the message could not be sent", correlationID: correlationID)
             }
-            handle.withSession { $0.write(reply, counted: .error) }
+            handle.withSession { $0.reject(error) }
         }
     }
 

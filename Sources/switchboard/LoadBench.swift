@@ -76,6 +76,14 @@ struct LoadResult: Encodable {
         var accepted_per_s: Double
         var all_reachable_s: Double
         var failed: Int
+
+        /// A welcome is sent once the user's binding is in place: the last welcome is the
+        /// moment every user is reachable by a direct message from any gateway.
+        init(_ fleet: Fleet, users: Int) {
+            accepted_per_s = Double(fleet.connected) / max(fleet.connectSeconds, 0.001)
+            all_reachable_s = fleet.connectSeconds
+            failed = users - fleet.connected
+        }
     }
 
     var scenario: String

@@ -32,12 +32,9 @@ struct ConnectBench: AsyncParsableCommand {
         let bindsBefore = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
         let fleet = try await Fleet.open(load)
         let bindsAfter = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
-        let seconds = max(fleet.connectSeconds, 0.001)
         var result = LoadResult(scenario: "connect", label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
-        // A welcome is sent once the user's binding is in place: the last welcome is the moment
-        // every user is reachable by a direct message from any gateway.
-        result.connect = .init(accepted_per_s: Double(fleet.connected) / seconds, all_reachable_s: seconds, failed: load.users - fleet.connected)
-        result.subscriptions_per_s = Double(bindsAfter - bindsBefore) / seconds
+        result.connect = .init(fleet, users: load.users)
+        result.subscriptions_per_s = Double(bindsAfter - bindsBefore) / max(fleet.connectSeconds, 0.001)
         result.report(json: load.json)
         await fleet.closeAll()
     }
@@ -69,11 +66,7 @@ struct IdleBench: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(hold))
         let held = try ProcessStats.residentKiB(load.gatewayPIDs)
         var result = LoadResult(scenario: "idle", label: load.label, gateways: load.gateways.count, users: load.users, connected: fleet.connected)
-        result.connect = .init(
-            accepted_per_s: Double(fleet.connected) / max(fleet.connectSeconds, 0.001),
-            all_reachable_s: fleet.connectSeconds,
-            failed: load.users - fleet.connected
-        )
+        result.connect = .init(fleet, users: load.users)
         result.rss_kb_per_connection = fleet.connected == 0 ? nil : Double(held - baseline) / Double(fleet.connected)
         result.report(json: load.json)
         await fleet.closeAll()

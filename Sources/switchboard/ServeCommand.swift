@@ -117,8 +117,11 @@ struct ServeCommand: AsyncParsableCommand {
     var drainWindow = 10.0
 
     /// `--api-key` values, commas split.
-    var apiKeys: [String] {
-        apiKey.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+    var apiKeys: [String] { Self.commaSeparated(apiKey).filter { !$0.isEmpty } }
+
+    /// Repeated options whose values may also be comma-separated lists (environment variables hold one).
+    static func commaSeparated(_ values: [String]) -> [String] {
+        values.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
     }
 
     func validate() throws {
@@ -170,7 +173,7 @@ struct ServeCommand: AsyncParsableCommand {
             maximumConnectionsPerUser: maxConnectionsPerUser,
             messageRate: rateLimit,
             messageBurst: rateBurst,
-            allowedOrigins: Set(allowedOrigin.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }),
+            allowedOrigins: Set(Self.commaSeparated(allowedOrigin)),
             handshakeTimeout: .milliseconds(Int(handshakeTimeout * 1000)),
             pingInterval: .milliseconds(Int(pingInterval * 1000)),
             idleTimeout: .milliseconds(Int(idleTimeout * 1000)),
