@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import time
 import urllib.request
 
 import websockets
+
+from harness import free_port
 
 PAGE = """<!doctype html><html><body><pre id="log">start</pre><script>
 const log = (t) => { document.getElementById('log').textContent += '\\n' + t; };
@@ -31,12 +32,6 @@ ws.onmessage = (e) => {
 ws.onclose = (e) => log('CLOSED ' + e.code);
 ws.onerror = () => log('ERROR');
 </script></body></html>"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url, seconds=20):

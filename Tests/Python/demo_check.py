@@ -22,38 +22,19 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import websockets
+
+from harness import CheckFailed, Gateway, free_port, http_get
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEB = os.path.join(REPO, "Sources", "SwitchboardServer", "Resources", "web")
 WAIT = 20  # seconds, the longest any single step may take
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=2):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode("utf-8", "replace")
 
 
 def wait_http(url, what, seconds=WAIT):
@@ -69,55 +50,6 @@ def wait_http(url, what, seconds=WAIT):
             last = repr(e)
         time.sleep(0.1)
     raise CheckFailed(f"{what}: {url} not ready within {seconds} s ({last})")
-
-
-class Gateway:
-    """One `switchboard serve` process; stderr goes to a log file shown on failure."""
-
-    def __init__(self, binary, gateway_id, port, amqp_url, work, web_root):
-        self.args = [binary, "serve", "--port", str(port), "--backplane", amqp_url, "--auth", "none",
-                     "--gateway-id", gateway_id, "--drain-grace", "0", "--drain-window", "0", "--log-level", "warning"]
-        if web_root:
-            self.args += ["--web-root", web_root]
-        self.id = gateway_id
-        self.port = port
-        self.log_path = os.path.join(work, f"{gateway_id}.log")
-        self.process = None
-
-    def start(self):
-        deadline = time.time() + WAIT
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        while True:
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(self.args, stdout=log, stderr=log)
-            while self.process.poll() is None and time.time() < deadline:
-                try:
-                    if http_get(url, timeout=1)[0] == 200:
-                        return
-                except OSError:
-                    pass  # not listening yet
-                time.sleep(0.1)
-            if self.process.poll() is None or time.time() >= deadline:
-                raise CheckFailed(f"gateway {self.id} not ready within {WAIT} s; log:\n{self.log_tail()}")
-            # It exited: the port may still be held by the previous process's sockets; try again.
-            time.sleep(0.3)
-
-    def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log_tail(self, lines=15):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class Page:
@@ -290,7 +222,7 @@ async def scenario(debug_port, url_a, url_b, gw2, artifacts):
             # gw-2 goes away and comes back on the same port: bob's page reconnects and re-joins.
             gw2.stop()
             await bob.wait_for("document.body.dataset.state !== 'ready'", "bob's page noticing that gw-2 stopped")
-            gw2.start()
+            gw2.restart_on_same_port(WAIT)
             await bob.wait_for("document.body.dataset.state === 'ready' && "
                                "Array.from(document.querySelectorAll('#messages li.system')).some(li => li.textContent.includes('Re-joined lobby'))",
                                "bob's page reconnecting to gw-2 and re-joining lobby")
@@ -332,21 +264,22 @@ def main(binary):
 
     work = tempfile.mkdtemp(prefix="switchboard-demo-")
     port1, port2, debug_port = free_port(), free_port(), free_port()
-    gw1 = Gateway(binary, "gw-1", port1, amqp_url, work, web_root)
-    gw2 = Gateway(binary, "gw-2", port2, amqp_url, work, web_root)
+    extra = ["--backplane", amqp_url] + (["--web-root", web_root] if web_root else [])
+    gw1 = Gateway(binary, "gw-1", port1, work, extra)
+    gw2 = Gateway(binary, "gw-2", port2, work, extra)
     chromium = static = None
     try:
-        gw1.start()
-        gw2.start()
+        gw1.restart_on_same_port(WAIT)
+        gw2.restart_on_same_port(WAIT)
         query = "maxDelayMs=2000"  # bounds the reconnect wait after gw-2's restart
         if mode == "gateway":
             for gw in (gw1, gw2):
                 status, body = http_get(f"http://127.0.0.1:{gw.port}/")
-                if status != 200 or "/switchboard.js" not in body:
+                if status != 200 or b"/switchboard.js" not in body:
                     raise CheckFailed(f"{gw.id} does not serve the demo page at / (HTTP {status}); "
                                       "build with the web assets, or set SWITCHBOARD_DEMO_PAGES=static")
                 status, body = http_get(f"http://127.0.0.1:{gw.port}/switchboard.js")
-                if status != 200 or "Switchboard" not in body:
+                if status != 200 or b"Switchboard" not in body:
                     raise CheckFailed(f"{gw.id} does not serve /switchboard.js (HTTP {status})")
             url_a = f"http://127.0.0.1:{port1}/?{query}"
             url_b = f"http://127.0.0.1:{port2}/?{query}"

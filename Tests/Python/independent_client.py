@@ -6,7 +6,6 @@ message, ping/pong, a 401, and a clean close; exits non-zero on any failure.
 """
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,7 @@ import urllib.request
 
 import websockets
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from harness import free_port
 
 
 async def check(port):

@@ -34,7 +34,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,13 +46,11 @@ import pika
 import pika.exceptions
 import websockets
 
+from harness import CheckFailed, Gateway, free_port, http_get
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WAIT = 10  # seconds, the longest any single wait may take
 START_WAIT = 30  # seconds a gateway has to answer /readyz (a debug build starts slowly on a busy machine)
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def word(identifier):
@@ -61,20 +58,6 @@ def word(identifier):
     if re.fullmatch(r"[A-Za-z0-9_-]+", identifier):
         return identifier
     return "~" + base64.urlsafe_b64encode(identifier.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=2):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def http_post(url, body, headers, timeout=WAIT):
@@ -89,54 +72,6 @@ def http_post(url, body, headers, timeout=WAIT):
         return status, json.loads(raw)
     except ValueError:
         return status, raw
-
-
-class Gateway:
-    """One `switchboard serve` process; its output goes to a log file shown on failure."""
-
-    def __init__(self, binary, gateway_id, port, work, extra, env):
-        self.args = [binary, "serve", "--port", str(port), "--auth", "none", "--gateway-id", gateway_id,
-                     "--drain-grace", "0", "--drain-window", "0", "--log-level", "warning", "--web-root", "off"] + extra
-        self.env = env
-        self.id = gateway_id
-        self.port = port
-        self.log_path = os.path.join(work, f"{gateway_id}.log")
-        self.process = None
-
-    def start(self):
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
-
-    def wait_ready(self):
-        deadline = time.time() + START_WAIT
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise CheckFailed(f"gateway {self.id} exited with {self.process.returncode}; log:\n{self.log_tail()}")
-            try:
-                if http_get(url, timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.1)
-        raise CheckFailed(f"gateway {self.id} not ready within {START_WAIT} s; log:\n{self.log_tail()}")
-
-    def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log_tail(self, lines=15):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class Worker:
@@ -579,20 +514,20 @@ def check_api_off_and_draining(binary, work):
     Both on the in-memory backplane: neither needs the broker."""
     env = {k: v for k, v in os.environ.items() if k != "SWITCHBOARD_API_KEY"}
     body, key = b'{"user":"bob","data":1}', secrets.token_urlsafe(24)
-    gw = Gateway(binary, "gw-noapi", free_port(), work, [], env)
+    gw = Gateway(binary, "gw-noapi", free_port(), work, ["--web-root", "off"], env)
     try:
         gw.start()
-        gw.wait_ready()
+        gw.wait_ready(START_WAIT)
         status, answer = http_post(f"http://127.0.0.1:{gw.port}/v1/publish", body, {"Authorization": f"Bearer {key}"})
         if status != 404:
             raise CheckFailed(f"POST /v1/publish on a gateway without --api-key: {status} {answer!r}, wanted 404")
     finally:
         gw.stop()
-    gw = Gateway(binary, "gw-drain", free_port(), work, ["--api-key", key], env)
+    gw = Gateway(binary, "gw-drain", free_port(), work, ["--web-root", "off", "--api-key", key], env)
     gw.args[gw.args.index("--drain-grace") + 1] = "30"  # /readyz says 503 for 30 s after SIGTERM
     try:
         gw.start()
-        gw.wait_ready()
+        gw.wait_ready(START_WAIT)
         url = f"http://127.0.0.1:{gw.port}/v1/publish"
         status, answer = http_post(url, body, {"Authorization": f"Bearer {key}"})
         if status != 202:
@@ -628,7 +563,7 @@ def main(binary):
     queue = f"sbw.{run}.worker"
     api_keys = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
     work = tempfile.mkdtemp(prefix="switchboard-workers-")
-    common = ["--backplane", amqp_url, "--exchange", exchange, "--events-exchange", events]
+    common = ["--web-root", "off", "--backplane", amqp_url, "--exchange", exchange, "--events-exchange", events]
     env1 = {k: v for k, v in os.environ.items() if k != "SWITCHBOARD_API_KEY"}
     env2 = dict(env1, SWITCHBOARD_API_KEY=api_keys[0])  # gw-2 takes its key from the environment
     gw1 = Gateway(binary, "gw-1", free_port(), work, common + ["--api-key", ",".join(api_keys)], env1)
@@ -639,8 +574,8 @@ def main(binary):
     try:
         gw1.start()
         gw2.start()
-        gw1.wait_ready()
-        gw2.wait_ready()
+        gw1.wait_ready(START_WAIT)
+        gw2.wait_ready(START_WAIT)
         asyncio.run(asyncio.wait_for(scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, done), 240))
         check_api_off_and_draining(binary, work)
         done.append("API off → 404; draining → 503")
