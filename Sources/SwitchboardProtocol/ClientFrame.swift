@@ -94,7 +94,7 @@ struct Fields {
     }
 
     func member(_ key: String) -> JSONMember? {
-        members.first { $0.key == key }
+        members.first { ExactUTF8.equal($0.key, key) }
     }
 
     func correlationID() -> Result<CorrelationID?, ProtocolError> {

@@ -170,6 +170,9 @@ public struct JSONScanner {
         guard depth <= Self.maximumDepth else { throw .tooDeep }
         try expect(UInt8(ascii: "{"))
         var members: [JSONMember] = []
+        // Member names seen so far, by exact bytes: one hash lookup per member keeps the
+        // duplicate check linear (a 64 KiB frame can hold thousands of short names).
+        var names: Set<ExactUTF8> = []
         skipWhitespace()
         if peek() == UInt8(ascii: "}") {
             index += 1
@@ -193,7 +196,7 @@ public struct JSONScanner {
                 } else {
                     kind = try scanValue(depth: depth)
                 }
-                if members.contains(where: { $0.key == key }) { throw .duplicateKey(key) }
+                guard names.insert(ExactUTF8(key)).inserted else { throw .duplicateKey(key) }
                 members.append(JSONMember(key: key, kind: kind, range: start..<index, stringValue: decoded))
             } else {
                 _ = try scanValue(depth: depth)

@@ -27,15 +27,18 @@ public struct Identity: Sendable, Equatable {
 }
 
 /// The rooms a user may join: exact names, and `prefix*` patterns (e.g. `team-42:*`).
+///
+/// Names and prefixes match by exact UTF-8 bytes, as the broker routes: a claim for
+/// "room\u{212A}" (KELVIN SIGN) does not allow "roomK".
 public struct RoomRules: Sendable, Equatable {
-    private var exact: Set<String>
+    private var exact: Set<ExactUTF8>
     private var prefixes: [String]
     private var restricted: Bool
 
     /// No restriction (no `rooms` claim, or `--auth none`).
     public static let unrestricted = RoomRules(exact: [], prefixes: [], restricted: false)
 
-    private init(exact: Set<String>, prefixes: [String], restricted: Bool) {
+    private init(exact: Set<ExactUTF8>, prefixes: [String], restricted: Bool) {
         self.exact = exact
         self.prefixes = prefixes
         self.restricted = restricted
@@ -43,17 +46,21 @@ public struct RoomRules: Sendable, Equatable {
 
     /// Rules from a `rooms` claim: an entry ending in `*` is a prefix, anything else an exact name.
     public init(claim: [String]) {
-        var exact: Set<String> = []
+        var exact: Set<ExactUTF8> = []
         var prefixes: [String] = []
         for entry in claim {
-            if entry.hasSuffix("*") { prefixes.append(String(entry.dropLast())) } else { exact.insert(entry) }
+            if entry.utf8.last == UInt8(ascii: "*") {
+                prefixes.append(String(decoding: entry.utf8.dropLast(), as: UTF8.self))
+            } else {
+                exact.insert(ExactUTF8(entry))
+            }
         }
         self.init(exact: exact, prefixes: prefixes, restricted: true)
     }
 
     public func allows(_ room: RoomID) -> Bool {
         guard restricted else { return true }
-        return exact.contains(room.rawValue) || prefixes.contains { room.rawValue.hasPrefix($0) }
+        return exact.contains(ExactUTF8(room.rawValue)) || prefixes.contains { ExactUTF8.hasPrefix(room.rawValue, $0) }
     }
 }
 

@@ -172,7 +172,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             return Refusal(status: .serviceUnavailable, message: "gateway not ready")
         }
         let allowed = gateway.configuration.allowedOrigins
-        if !allowed.isEmpty, let origin = head.headers.first(name: "origin"), !allowed.contains(origin) {
+        if !allowed.isEmpty, let origin = head.headers.first(name: "origin"), !allowed.contains(where: { ExactUTF8.equal($0, origin) }) {
             return Refusal(status: .forbidden, message: "origin not allowed")
         }
         return nil

@@ -24,7 +24,7 @@ struct RoutingWordTests {
     func encodedIDs(id: String, word: String) throws {
         let encoded = RoutingWord.encode(try RoomID(validating: id))
         #expect(encoded == word)
-        #expect(RoutingWord.decode(encoded) == id)
+        #expect(RoutingWord.decode(encoded).map(bytes) == bytes(id))
     }
 
     @Test("a word is one routing-key word and never a wildcard")
@@ -36,7 +36,7 @@ struct RoutingWordTests {
             #expect(!word.contains("*"), "\(id) → \(word)")
             #expect(!word.contains("#"), "\(id) → \(word)")
             #expect(word.utf8.allSatisfy { $0 < 0x80 }, "\(id) → \(word)")
-            #expect(RoutingWord.decode(word) == id)
+            #expect(RoutingWord.decode(word).map(bytes) == bytes(id))
         }
     }
 
@@ -48,11 +48,33 @@ struct RoutingWordTests {
         #expect(word.utf8.count == 1 + 171)
     }
 
-    @Test("distinct ids never share a word")
+    @Test("distinct ids never share a word, canonically equivalent ones included")
     func injective() throws {
-        let ids = ["a", "~YQ", "A", "a.", ".a", "a ", "YQ", "~a", "-", "_"]
+        let ids = [
+            "a", "~YQ", "A", "a.", ".a", "a ", "YQ", "~a", "-", "_",
+            // Equal under Swift's `String ==` (canonical equivalence), different bytes.
+            "Kate", "\u{212A}ate", "\u{E9}", "e\u{301}", "\u{C5}", "\u{212B}",
+        ]
+        #expect(Set(ids.map(bytes)).count == ids.count, "the ids are distinct byte strings")
         let words = try ids.map { RoutingWord.encode(try UserID(validating: $0)) }
-        #expect(Set(words).count == ids.count)
+        #expect(Set(words.map(bytes)).count == ids.count)
+        for (id, word) in zip(ids, words) {
+            #expect(RoutingWord.decode(word).map(bytes) == bytes(id))
+        }
+    }
+
+    @Test(
+        "ids are equal and hash alike only when their UTF-8 bytes are equal",
+        arguments: [("Kate", "\u{212A}ate"), ("\u{E9}", "e\u{301}"), ("\u{C5}", "\u{212B}")]
+    )
+    func canonicallyEquivalentIDsDiffer(plain: String, equivalent: String) throws {
+        #expect(plain == equivalent, "Swift's String == calls these equal")
+        #expect(try UserID(validating: plain) != UserID(validating: equivalent))
+        #expect(try RoomID(validating: plain) != RoomID(validating: equivalent))
+        #expect(try Set([UserID(validating: plain), UserID(validating: equivalent)]).count == 2)
+        #expect(try [RoomID(validating: plain): 1, RoomID(validating: equivalent): 2].count == 2)
+        #expect(try BackplaneAddressLike.user(UserID(validating: plain)) != .user(UserID(validating: equivalent)))
+        #expect(try UserID(validating: plain) == UserID(validating: String(plain)))
     }
 
     @Test("decode refuses what encode never produces")
@@ -62,6 +84,14 @@ struct RoutingWordTests {
         #expect(RoutingWord.decode("~a") == nil)  // 1 base64 digit is no byte
         #expect(RoutingWord.decode("~+/") == nil)  // standard base64 alphabet, not url-safe
     }
+}
+
+private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+/// An enum with an id payload, as `BackplaneAddress` and `LocalAddress` are: synthesized
+/// equality must follow the ids' byte equality.
+private enum BackplaneAddressLike: Hashable {
+    case user(UserID)
 }
 
 @Suite("Identifier rules")
