@@ -30,9 +30,26 @@ func exercise(_ bytes: [UInt8]) {
         let encoded = ServerFrame.error(error)
         precondition((try? JSONScanner.topLevelMembers(of: Array(encoded.readableBytesView))) != nil, "error frame is not JSON")
     }
+    // Token claims: any JSON number an issuer (or an attacker with a key) can write as
+    // `exp`, `nbf` or `iat` must give a decision, never a trap.
+    if let text = String(validating: bytes, as: UTF8.self), let claim = Double(text) {
+        checkClaimTime(claim)
+    }
     // The routing-key encoder on arbitrary valid ids.
     if let text = String(validating: bytes, as: UTF8.self), (try? Identifier.validate(text)) != nil {
         checkRoutingWord(text)
+    }
+}
+
+/// A claim time, against several clocks, gives `expired` or a timer within bounds.
+func checkClaimTime(_ claim: Double) {
+    for now in [0, 1_700_000_000.5, -1e300, 1e300, claim, claim.nextDown] {
+        switch TokenLifetime.decide(expiresAt: claim, now: now) {
+        case .expired:
+            break
+        case .checkAfter(let delay):
+            precondition(delay > .zero && delay <= TokenLifetime.longestTimer, "timer out of range: \(delay)")
+        }
     }
 }
 
