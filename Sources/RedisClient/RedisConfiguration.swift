@@ -74,13 +74,14 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
         let path = components.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
         guard path.isEmpty || Int(path) != nil else {
-            throw RedisError(.invalidConfiguration, "the path must be a database number, not '\(path)'")
+            // Not quoted: with a raw '/' in a password, the "path" is the password's tail.
+            throw RedisError(.invalidConfiguration, "the path must be a database number (percent-encode '/', '?' and '#' in passwords)")
         }
         for item in components.queryItems ?? [] {
             let value = item.value ?? ""
             if item.name == "timeout" {
                 guard let milliseconds = Int(value), (1...600_000).contains(milliseconds) else {
-                    throw RedisError(.invalidConfiguration, "timeout must be 1…600000 milliseconds, not '\(value)'")
+                    throw RedisError(.invalidConfiguration, "timeout must be 1…600000 milliseconds")
                 }
                 connectTimeout = .milliseconds(milliseconds)
                 commandTimeout = .milliseconds(milliseconds)
@@ -93,7 +94,7 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// `host:port`, for logs.
     public var serverDescription: String { "\(host):\(port)" }
 
-    /// The URL without its password, for logs and errors.
+    /// The URL without its user and password, for logs and errors.
     public static func redacted(_ url: String) -> String {
         guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
         return String(url[..<schemeEnd.upperBound]) + "***" + String(url[at...])

@@ -36,7 +36,7 @@ public struct RedisBackplaneConfiguration: Sendable {
         var mode = Mode.channels
         if let text = parameters["mode"] {
             guard let parsed = Mode(rawValue: text) else {
-                throw RedisError(.invalidConfiguration, "mode must be broadcast or channels, not '\(text)'")
+                throw RedisError(.invalidConfiguration, "mode must be broadcast or channels")
             }
             mode = parsed
         }
@@ -44,8 +44,9 @@ public struct RedisBackplaneConfiguration: Sendable {
         guard !prefix.isEmpty, prefix.utf8.count <= 64, !prefix.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else {
             throw RedisError(.invalidConfiguration, "prefix must be 1…64 bytes without spaces or control characters")
         }
-        if let unknown = parameters.keys.first(where: { $0 != "mode" && $0 != "prefix" }) {
-            throw RedisError(.invalidConfiguration, "unknown parameter '\(unknown)' (known: mode, prefix, timeout)")
+        if parameters.keys.contains(where: { $0 != "mode" && $0 != "prefix" }) {
+            // Not quoted: with a raw '?' in a password, the "parameter" is the password's tail.
+            throw RedisError(.invalidConfiguration, "unknown parameter (known: mode, prefix, timeout)")
         }
         self.init(redis: redis, mode: mode, prefix: prefix, gatewayID: gatewayID)
     }

@@ -1,3 +1,5 @@
+import NIOCore
+import NIOPosix
 import SwitchboardBackplane
 import Synchronization
 
@@ -8,6 +10,11 @@ import Synchronization
 /// operation completes it looks at the registry again, so a user who disconnects and
 /// reconnects while an unbind is in flight ends up bound, and bursts of joins and
 /// leaves cost one operation, not one per event.
+///
+/// A room's binding outlives its last local member by a grace (``roomGrace``): a client
+/// that leaves and re-joins, or churns joins and leaves of one room, costs the broker
+/// nothing more. Users get no grace: a message to a user who is gone must come back
+/// `recipient_offline`, not be routed here and dropped.
 ///
 /// Threading: callable from any thread; completions run wherever the backplane runs
 /// them. The registry's lock may be taken inside this type's lock, never the reverse.
@@ -21,21 +28,28 @@ final class BindingReconciler: Sendable {
         case bound
         /// An unbind is in flight; these wait for a bind that follows it.
         case unbinding([Completion])
+        /// Bound but no longer wanted; unbound when the grace of this generation ends.
+        case lingering(generation: UInt64)
     }
 
     private enum Action {
         case bind(BackplaneAddress)
         case unbind(BackplaneAddress)
         case complete([Completion], Result<Void, BackplaneError>)
+        /// Look again when the room grace of this generation has passed.
+        case endGrace(BackplaneAddress, generation: UInt64)
         case none
     }
 
     private let entries = Mutex<[BackplaneAddress: Entry]>([:])
+    private let generations = Atomic<UInt64>(0)
     private let backplane: any Backplane
+    private let roomGrace: Duration
     private let isWanted: @Sendable (BackplaneAddress) -> Bool
 
-    init(backplane: any Backplane, isWanted: @escaping @Sendable (BackplaneAddress) -> Bool) {
+    init(backplane: any Backplane, roomGrace: Duration = .zero, isWanted: @escaping @Sendable (BackplaneAddress) -> Bool) {
         self.backplane = backplane
+        self.roomGrace = roomGrace
         self.isWanted = isWanted
     }
 
@@ -53,6 +67,10 @@ final class BindingReconciler: Sendable {
                 return .bind(address)
             case .bound:
                 return .complete([completion], .success(()))
+            case .lingering:
+                // Still bound on the broker: the grace saved an unbind and a bind.
+                entries[address] = .bound
+                return .complete([completion], .success(()))
             case .binding(var waiters):
                 waiters.append(completion)
                 entries[address] = .binding(waiters)
@@ -67,9 +85,38 @@ final class BindingReconciler: Sendable {
     }
 
     /// Unbinds `address` if it is bound and no longer wanted; the caller has just made it not local.
-    func release(_ address: BackplaneAddress) {
+    /// - Parameter immediately: Skip the room grace (a drain sheds bindings before it closes).
+    func release(_ address: BackplaneAddress, immediately: Bool) {
+        let useGrace = if case .room = address, !immediately, roomGrace > .zero { true } else { false }
         let action: Action = entries.withLock { entries in
-            guard case .bound = entries[address], !isWanted(address) else { return .none }
+            switch entries[address] {
+            case .bound:
+                guard !isWanted(address) else { return .none }
+                if useGrace {
+                    let generation = generations.wrappingAdd(1, ordering: .relaxed).newValue
+                    entries[address] = .lingering(generation: generation)
+                    return .endGrace(address, generation: generation)
+                }
+                entries[address] = .unbinding([])
+                return .unbind(address)
+            case .lingering:
+                guard !useGrace, !isWanted(address) else { return .none }
+                entries[address] = .unbinding([])
+                return .unbind(address)
+            case .binding, .unbinding, nil:
+                return .none
+            }
+        }
+        perform(action)
+    }
+
+    private func graceEnded(_ address: BackplaneAddress, generation: UInt64) {
+        let action: Action = entries.withLock { entries in
+            guard case .lingering(generation) = entries[address] else { return .none }
+            if isWanted(address) {
+                entries[address] = .bound
+                return .none
+            }
             entries[address] = .unbinding([])
             return .unbind(address)
         }
@@ -89,6 +136,10 @@ final class BindingReconciler: Sendable {
             backplane.unbind(address) { result in self.unbindCompleted(address, result) }
         case .complete(let waiters, let result):
             for waiter in waiters { waiter(result) }
+        case .endGrace(let address, let generation):
+            NIOSingletons.posixEventLoopGroup.any().scheduleTask(in: TimeAmount(roomGrace)) {
+                self.graceEnded(address, generation: generation)
+            }
         case .none:
             break
         }

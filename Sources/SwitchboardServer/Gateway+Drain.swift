@@ -58,7 +58,7 @@ extension Gateway {
         for (id, _) in batch {
             for address in registry.markLeaving(id).noLongerLocal {
                 let backplaneAddress = Self.backplaneAddress(address)
-                bindings.release(backplaneAddress)
+                bindings.release(backplaneAddress, immediately: true)
                 released.append(backplaneAddress)
             }
         }

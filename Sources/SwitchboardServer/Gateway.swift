@@ -18,6 +18,8 @@ public final class Gateway: Sendable {
     let logger: Logger
     let draining = Atomic<Bool>(false)
     let metrics = GatewayMetrics()
+    /// The connection caps (gateway, user, client address), reserved per handshake.
+    let admission: ConnectionAdmission
 
     /// Creates the gateway and installs it as the backplane's delivery handler.
     public init(configuration: GatewayConfiguration, backplane: any Backplane, logger: Logger) {
@@ -26,8 +28,15 @@ public final class Gateway: Sendable {
         var logger = logger
         logger[metadataKey: LoggingKeys.gatewayID] = .string(configuration.gatewayID)
         self.logger = logger
+        self.admission = ConnectionAdmission(
+            limits: .init(
+                connections: configuration.maximumConnections,
+                connectionsPerUser: configuration.maximumConnectionsPerUser,
+                connectionsPerAddress: configuration.maximumConnectionsPerAddress
+            )
+        )
         let registry = self.registry
-        self.bindings = BindingReconciler(backplane: backplane) { address in
+        self.bindings = BindingReconciler(backplane: backplane, roomGrace: configuration.roomUnbindGrace) { address in
             switch address {
             case .user(let user): registry.isLocal(.user(user))
             case .room(let room): registry.isLocal(.room(room))
@@ -39,10 +48,14 @@ public final class Gateway: Sendable {
         }
     }
 
-    /// Ready for new connections: the backplane is connected and the gateway is not draining.
+    /// Ready for new connections: the backplane is connected, the gateway is not draining,
+    /// and it is below its connection cap (so a load balancer sends new clients elsewhere).
     public var isReady: Bool {
-        !draining.load(ordering: .relaxed) && backplane.isReady
+        !draining.load(ordering: .relaxed) && backplane.isReady && !admission.isFull
     }
+
+    /// Whether the gateway holds ``GatewayConfiguration/maximumConnections`` connections.
+    public var isFull: Bool { admission.isFull }
 
     /// Whether a SIGTERM drain has begun.
     public var isDraining: Bool { draining.load(ordering: .relaxed) }
@@ -79,7 +92,7 @@ public final class Gateway: Sendable {
     /// Releases the bindings of addresses that a registry change made non-local.
     func apply(_ change: RegistryChange) {
         for address in change.noLongerLocal {
-            bindings.release(Self.backplaneAddress(address))
+            bindings.release(Self.backplaneAddress(address), immediately: false)
         }
     }
 

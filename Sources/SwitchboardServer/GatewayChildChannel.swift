@@ -1,3 +1,4 @@
+import Foundation
 import HTTPTypes
 import HummingbirdCore
 import Logging
@@ -70,13 +71,14 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                         decision.value = .refused(refusal)
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
+                    let clientAddress = Self.clientAddress(of: channel, head: head, trustedProxies: configuration.trustedProxies)
                     let decide: @Sendable (Result<Identity, AuthenticationFailure>) -> HTTPHeaders? = { result in
                         switch result {
                         case .success(let identity):
-                            if gateway.registry.connectionCount(of: identity.user) >= configuration.maximumConnectionsPerUser {
-                                decision.value = .refused(
-                                    Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerUser) connections per user")
-                                )
+                            // Check and reserve in one step, after the identity is known: parallel
+                            // handshakes with one token cannot all pass a check made earlier.
+                            if let refusal = Self.admit(identity.user, from: clientAddress, on: channel, gateway: gateway) {
+                                decision.value = .refused(refusal)
                                 return nil
                             }
                             decision.value = .accepted(identity)
@@ -120,6 +122,8 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                         try channel.pipeline.syncOperations.addHandler(
                             HTTPConnectionStateHandler(idleTimeout: configuration.handshakeTimeout, logger: logger)
                         )
+                        // The idle timeout restarts with every byte; this bounds each whole request.
+                        try channel.pipeline.syncOperations.addHandler(RequestDeadlineHandler(timeout: TimeAmount(configuration.handshakeTimeout)))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
@@ -168,6 +172,9 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         guard QueryString(uri: head.uri).path == "/ws" else {
             return Refusal(status: .notFound, message: "WebSocket endpoint is /ws")
         }
+        if gateway.isFull, !gateway.isDraining {
+            return Refusal(status: .serviceUnavailable, message: "gateway full: at most \(gateway.configuration.maximumConnections) connections")
+        }
         guard gateway.isReady else {
             return Refusal(status: .serviceUnavailable, message: "gateway not ready")
         }
@@ -176,6 +183,35 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             return Refusal(status: .forbidden, message: "origin not allowed")
         }
         return nil
+    }
+
+    /// Reserves a connection for `user` under every cap, held until `channel` closes;
+    /// or the refusal that a cap gives.
+    private static func admit(_ user: UserID, from address: String?, on channel: any Channel, gateway: Gateway) -> Refusal? {
+        let configuration = gateway.configuration
+        switch gateway.admission.admit(user: user, address: address) {
+        case .admitted:
+            let admission = gateway.admission
+            channel.closeFuture.whenComplete { _ in admission.release(user: user, address: address) }
+            return nil
+        case .gatewayFull:
+            return Refusal(status: .serviceUnavailable, message: "gateway full: at most \(configuration.maximumConnections) connections")
+        case .userLimit:
+            return Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerUser) connections per user")
+        case .addressLimit:
+            return Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerAddress) connections per client address")
+        }
+    }
+
+    /// The client's IP address for the per-address cap: the TCP peer, or, when the peer is
+    /// a trusted proxy, the last address it appended to `X-Forwarded-For` (HAProxy's
+    /// `option forwardfor`). Entries further left were written by the client and prove nothing.
+    static func clientAddress(of channel: any Channel, head: HTTPRequestHead, trustedProxies: Set<String>) -> String? {
+        guard let peer = channel.remoteAddress?.ipAddress else { return nil }
+        guard trustedProxies.contains(peer) else { return peer }
+        let forwarded = head.headers["x-forwarded-for"].flatMap { $0.split(separator: ",") }
+        guard let last = forwarded.last?.trimmingCharacters(in: .whitespaces), !last.isEmpty else { return peer }
+        return last
     }
 
     private func writeRefusal(_ refusal: Refusal, to channel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {
@@ -215,3 +251,53 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 }
+
+/// Closes an HTTP/1.1 connection whose request does not arrive whole in time.
+///
+/// `HTTPConnectionStateHandler`'s idle timeout restarts with every byte read, so a body
+/// trickled a byte every few seconds would hold the socket for ever. This deadline runs
+/// from the start of each request (the first one from when the handler is added) to its
+/// end, whatever arrives in between.
+final class RequestDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+
+    private let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        arm(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            if deadline == nil { arm(context: context) }
+        case .body:
+            break
+        case .end:
+            deadline?.cancel()
+            deadline = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    private func arm(context: ChannelHandlerContext) {
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            channel.close(promise: nil)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension RequestDeadlineHandler: Sendable {}

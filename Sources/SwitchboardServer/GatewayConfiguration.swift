@@ -26,6 +26,31 @@ public struct GatewayConfiguration: Sendable {
     public var maximumRoomsPerConnection: Int
     /// Connections one user may hold on this gateway at once; more get HTTP 429.
     public var maximumConnectionsPerUser: Int
+    /// WebSocket connections this gateway holds at once; a handshake beyond gets HTTP 503,
+    /// and `/readyz` answers 503 while the gateway is full. `Int.max`: no cap.
+    public var maximumConnections: Int = .max
+    /// WebSocket connections from one client address at once; more get HTTP 429.
+    /// The address is the TCP peer, or what a ``trustedProxies`` member says in
+    /// `X-Forwarded-For`. `Int.max`: no cap.
+    public var maximumConnectionsPerAddress: Int = .max
+    /// Peers (IP addresses, as written by the OS) whose `X-Forwarded-For` names the client
+    /// address for ``maximumConnectionsPerAddress``; from any other peer the header is ignored.
+    public var trustedProxies: Set<String> = []
+    /// How long a new connection may wait for the backplane to bind its user before it is
+    /// closed with 1013 (the broker is stalled or unreachable).
+    public var userBindTimeout: Duration = .seconds(10)
+    /// Frames a client may send before `welcome` (while its user is being bound); held
+    /// in memory until then, so bounded: past it, or past ``maximumFrameSize`` bytes, the
+    /// connection is closed with 1008.
+    public var maximumFramesBeforeWelcome: Int = 32
+    /// Joins of new rooms one connection may make per second (each can be a broker bind);
+    /// more get `rate_limited`.
+    public var joinRate: Double = 10
+    /// Joins one connection may make in a burst above ``joinRate``.
+    public var joinBurst: Double = 20
+    /// How long a room's binding outlives its last local member: a leave followed by a
+    /// join within it costs no unbind and no bind.
+    public var roomUnbindGrace: Duration = .seconds(2)
     /// Messages per second one connection may send (token bucket refill rate).
     public var messageRate: Double
     /// Messages one connection may send in a burst above the rate (bucket size).

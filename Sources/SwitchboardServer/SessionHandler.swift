@@ -18,8 +18,8 @@ final class SessionHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
 
     private enum Phase {
-        /// Waiting for the user's binding; frames are held until `welcome` is out.
-        case connecting(held: [WebSocketFrame])
+        /// Waiting for the user's binding; frames are held (``heldFrames``) until `welcome` is out.
+        case connecting
         case open
         /// A close frame was sent or the channel closed; nothing more is written.
         case closed
@@ -39,13 +39,22 @@ final class SessionHandler: ChannelInboundHandler {
     var user: UserID { identity.user }
     private let gateway: Gateway
     private var context: ChannelHandlerContext?
-    private var phase: Phase = .connecting(held: [])
+    private var phase: Phase = .connecting
+    /// Frames that arrived before `welcome`, handled once the user is bound. Kept outside
+    /// ``Phase`` so that appending does not copy them, and bounded by
+    /// ``GatewayConfiguration/maximumFramesBeforeWelcome`` and the frame size limit.
+    private var heldFrames: [WebSocketFrame] = []
+    private var heldBytes = 0
+    /// Closes the connection if the user's binding does not complete in time.
+    private var bindTimeout: Scheduled<Void>?
     private var fragments: Fragments = .none
     private var isReading = false
     private var needsFlush = false
     /// The last time anything arrived from the client (frames, pongs), for the idle timeout.
     private var lastHeard = NIODeadline.now()
     private var rateLimiter: RateLimiter
+    /// Joins of new rooms: each may be a broker bind, and the broker takes only a few thousand a second.
+    private var joinLimiter: RateLimiter
     /// Closes the connection when the token expires; cancelled when the session ends.
     private var expiry: Scheduled<Void>?
     /// Why the session ended, for `switchboard_connections_closed_total`; nil: the socket just closed.
@@ -56,6 +65,7 @@ final class SessionHandler: ChannelInboundHandler {
         self.identity = identity
         self.gateway = gateway
         self.rateLimiter = RateLimiter(rate: gateway.configuration.messageRate, burst: gateway.configuration.messageBurst)
+        self.joinLimiter = RateLimiter(rate: gateway.configuration.joinRate, burst: gateway.configuration.joinBurst)
     }
 
     private var handle: SessionHandle? {
@@ -72,20 +82,33 @@ final class SessionHandler: ChannelInboundHandler {
         if !change.becameLocal.isEmpty {
             gateway.logger.trace("user became local", metadata: [LoggingKeys.userID: "\(user)"])
         }
+        bindTimeout = context.eventLoop.scheduleTask(in: TimeAmount(gateway.configuration.userBindTimeout)) {
+            handle.withSession { $0.userBindingTimedOut() }
+        }
         gateway.bindings.ensureBound(.user(user)) { result in
             handle.withSession { $0.userBindingCompleted(result) }
         }
-        if let expiresAt = identity.expiresAt {
-            let remaining = max(0, expiresAt.timeIntervalSinceNow)
-            expiry = context.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000))) {
-                handle.withSession { $0.tokenExpired() }
+        armExpiry()
+    }
+
+    /// Schedules the close at the token's `exp`; a far-away `exp` re-arms in steps
+    /// (``TokenLifetime``), since no claim value may become an out-of-range timer.
+    private func armExpiry() {
+        guard let expiresAt = identity.expiresAt, let context else { return }
+        switch TokenLifetime.decide(expiresAt: expiresAt.timeIntervalSince1970, now: Date().timeIntervalSince1970) {
+        case .expired:
+            tokenExpired()
+        case .checkAfter(let delay):
+            let handle = SessionHandle(connectionID: connectionID, session: self, eventLoop: context.eventLoop)
+            expiry = context.eventLoop.scheduleTask(in: TimeAmount(delay)) {
+                handle.withSession { $0.armExpiry() }
             }
         }
     }
 
     private func tokenExpired() {
         gateway.logger.info("token expired; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"])
-        close(code: CloseCode.policyViolation)
+        close(code: CloseCode.policyViolation, reason: .policy, message: "token expired")
     }
 
     /// Called by the gateway's keepalive sweep on this session's loop: ping a quiet client,
@@ -132,9 +155,17 @@ final class SessionHandler: ChannelInboundHandler {
         let frame = unwrapInboundIn(data)
         lastHeard = .now()
         switch phase {
-        case .connecting(var held):
-            held.append(frame)
-            phase = .connecting(held: held)
+        case .connecting:
+            heldFrames.append(frame)
+            heldBytes += frame.length
+            if heldFrames.count > gateway.configuration.maximumFramesBeforeWelcome || heldBytes > gateway.configuration.maximumFrameSize {
+                gateway.logger.info(
+                    "too much sent before welcome; closing",
+                    metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"]
+                )
+                heldFrames = []
+                close(code: CloseCode.policyViolation, reason: .policy, message: "too many messages before welcome")
+            }
         case .open:
             isReading = true
             handle(frame)
@@ -161,17 +192,37 @@ final class SessionHandler: ChannelInboundHandler {
         phase = .closed
         expiry?.cancel()
         expiry = nil
+        bindTimeout?.cancel()
+        bindTimeout = nil
+        heldFrames = []
         let change = gateway.registry.remove(connectionID)
         gateway.apply(change)
         gateway.metrics.connectionClosed(closeReason ?? .disconnected)
     }
 
+    private func userBindingTimedOut() {
+        guard case .connecting = phase else { return }
+        gateway.logger.warning(
+            "the backplane did not bind the user in time; closing",
+            metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"]
+        )
+        phase = .open
+        heldFrames = []
+        write(ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane did not make this user reachable in time")))
+        close(code: CloseCode.tryAgainLater, reason: .backplane, message: "backplane unavailable")
+    }
+
     private func userBindingCompleted(_ result: Result<Void, BackplaneError>) {
-        guard case .connecting(let held) = phase, let context else { return }
+        guard case .connecting = phase, let context else { return }
+        bindTimeout?.cancel()
+        bindTimeout = nil
         switch result {
         case .success:
             phase = .open
             write(ServerFrame.welcome(user: user, gateway: gateway.configuration.gatewayID), counted: .welcome)
+            let held = heldFrames
+            heldFrames = []
+            heldBytes = 0
             isReading = true
             for frame in held { handle(frame) }
             isReading = false
@@ -185,8 +236,9 @@ final class SessionHandler: ChannelInboundHandler {
                 metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)", LoggingKeys.errorType: "\(error)"]
             )
             phase = .open
+            heldFrames = []
             write(ServerFrame.error(ProtocolError(.backplaneUnavailable, "the backplane cannot reach this user now")))
-            close(code: CloseCode.tryAgainLater)
+            close(code: CloseCode.tryAgainLater, reason: .backplane, message: "backplane unavailable")
         }
     }
 
@@ -306,7 +358,7 @@ final class SessionHandler: ChannelInboundHandler {
             return reject(ProtocolError(.rateLimited, "slow down: at most \(Int(gateway.configuration.messageRate)) messages per second"))
         case .abusive:
             gateway.logger.info("sustained rate-limit abuse; closing", metadata: [LoggingKeys.connectionID: "\(connectionID)", LoggingKeys.userID: "\(user)"])
-            return close(code: CloseCode.policyViolation)
+            return close(code: CloseCode.policyViolation, reason: .policy, message: "rate limit exceeded")
         }
         switch ClientFrame.decode(message) {
         case .failure(let error):
@@ -352,6 +404,18 @@ final class SessionHandler: ChannelInboundHandler {
     private func join(_ room: RoomID, correlationID: CorrelationID?) {
         guard identity.rooms.allows(room) else {
             return reject(ProtocolError(.forbidden, "the token does not allow this room", correlationID: correlationID))
+        }
+        if !gateway.registry.isMember(connectionID, of: room) {
+            // Only a new membership can cost a broker bind; re-joining a room is free.
+            switch joinLimiter.take(now: .now(), closeAfter: .max) {
+            case .allowed:
+                break
+            case .limited, .abusive:
+                gateway.metrics.received(.rateLimited)
+                return reject(
+                    ProtocolError(.rateLimited, "slow down: at most \(Int(gateway.configuration.joinRate)) joins per second", correlationID: correlationID)
+                )
+            }
         }
         let maximum = gateway.configuration.maximumRoomsPerConnection
         switch gateway.registry.join(connectionID, room: room, maximumRooms: maximum) {
@@ -450,21 +514,30 @@ final class SessionHandler: ChannelInboundHandler {
     /// How long a close frame may take to reach a client before the socket is closed anyway.
     static let closeFrameTimeout = TimeAmount.seconds(2)
 
-    /// Sends a close frame with `code`, then closes the connection once it is written
-    /// (or after ``closeFrameTimeout``, for a client that does not read).
-    func close(code: WebSocketErrorCode, reason: GatewayMetrics.CloseReason? = nil) {
-        guard let context, case .open = phase else { return }
+    /// Sends a close frame with `code` (and `message` as its reason text), then closes
+    /// the connection once it is written (or after ``closeFrameTimeout``, for a client
+    /// that does not read). A slow consumer is closed at once: it does not read, so the
+    /// close frame cannot get through behind its full buffer.
+    ///
+    /// Works before `welcome` too (a drain, a stalled bind): the session never opens then.
+    func close(code: WebSocketErrorCode, reason: GatewayMetrics.CloseReason? = nil, message: String? = nil) {
+        guard let context else { return }
+        if case .closed = phase { return }
         phase = .closed
-        closeReason = reason ?? Self.closeReason(for: code)
+        let reason = reason ?? Self.closeReason(for: code)
+        closeReason = reason
         var payload = context.channel.allocator.buffer(capacity: 2)
         payload.write(webSocketErrorCode: code)
+        // RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of them the code.
+        if let message { payload.writeString(String(decoding: message.utf8.prefix(123), as: UTF8.self)) }
         let channel = context.channel
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)
         context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in
             channel.close(promise: nil)
         }
-        if code == CloseCode.slowConsumer {
-            // It does not read, so the close frame cannot get through behind the full buffer.
+        if reason == .slowConsumer {
+            // Decided by the reason, not the number: 1008 is also token expiry and rate abuse,
+            // which do get the close handshake.
             channel.close(promise: nil)
         } else {
             context.eventLoop.scheduleTask(in: Self.closeFrameTimeout) { channel.close(promise: nil) }

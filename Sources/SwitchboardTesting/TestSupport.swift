@@ -19,9 +19,9 @@ public struct RunningGateway: Sendable {
     public let gateway: Gateway
     public let backplane: any Backplane
 
-    /// Opens a client for `user` and reads its `welcome`.
+    /// Opens a client for `user` (percent-encoded into `?user=`) and reads its `welcome`.
     public func connect(_ user: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: port, path: "/ws?user=\(user)")
+        let client = try await TestClient.connect(port: port, path: "/ws?user=\(percentEncodedQueryValue(user))")
         let welcome = try await client.next()
         guard welcome["type"] == "welcome" else { throw TestFailure("expected welcome, got \(welcome)") }
         return client
@@ -106,6 +106,21 @@ public func withGateways<T: Sendable>(
             throw error
         }
     }
+}
+
+/// `value` with every byte outside `[A-Za-z0-9_.~-]` percent-encoded, for a query string.
+public func percentEncodedQueryValue(_ value: String) -> String {
+    var out = ""
+    for byte in value.utf8 {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"), UInt8(ascii: "-"):
+            out.append(Character(Unicode.Scalar(byte)))
+        default:
+            out += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+        }
+    }
+    return out
 }
 
 public struct TestFailure: Error, CustomStringConvertible {

@@ -74,6 +74,21 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Connections one user may hold on this gateway; more get HTTP 429.")
     var maxConnectionsPerUser = 16
 
+    @Option(help: "WebSocket connections this gateway holds at once; more get HTTP 503 and /readyz answers 503 while full. Default: the open-files limit less a reserve.")
+    var maxConnections: Int?
+
+    @Option(help: "WebSocket connections from one client address at once; more get HTTP 429. Behind a proxy, see --trusted-proxy. Default: no cap.")
+    var maxConnectionsPerIp: Int?
+
+    @Option(help: "Address of a proxy (repeat, or separate with commas) whose X-Forwarded-For names the client address for --max-connections-per-ip.")
+    var trustedProxy: [String] = []
+
+    @Option(help: "Joins of new rooms per second one connection may make (each can be a broker bind); more get rate_limited.")
+    var joinRate = 10.0
+
+    @Option(help: "Joins one connection may make in a burst above --join-rate.")
+    var joinBurst = 20.0
+
     @Option(help: "Messages per second one connection may send; more get rate_limited.")
     var rateLimit = 100.0
 
@@ -132,6 +147,11 @@ struct ServeCommand: AsyncParsableCommand {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
         guard maxConnectionsPerUser >= 1 else { throw ValidationError("--max-connections-per-user must be at least 1") }
         guard rateLimit > 0, rateBurst >= 1 else { throw ValidationError("--rate-limit must be positive and --rate-burst at least 1") }
+        guard joinRate > 0, joinRate <= 10_000, joinBurst >= 1, joinBurst <= 100_000 else {
+            throw ValidationError("--join-rate must be 0…10000 (not 0) and --join-burst 1…100000")
+        }
+        if let maxConnections { guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") } }
+        if let maxConnectionsPerIp { guard maxConnectionsPerIp >= 1 else { throw ValidationError("--max-connections-per-ip must be at least 1") } }
         guard handshakeTimeout > 0, pingInterval > 0, idleTimeout > pingInterval else {
             throw ValidationError("timeouts must be positive, and --idle-timeout longer than --ping-interval")
         }
@@ -183,6 +203,12 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.tls = try tlsContext()
         configuration.webAssets = try webAssets(logger: logger)
         configuration.apiKeys = apiKeys
+        // Past the open-files limit accept() fails and the listener spins; a 503 is an answer.
+        configuration.maximumConnections = maxConnections ?? (raised > 1024 ? Int(clamping: raised) - 256 : .max)
+        configuration.maximumConnectionsPerAddress = maxConnectionsPerIp ?? .max
+        configuration.trustedProxies = Set(Self.commaSeparated(trustedProxy).filter { !$0.isEmpty })
+        configuration.joinRate = joinRate
+        configuration.joinBurst = joinBurst
         let backplane = try BackplaneURL.make(
             self.backplane,
             gatewayID: configuration.gatewayID,
@@ -316,6 +342,9 @@ enum BackplaneURL {
         if url == "memory" || url == "memory://" {
             return InMemoryBackplane()
         }
+        if let problem = CredentialRedaction.reservedCharacterProblem(in: url) {
+            throw ValidationError("invalid backplane URL '\(redacted(url))': \(problem)")
+        }
         if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
             do {
                 let amqp = try AMQPConfiguration(url: url)
@@ -339,12 +368,9 @@ enum BackplaneURL {
         )
     }
 
-    /// The URL without its password, for logs and errors.
+    /// The URL (or comma-separated URLs) without passwords, for logs and errors.
     static func redacted(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
-        let credentials = url[schemeEnd.upperBound..<at]
-        guard let colon = credentials.firstIndex(of: ":") else { return url }
-        return String(url[..<colon]) + ":***" + String(url[at...])
+        CredentialRedaction.redact(url)
     }
 }
 

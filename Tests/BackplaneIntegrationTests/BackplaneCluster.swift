@@ -62,11 +62,15 @@ struct BackplaneCluster: Sendable {
     func queue(_ index: Int) -> String { "switchboard.gateway.\(gatewayIDs[index])" }
 
     /// Runs `body` with every gateway up and its backplane ready.
-    func run<T: Sendable>(_ body: @Sendable ([RunningGateway]) async throws -> T) async throws -> T {
+    func run<T: Sendable>(
+        configure: (inout GatewayConfiguration) -> Void = { _ in },
+        _ body: @Sendable ([RunningGateway]) async throws -> T
+    ) async throws -> T {
         let backplanes = self.backplanes
         let ids = gatewayIDs
         return try await withGateways(backplanes, configure: { configuration, index in
             configuration.gatewayID = ids[index]
+            configure(&configuration)
         }) { gateways in
             guard try await eventually(timeout: .seconds(20), { backplanes.allSatisfy(\.isReady) }) else {
                 throw TestFailure("the \(kind.rawValue) backplanes did not become ready")
