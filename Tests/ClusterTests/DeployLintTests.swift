@@ -54,6 +54,71 @@ struct DeployLintTests {
         #expect(haproxy.contains("GET /readyz"))
     }
 
+    @Test("docker-compose.yml: no --auth none, no guest or literal broker passwords, management UI on loopback only")
+    func composeHasNoDefaultCredentials() throws {
+        let text = try String(contentsOfFile: Self.deploy("docker-compose.yml"), encoding: .utf8)
+        // What compose reads: the file without its comment lines.
+        let active = text.split(separator: "\n")
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") }
+            .joined(separator: "\n")
+        #expect(!text.contains("--auth none") && !text.contains("--auth=none"))
+        #expect(active.firstMatch(of: /SWITCHBOARD_AUTH:\s*"?none/) == nil)
+        #expect(active.contains("SWITCHBOARD_AUTH: jwt"))
+        #expect(active.contains(#"SWITCHBOARD_JWT_SECRET: "${SWITCHBOARD_JWT_SECRET:?"#), "the JWT secret is a required variable")
+        #expect(!active.lowercased().contains("guest"), "no guest user or guest/guest credentials")
+        // Every broker password is a variable compose requires (`${NAME:?message}`), never a literal.
+        let passwords = active.matches(of: /RABBITMQ_DEFAULT_PASS:\s*"?([^"\n]*)/).map { String($0.1) }
+            + active.matches(of: #/amqps?://[^:@/\s]+:([^@\n]+)@/#).map { String($0.1) }
+        #expect(passwords.count >= 2, "the broker's own password and the gateways' backplane URL")
+        for password in passwords {
+            #expect(password.hasPrefix("${") && password.contains(":?"), "a literal broker password: \(password)")
+        }
+        // The management UI is published on loopback only, AMQP not at all.
+        let management = active.matches(of: /"?([0-9.]*:)?15672:15672"?/).map { $0.1.map(String.init) }
+        #expect(!management.isEmpty && management.allSatisfy { $0 == "127.0.0.1:" }, "\(management)")
+        #expect(active.firstMatch(of: /[":\s]5672:5672/) == nil)
+        // The broker users come from deploy/rabbitmq/users.sh, which the broker's container runs.
+        #expect(active.contains("./rabbitmq/users.sh:"))
+        let users = try runProcess("/bin/sh", ["-n", Self.deploy("rabbitmq/users.sh")])
+        #expect(users.status == 0, "\(users.output)")
+    }
+
+    @Test("the token recipe of docker-compose.yml and docs/operations.md mints a token that a gateway with that secret accepts")
+    func composeTokenRecipe() async throws {
+        let compose = try String(contentsOfFile: Self.deploy("docker-compose.yml"), encoding: .utf8)
+        let operations = try String(contentsOfFile: packageRoot.appendingPathComponent("docs/operations.md").path, encoding: .utf8)
+        let recipe = try #require(compose.firstMatch(of: /python3 -c '([^'\n]+)' alice/), "a python3 one-liner in the compose file")
+        #expect(operations.contains(String(recipe.0)), "docs/operations.md gives the same one-liner")
+        let secret = (UUID().uuidString + UUID().uuidString).replacingOccurrences(of: "-", with: "")
+        let minted = try runProcess("/usr/bin/env", ["python3", "-c", String(recipe.1), "alice"], environment: ["SWITCHBOARD_JWT_SECRET": secret])
+        #expect(minted.status == 0, "\(minted.output)")
+        let token = minted.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.split(separator: ".").count == 3, "a JWT: \(token)")
+
+        let port = try await freePort()
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-token-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let gateway = try ChildProcess(
+            name: "token-gateway",
+            executable: try switchboardBinary(),
+            arguments: ["serve", "--port", "\(port)", "--auth", "jwt", "--gateway-id", "gw-token", "--drain-grace", "0", "--drain-window", "0"],
+            environment: ["SWITCHBOARD_JWT_SECRET": secret],
+            logDirectory: directory
+        )
+        do {
+            #expect(try await eventuallyAsync(timeout: .seconds(20)) { await httpStatus(port: port, path: "/healthz") == 200 })
+            let client = try await TestClient.connect(port: port, path: "/ws", headers: [("Authorization", "Bearer \(token)")])
+            let welcome = try await client.next()
+            #expect(welcome["type"] == "welcome" && welcome["user"] == "alice", "\(welcome)")
+            await client.close()
+        } catch {
+            await gateway.stop()
+            throw error
+        }
+        await gateway.stop()
+    }
+
     @Test("serve reads every setting from SWITCHBOARD_* variables, and a flag wins over the variable")
     func environmentVariables() async throws {
         let port = try await freePort()

@@ -3,6 +3,10 @@ import NIOCore
 import SwitchboardClient
 import SwitchboardTesting
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Three `switchboard serve` processes on one RabbitMQ behind a real HAProxy running
 /// deploy/haproxy/haproxy.cfg, all on loopback. Each cluster has an exchange of its own.
 final class LocalCluster: Sendable {
@@ -108,6 +112,45 @@ final class LocalCluster: Sendable {
         await haproxy.stop()
         try? FileManager.default.removeItem(at: directory)
     }
+}
+
+/// The status code of `GET <target> HTTP/1.1` sent to 127.0.0.1:`port` byte for byte, on
+/// a TCP connection of its own; nil when nothing answered within 5 s. `httpStatus` goes
+/// through URLSession, which on Linux is libcurl: it resolves `/./` and `/../` and merges
+/// `//` before sending, so it cannot send the spellings a load balancer must catch.
+func rawHTTPStatus(port: Int, target: String) -> Int? {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { return nil }
+    defer { close(descriptor) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    _ = setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { return nil }
+    let request = Array("GET \(target) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n\r\n".utf8)
+    var sent = 0
+    while sent < request.count {
+        let count = request[sent...].withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard count > 0 else { return nil }
+        sent += count
+    }
+    // Only the status line is needed: read until its end (bounded).
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 1024)
+    while !response.contains(UInt8(ascii: "\r")), response.count < 8192 {
+        let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { break }
+        response += buffer[..<count]
+    }
+    let statusLine = String(decoding: response.prefix { $0 != UInt8(ascii: "\r") }, as: UTF8.self).split(separator: " ")
+    guard statusLine.count >= 2, statusLine[0].hasPrefix("HTTP/") else { return nil }
+    return Int(statusLine[1])
 }
 
 /// A client that reconnects through HAProxy whenever its connection ends, like a real one,

@@ -30,10 +30,25 @@ struct ScaleOutTests {
             try await carol.send(#"{"type":"publish","room":"all","data":3}"#)
             #expect(try await alice.next()["data"] == "3")
             #expect(try await bob.next()["data"] == "3")
-            // The demo page comes through the balancer; /metrics only from a gateway itself.
+            // The demo page comes through the balancer; /metrics only from a gateway itself,
+            // however the path is spelled. Sent byte for byte (rawHTTPStatus): httpStatus's
+            // libcurl would resolve `/./`, `/../` and `//` itself.
             #expect(await httpStatus(port: cluster.haproxyPort, path: "/") == 200)
-            #expect(await httpStatus(port: cluster.haproxyPort, path: "/metrics") == 404)
             #expect(await httpStatus(port: cluster.gateways[0].port, path: "/metrics") == 200)
+            // The gateway's router serves these spellings itself...
+            let servedByGateways = ["/metrics", "/metrics/", "//metrics", "/metrics?x", "///metrics//"]
+            for target in servedByGateways {
+                #expect(rawHTTPStatus(port: cluster.gateways[0].port, target: target) == 200, "\(target) on a gateway")
+            }
+            // ...and HAProxy answers 404 for them and for what normalizes to them.
+            let normalizedToMetrics = ["/%6Detrics", "/%6detrics", "/./metrics", "/x/../metrics", "/../metrics", "/%2E/metrics", "/METRICS", "/Metrics/", "/%2Fmetrics", "/metrics/."]
+            for target in servedByGateways + normalizedToMetrics {
+                #expect(rawHTTPStatus(port: cluster.haproxyPort, target: target) == 404, "\(target) through HAProxy")
+            }
+            // The other paths still pass, normalized, and a malformed %-escape is refused.
+            #expect(rawHTTPStatus(port: cluster.haproxyPort, target: "/./readyz") == 200)
+            #expect(rawHTTPStatus(port: cluster.haproxyPort, target: "/%72eadyz") == 200)
+            #expect(rawHTTPStatus(port: cluster.haproxyPort, target: "/%zzmetrics") == 400)
             for client in [alice, bob, carol] { await client.close() }
         } catch {
             await cluster.stop()

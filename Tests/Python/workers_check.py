@@ -14,17 +14,24 @@ It checks that
   `user.~Ym9iLnNtaXRo`);
 - a direct message to an offline user gives the sender `recipient_offline` and the
   worker both `user.carol` and `undelivered.user.carol`;
-- a frame the worker publishes to the MAIN exchange under `user.bob`, `room.lobby` or
-  `broadcast` reaches the clients byte for byte;
-- nothing but gateway queues is bound to the main exchange (needs
-  SWITCHBOARD_RABBITMQ_DIR, as scripts/rabbitmq.sh prints it, for rabbitmqctl);
+- a frame a trusted backend (here the broker's administrator) publishes to the MAIN
+  exchange under `user.bob`, `room.lobby` or `broadcast` reaches the clients byte for
+  byte: the gateways do not check it, so the broker's permissions must (docs/security.md);
+- nothing but gateway queues is bound to the main exchange;
+- the RabbitMQ users of deploy/rabbitmq/users.sh, created for this run's exchanges
+  (`sbw-<random>-gateway`, `sbw-<random>-worker`): both gateways run as the gateway user;
+  the worker user can bind a queue of its own to the events exchange and consume events
+  from it, but publishing to the main exchange (a forged `from`) or to the events
+  exchange, and binding a queue to the main exchange, are refused by the broker with
+  403 ACCESS_REFUSED, and nothing forged reaches a client (this and the binding listing
+  need SWITCHBOARD_RABBITMQ_DIR, as scripts/rabbitmq.sh prints it, for rabbitmqctl);
 - `POST /v1/publish`: 202 routed / recipient_offline, the frames for user, room and
   broadcast targets, 401, 400, 413, 404 with the API off, 503 while draining, and that
   API publishes (and the worker's own frames) do not appear on the events exchange;
 - the gateways count the events the broker confirmed in /metrics.
 
-Every wait is bounded (10 s); the gateways are stopped by PID, the worker's queue and
-both exchanges are deleted at the end.
+Every wait is bounded (10 s); the gateways are stopped by PID, the workers' queues,
+both exchanges and the two users are deleted at the end.
 """
 import asyncio
 import base64
@@ -255,7 +262,179 @@ def list_bindings(rabbitmq_dir):
     return rows
 
 
-async def scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, done):
+def rabbitmqctl(rabbitmq_dir, *args, stdin=None):
+    """Runs rabbitmqctl against the test broker (scripts/rabbitmq.sh ctl); CheckFailed if it fails."""
+    result = subprocess.run([os.path.join(REPO, "scripts", "rabbitmq.sh"), "ctl", rabbitmq_dir, *args],
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise CheckFailed(f"rabbitmqctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+class BrokerUsers:
+    """The gateway and worker users of deploy/rabbitmq/users.sh, for this run's exchanges."""
+
+    def __init__(self, amqp_url, rabbitmq_dir, run, exchange, events):
+        self.rabbitmq_dir = rabbitmq_dir
+        self.gateway_user, self.worker_user = f"sbw-{run}-gateway", f"sbw-{run}-worker"
+        self.gateway_password, self.worker_password = secrets.token_hex(16), secrets.token_hex(16)
+        self.worker_queues = f"sbw.{run}.worker."
+        self.env = dict(os.environ, RABBITMQCTL=f"{os.path.join(REPO, 'scripts', 'rabbitmq.sh')} ctl {rabbitmq_dir}",
+                        SB_EXCHANGE=exchange, SB_EVENTS_EXCHANGE=events,
+                        SB_GATEWAY_USER=self.gateway_user, SB_WORKER_USER=self.worker_user,
+                        SB_WORKER_QUEUES=self.worker_queues,
+                        RABBITMQ_GATEWAY_PASSWORD=self.gateway_password, RABBITMQ_WORKER_PASSWORD=self.worker_password)
+        parts = urllib.parse.urlsplit(amqp_url)
+        self.gateway_url = self._url(parts, self.gateway_user, self.gateway_password)
+        self.worker_url = self._url(parts, self.worker_user, self.worker_password)
+        self.created = False
+
+    @staticmethod
+    def _url(parts, user, password):
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, parts.query, ""))
+
+    def create(self):
+        """Runs deploy/rabbitmq/users.sh; returns the permissions rabbitmqctl lists for both users."""
+        self.created = True
+        result = subprocess.run(["sh", os.path.join(REPO, "deploy", "rabbitmq", "users.sh")], env=self.env,
+                                capture_output=True, text=True, timeout=180)
+        if result.returncode != 0:
+            raise CheckFailed(f"deploy/rabbitmq/users.sh failed ({result.returncode}): "
+                              f"{result.stderr.strip() or result.stdout.strip()}")
+        rows = {}
+        for line in rabbitmqctl(self.rabbitmq_dir, "list_permissions", "-p", "/", "--quiet", "--no-table-headers").splitlines():
+            parts = line.split("\t")
+            if len(parts) == 4 and parts[0] in (self.gateway_user, self.worker_user):
+                rows[parts[0]] = tuple(parts[1:])
+        return rows
+
+    def delete(self):
+        """Deletes both users; returns the problems."""
+        problems = []
+        if not self.created:
+            return problems
+        for user in (self.gateway_user, self.worker_user):
+            try:
+                rabbitmqctl(self.rabbitmq_dir, "delete_user", user)
+            except (CheckFailed, subprocess.TimeoutExpired) as e:
+                problems.append(f"deleting user {user}: {e}")
+        return problems
+
+
+class RestrictedWorker:
+    """A worker logged in as the worker user; every call on a thread of its own, like Worker."""
+
+    def __init__(self, amqp_url, exchange, events_exchange, queue):
+        self.url = amqp_url
+        self.exchange = exchange
+        self.events_exchange = events_exchange
+        self.queue = queue
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="restricted-worker")
+        self.connection = self.channel = None
+
+    async def call(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    # On the worker's thread.
+
+    def setup(self):
+        """Passive declare of the events exchange, a queue of its own bound to it with user.*."""
+        params = pika.URLParameters(self.url)
+        params.socket_timeout = WAIT
+        params.blocked_connection_timeout = WAIT
+        try:
+            self.connection = pika.BlockingConnection(params)
+        except pika.exceptions.AMQPError as e:
+            raise CheckFailed(f"the worker user cannot log in: {e!r}")
+        self.channel = self.connection.channel()
+        try:
+            self.channel.exchange_declare(self.events_exchange, passive=True)
+            self.channel.queue_declare(self.queue, durable=True)
+            self.channel.queue_bind(self.queue, self.events_exchange, routing_key="user.*")
+        except pika.exceptions.ChannelClosedByBroker as e:
+            raise CheckFailed(f"the worker user could not bind {self.queue!r} to {self.events_exchange!r}: {e}")
+
+    def consume(self, key, seconds=WAIT):
+        """The body of the first event with routing key `key`, consumed (basic.consume) and acked."""
+        deadline = time.time() + seconds
+        for method, _, body in self.channel.consume(self.queue, inactivity_timeout=0.2):
+            if method is not None:
+                self.channel.basic_ack(method.delivery_tag)
+                if method.routing_key == key:
+                    self.channel.cancel()
+                    return body
+            if time.time() > deadline:
+                self.channel.cancel()
+                raise CheckFailed(f"worker user: no event {key!r} from {self.queue!r} within {seconds} s")
+
+    def refused(self, what, action):
+        """Runs `action(channel)` on a new channel; the broker's (code, text) when it closed the channel."""
+        channel = self.connection.channel()
+        try:
+            action(channel)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            return e.reply_code, e.reply_text
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as e:
+            return None, f"{what}: accepted by the broker ({type(e).__name__})"
+        if channel.is_open:
+            channel.close()
+        return None, f"{what}: accepted by the broker"
+
+    def try_publish(self, exchange, key, body):
+        def publish(channel):
+            channel.confirm_delivery()
+            channel.basic_publish(exchange, key, body, mandatory=True)
+        return self.refused(f"publish to {exchange!r}", publish)
+
+    def try_bind(self, exchange, key):
+        return self.refused(f"bind to {exchange!r}", lambda channel: channel.queue_bind(self.queue, exchange, routing_key=key))
+
+    def close(self):
+        try:
+            if self.connection is not None and self.connection.is_open:
+                self.connection.close()
+        except Exception:
+            pass
+
+
+async def check_restricted_worker(alice, bob, exchange, events, users, done):
+    """The worker user: consumes events, may not publish to either exchange or bind to the main one."""
+    restricted = RestrictedWorker(users.worker_url, exchange, events, users.worker_queues + "restricted")
+    try:
+        await restricted.call(restricted.setup)
+        await alice.send('{"type":"direct","to":"bob","data":"for the restricted worker","id":"r1"}')
+        got = await bob.expect(direct_frame("alice", "bob", '"for the restricted worker"'), "direct from alice")
+        await alice.ack("r1")
+        body = await restricted.call(restricted.consume, "user.bob")
+        if body != got.encode():
+            raise CheckFailed(f"worker user: user.bob body {body!r}, wanted {got.encode()!r}")
+        done.append("worker user binds its queue to the events exchange and consumes user.bob")
+
+        forged = direct_frame("alice", "bob", '"forged by a worker"').encode()
+        probes = [("publish a forged frame to the main exchange", restricted.try_publish, (exchange, "user.bob", forged)),
+                  ("publish a forged event to the events exchange", restricted.try_publish, (events, "user.bob", forged)),
+                  ("bind its queue to the main exchange", restricted.try_bind, (exchange, "user.*"))]
+        for what, probe, args in probes:
+            code, text = await restricted.call(probe, *args)
+            if code != 403 or "ACCESS_REFUSED" not in text:
+                raise CheckFailed(f"worker user may {what}: wanted channel closed 403 ACCESS_REFUSED, got {code} {text!r}")
+        # Nothing forged arrived: a message alice sends after the refusals is the next thing bob gets.
+        await alice.send('{"type":"direct","to":"bob","data":"after the refusals","id":"r2"}')
+        await bob.expect(direct_frame("alice", "bob", '"after the refusals"'), "direct from alice")
+        await alice.ack("r2")
+        if any(frame == forged.decode() for frame in bob.inbox):
+            raise CheckFailed(f"bob got the worker's forged frame {forged!r}")
+        done.append("worker user refused (403 ACCESS_REFUSED): publish to main, publish to events, bind to main")
+    finally:
+        try:
+            restricted.pool.submit(restricted.close).result(timeout=10)
+        except Exception:
+            pass
+        restricted.pool.shutdown(wait=False)
+
+
+async def scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, users, done):
     exchange, events = worker.exchange, worker.events_exchange
     await worker.call(worker.setup)
     done.append("events exchange declared by the gateways")
@@ -356,6 +535,14 @@ async def scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, done):
         else:
             done.append("bindings not listed (SWITCHBOARD_RABBITMQ_DIR unset)")
 
+        # 6b. The broker keeps workers from forging frames (deploy/rabbitmq/users.sh).
+        if users is not None:
+            await check_restricted_worker(alice, bob, exchange, events, users, done)
+            await worker.call(worker.take, "user.bob")  # the two events the admin worker got too
+            await worker.call(worker.take, "user.bob")
+        else:
+            done.append("broker users not checked (SWITCHBOARD_RABBITMQ_DIR unset)")
+
         # 7. The publish API.
         key1, key2 = api_keys
         api1 = f"http://127.0.0.1:{gw1.port}/v1/publish"
@@ -448,13 +635,14 @@ async def scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, done):
         done.append("API publishes not on the events exchange")
 
         # 9. Events are confirmed by the broker and counted: gw-1 published 6 (d1, p1, d2 and
-        # its undelivered copy, d3, s1), gw-2 one (s2); none failed.
-        for gw, wanted in ((gw1, 6), (gw2, 1)):
+        # its undelivered copy, d3, s1) and r1, r2 when the users were checked, gw-2 one (s2);
+        # none failed.
+        for gw, wanted in ((gw1, 6 + (2 if users is not None else 0)), (gw2, 1)):
             counts = await asyncio.get_running_loop().run_in_executor(None, wait_event_counts, gw, wanted)
             if counts != (wanted, 0):
                 raise CheckFailed(f"{gw.id} /metrics: switchboard_events_published_total, "
                                   f"switchboard_events_publish_failures_total = {counts}, wanted ({wanted}, 0)")
-        done.append("events counted in /metrics (6 + 1 confirmed, 0 failed)")
+        done.append(f"events counted in /metrics ({6 + (2 if users is not None else 0)} + 1 confirmed, 0 failed)")
 
         for client in clients:
             if client.inbox:
@@ -483,15 +671,15 @@ def wait_event_counts(gw, wanted):
         time.sleep(0.1)
 
 
-def delete_broker_objects(amqp_url, queue, exchanges):
-    """Deletes the worker's queue and this run's exchanges; each on a channel of its own."""
+def delete_broker_objects(amqp_url, queues, exchanges):
+    """Deletes the workers' queues and this run's exchanges; each on a channel of its own."""
     problems = []
     try:
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     except Exception as e:
-        return [f"cannot connect to delete {queue} and {exchanges}: {e!r}"]
+        return [f"cannot connect to delete {queues} and {exchanges}: {e!r}"]
     try:
-        for kind, name in [("queue", queue)] + [("exchange", e) for e in exchanges]:
+        for kind, name in [("queue", q) for q in queues] + [("exchange", e) for e in exchanges]:
             channel = connection.channel()
             try:
                 if kind == "queue":
@@ -563,7 +751,9 @@ def main(binary):
     queue = f"sbw.{run}.worker"
     api_keys = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
     work = tempfile.mkdtemp(prefix="switchboard-workers-")
-    common = ["--web-root", "off", "--backplane", amqp_url, "--exchange", exchange, "--events-exchange", events]
+    users = BrokerUsers(amqp_url, rabbitmq_dir, run, exchange, events) if rabbitmq_dir else None
+    gateway_url = users.gateway_url if users else amqp_url
+    common = ["--web-root", "off", "--backplane", gateway_url, "--exchange", exchange, "--events-exchange", events]
     env1 = {k: v for k, v in os.environ.items() if k != "SWITCHBOARD_API_KEY"}
     env2 = dict(env1, SWITCHBOARD_API_KEY=api_keys[0])  # gw-2 takes its key from the environment
     gw1 = Gateway(binary, "gw-1", free_port(), work, common + ["--api-key", ",".join(api_keys)], env1)
@@ -571,12 +761,24 @@ def main(binary):
     worker = Worker(amqp_url, exchange, events, queue)
     done = []
     failed = None
+    problems = []
     try:
+        if users:
+            permissions = users.create()
+            wanted = {users.gateway_user, users.worker_user}
+            if set(permissions) != wanted:
+                raise CheckFailed(f"deploy/rabbitmq/users.sh: permissions for {sorted(permissions)}, wanted {sorted(wanted)}")
+            _, write, read = permissions[users.worker_user]
+            for regex, name, what in ((write, exchange, "write to the main"), (write, events, "write to the events"),
+                                      (read, exchange, "read (bind to) the main")):
+                if re.search(regex, name):
+                    raise CheckFailed(f"the worker user may {what} exchange: permissions {permissions[users.worker_user]}")
+            done.append("deploy/rabbitmq/users.sh: gateway and worker users; the gateways log in as the gateway user")
         gw1.start()
         gw2.start()
         gw1.wait_ready(START_WAIT)
         gw2.wait_ready(START_WAIT)
-        asyncio.run(asyncio.wait_for(scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, done), 240))
+        asyncio.run(asyncio.wait_for(scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, users, done), 240))
         check_api_off_and_draining(binary, work)
         done.append("API off → 404; draining → 503")
     except (CheckFailed, asyncio.TimeoutError, pika.exceptions.AMQPError) as e:
@@ -590,7 +792,10 @@ def main(binary):
         worker.pool.shutdown(wait=False)
         gw1.stop()
         gw2.stop()
-        problems = delete_broker_objects(amqp_url, queue, [events, exchange])
+        queues = [queue] + ([users.worker_queues + "restricted"] if users else [])
+        problems = delete_broker_objects(amqp_url, queues, [events, exchange])
+        if users:
+            problems += users.delete()
         if failed:
             for gw in (gw1, gw2):
                 tail = gw.log_tail()
