@@ -87,14 +87,20 @@ struct ServeCommandAuthFlagTests {
         String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
 
+    /// `switchboard ARGUMENTS` expected to refuse to start: under timeout(1), so that a
+    /// regression that lets it start (as root, even on port 1) fails the test instead of hanging it.
+    static func refusedStart(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+        try runProcess("/usr/bin/timeout", ["-k", "2", "5", try switchboardBinary().path] + arguments, environment: environment)
+    }
+
     @Test("--auth none on a non-loopback --host (flag or SWITCHBOARD_HOST) refuses to start unless --allow-insecure-auth-none is given")
     func authNoneNeedsLoopback() async throws {
         for host in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.1", "example.com", "128.0.0.1"] {
-            let result = try runProcess(try switchboardBinary().path, ["serve", "--auth", "none", "--host", host, "--port", "1"])
+            let result = try Self.refusedStart(["serve", "--auth", "none", "--host", host, "--port", "1"])
             #expect(result.status != 0, "\(host)")
             #expect(result.output.contains("--allow-insecure-auth-none"), "\(host): \(result.output)")
         }
-        let fromEnvironment = try runProcess(try switchboardBinary().path, ["serve", "--port", "1"], environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0"])
+        let fromEnvironment = try Self.refusedStart(["serve", "--port", "1"], environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0"])
         #expect(fromEnvironment.status != 0 && fromEnvironment.output.contains("--allow-insecure-auth-none"), "\(fromEnvironment.output)")
 
         // With the override (as a flag, then as a variable) it starts; 0.0.0.0 includes loopback.
@@ -146,7 +152,7 @@ struct ServeCommandAuthFlagTests {
             (["--jwks", noAlg.path, "--jwks-default-alg", "XS1"], "--jwks-default-alg XS1 is not one of"),
             (["--jwt-secret", Tokens.secret, "--jwks-ca-file", noAlg.path], "--jwks-ca-file needs an https:// --jwks"),
         ] {
-            let result = try runProcess(try switchboardBinary().path, ["serve", "--port", "1"] + arguments)
+            let result = try Self.refusedStart(["serve", "--port", "1"] + arguments)
             #expect(result.status != 0, "\(arguments)")
             #expect(result.output.contains(message), "\(arguments): \(result.output)")
         }
