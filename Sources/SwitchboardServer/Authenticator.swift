@@ -182,6 +182,7 @@ public final class JWTAuthenticator: Sendable {
                 staticKeys.append(PinnedKey(algorithm: algorithm, collection: collection))
             case .jwks(let json):
                 let loaded = try await JWKSDocument.keys(json: Array(json.utf8), defaultAlgorithm: defaultAlgorithm, source: "the JWKS document")
+                guard !loaded.isEmpty else { throw JWTConfigurationError("the JWKS document has no signature keys") }
                 for (kid, key) in loaded {
                     guard documentKeys.updateValue(key, forKey: kid) == nil else {
                         throw JWTConfigurationError("JWKS key '\(kid.prefix(64))' appears in two documents")

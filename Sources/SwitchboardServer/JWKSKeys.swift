@@ -96,6 +96,8 @@ enum JWKSDocument {
                     "\(named) has no \"alg\", so a token could choose its algorithm; add \"alg\" to the key or give --jwks-default-alg"
                 )
             }
+            // Issuers publish encryption keys in the same set; they verify nothing, so they are left out.
+            if algorithm == .rsaOAEP { continue }
             guard signatureAlgorithms.contains(algorithm) else {
                 throw JWTConfigurationError("\(named) has \"alg\": \"\(algorithm.rawValue)\", which is not a signature algorithm")
             }
@@ -241,7 +243,7 @@ actor RemoteJWKS {
         }
         do {
             let keys = try await JWKSDocument.keys(json: body, defaultAlgorithm: defaultAlgorithm, source: source)
-            guard !keys.isEmpty else { return .failure(JWTConfigurationError("\(source) has no keys")) }
+            guard !keys.isEmpty else { return .failure(JWTConfigurationError("\(source) has no signature keys")) }
             return .success(keys)
         } catch {
             return .failure(error)

@@ -232,7 +232,7 @@ struct JWKSTests {
         }
         let lines = logs.all
         let failuresLogged = lines.filter { $0.contains("JWKS refresh failed") }
-        for reason in ["HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no keys", "HTTP status 503"] {
+        for reason in ["HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no signature keys", "HTTP status 503"] {
             #expect(failuresLogged.contains { $0.contains(reason) }, "\(reason) is logged")
         }
         let parameters = try #require(signing.publicKey.parameters)
@@ -344,6 +344,19 @@ struct JWKSAlgorithmPinningTests {
             #expect(error.reason.contains("'rsa-no-alg'") && error.reason.contains("cannot verify ES256"), "\(error.reason)")
         }
         _ = try await JWTAuthenticator.make(keys: [.jwks(jwks)], policy: .init(defaultJWKSAlgorithm: "PS256"))
+
+        // An encryption key (RSA-OAEP) beside the signature keys is left out, not an error; alone it leaves no key.
+        let encryption = jwks.replacingOccurrences(of: #""kid":"rsa-no-alg","use":"sig""#, with: #""kid":"enc-1","use":"enc","alg":"RSA-OAEP""#)
+        #expect(encryption.contains("RSA-OAEP"))
+        let signing = JWKSServer.document([("e1", ES256PrivateKey())])
+        let mixed = encryption.replacingOccurrences(of: "]}", with: "," + signing.dropFirst(#"{"keys":["#.count))
+        _ = try await JWTAuthenticator.make(keys: [.jwks(mixed)])
+        do {
+            _ = try await JWTAuthenticator.make(keys: [.jwks(encryption)])
+            Issue.record("a JWKS of encryption keys only was accepted")
+        } catch {
+            #expect(error.reason.contains("no signature keys"), "\(error.reason)")
+        }
     }
 
     @Test("a token whose alg differs from its key's alg gets 401 even when that key's alg is in the document")
