@@ -191,7 +191,7 @@ struct JWKSTests {
         }
     }
 
-    @Test("a failing refresh (HTTP 500, a stall, not JSON, a key without alg, no answer on an unknown kid) keeps the last good keys, and is logged without key material")
+    @Test("a failing refresh (HTTP 500, a stall, not JSON, a key without alg, no keys, 2 MiB, no answer on an unknown kid) keeps the last good keys, and is logged without key material")
     func failedRefreshKeepsKeys() async throws {
         let pki = try TestPKI.make()
         defer { pki.remove() }
@@ -214,7 +214,7 @@ struct JWKSTests {
             try await expectAccepted(token, as: "alice", port: gateway.port)
             let failures: [JWKSServer.Answer] = [
                 .status(500), .stall, .document("not json"), .document(JWKSServer.document([("k1", signing)], withAlgorithm: false)),
-                .document(#"{"keys":[]}"#),
+                .document(#"{"keys":[]}"#), .document(String(repeating: " ", count: 2 << 20)),
             ]
             for failure in failures {
                 server.answer(failure)
@@ -232,7 +232,7 @@ struct JWKSTests {
         }
         let lines = logs.all
         let failuresLogged = lines.filter { $0.contains("JWKS refresh failed") }
-        for reason in ["HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no signature keys", "HTTP status 503"] {
+        for reason in ["HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no signature keys", "larger than 1048576 bytes", "HTTP status 503"] {
             #expect(failuresLogged.contains { $0.contains(reason) }, "\(reason) is logged")
         }
         let parameters = try #require(signing.publicKey.parameters)
