@@ -1,5 +1,5 @@
 import Foundation
-import Logging
+public import Logging
 import NIOCore
 public import NIOWebSocket
 import ServiceLifecycle
@@ -257,6 +257,13 @@ public final class CapturedLogs: Sendable {
     public var all: [String] { lines.withLock { $0 } }
 
     func append(_ line: String) { lines.withLock { $0.append(line) } }
+
+    /// A logger that records here, for parts built outside `withGateway` (a JWT authenticator).
+    public func logger(label: String) -> Logger {
+        var logger = Logger(label: label) { _ in CapturingLogHandler(logs: self) }
+        logger.logLevel = .trace
+        return logger
+    }
 }
 
 /// A swift-log handler that records into ``CapturedLogs``.

@@ -59,8 +59,29 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PEM public key file for RS256, ES256 or EdDSA tokens.")
     var jwtPublicKey: String?
 
-    @Option(help: "JWKS file (JSON); tokens choose their key by kid.")
+    @Option(help: "JWKS: a file (JSON), or an https:// URL fetched at start and refreshed; tokens choose their key by kid.")
     var jwks: String?
+
+    @Option(help: "Seconds between fetches of an https:// --jwks (a token with an unknown kid also triggers one, at most every 10 s).")
+    var jwksRefreshInterval = 300.0
+
+    @Option(help: "PEM file of the CAs trusted for an https:// --jwks; default: the system trust store.")
+    var jwksCaFile: String?
+
+    @Option(help: "Algorithm for JWKS keys without \"alg\" (e.g. RS256); without it such keys are refused, so that no token can choose one.")
+    var jwksDefaultAlg: String?
+
+    @Option(help: "Accepted token audience (repeat, or separate with commas); when given, a token's aud must name one.")
+    var jwtAudience: [String] = []
+
+    @Option(help: "Accepted token issuer (repeat, or separate with commas); when given, a token's iss must be one.")
+    var jwtIssuer: [String] = []
+
+    @Option(help: "Seconds of clock skew allowed on a token's exp and nbf (0…300).")
+    var jwtLeeway = 0.0
+
+    @Flag(help: "Allow --auth none on an address other than loopback (anyone who can reach it may connect as any user).")
+    var allowInsecureAuthNone = false
 
     @Option(help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed.")
     var allowedOrigin: [String] = []
@@ -170,7 +191,23 @@ struct ServeCommand: AsyncParsableCommand {
             }
         }
         guard apiKeys.allSatisfy({ $0.utf8.count >= 16 }) else { throw ValidationError("--api-key: each key must be at least 16 bytes") }
+        guard (0...300).contains(jwtLeeway) else { throw ValidationError("--jwt-leeway must be 0…300 seconds") }
+        guard (1...86400).contains(jwksRefreshInterval) else { throw ValidationError("--jwks-refresh-interval must be 1…86400 seconds") }
+        if let jwks, jwks.lowercased().hasPrefix("http://") {
+            throw ValidationError("--jwks: plain http:// is refused (anyone on the path could replace the keys); use https:// or a file")
+        }
+        if jwksCaFile != nil, !isJWKSURL {
+            throw ValidationError("--jwks-ca-file needs an https:// --jwks")
+        }
+        if auth == .none, !allowInsecureAuthNone, !LoopbackHost.contains(host) {
+            throw ValidationError(
+                "--auth none on --host \(host) would let anyone who reaches it connect as any user; listen on 127.0.0.1, ::1 or localhost, use --auth jwt, or give --allow-insecure-auth-none"
+            )
+        }
     }
+
+    /// Whether `--jwks` names a URL rather than a file.
+    var isJWKSURL: Bool { jwks?.lowercased().hasPrefix("https://") == true }
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -186,7 +223,7 @@ struct ServeCommand: AsyncParsableCommand {
             gatewayID: gatewayID ?? FileDescriptorLimit.hostName(),
             host: host,
             port: port,
-            auth: try await authenticationMode(),
+            auth: try await authenticationMode(logger: logger),
             maximumMessageSize: maxMessageSize,
             maximumOutboundBytes: maxOutboundBytes,
             maximumRoomsPerConnection: maxRoomsPerConnection,
@@ -247,7 +284,7 @@ struct ServeCommand: AsyncParsableCommand {
 
 extension ServeCommand {
     /// The authentication mode from `--auth` and the key flags; key files are read here, once.
-    func authenticationMode() async throws -> AuthenticationMode {
+    func authenticationMode(logger: Logger) async throws -> AuthenticationMode {
         switch auth {
         case .none:
             return .none
@@ -259,12 +296,25 @@ extension ServeCommand {
                 keys.append(.hmacSecret(secret))
             }
             if let jwtPublicKey { keys.append(.publicKeyPEM(try readFile(jwtPublicKey, flag: "--jwt-public-key"))) }
-            if let jwks { keys.append(.jwks(try readFile(jwks, flag: "--jwks"))) }
+            if let jwks {
+                if isJWKSURL {
+                    guard let url = URL(string: jwks) else { throw ValidationError("--jwks: \(jwks) is not a URL") }
+                    keys.append(.jwksURL(JWKSEndpoint(url: url, caFile: jwksCaFile, refreshInterval: .milliseconds(Int(jwksRefreshInterval * 1000)))))
+                } else {
+                    keys.append(.jwks(try readFile(jwks, flag: "--jwks")))
+                }
+            }
             guard !keys.isEmpty else {
                 throw ValidationError("--auth jwt needs --jwt-secret (or SWITCHBOARD_JWT_SECRET), --jwt-secret-file, --jwt-public-key or --jwks; --auth none is for development only")
             }
+            let policy = JWTAuthenticator.Policy(
+                audiences: Set(Self.commaSeparated(jwtAudience).filter { !$0.isEmpty }),
+                issuers: Set(Self.commaSeparated(jwtIssuer).filter { !$0.isEmpty }),
+                leeway: .milliseconds(Int(jwtLeeway * 1000)),
+                defaultJWKSAlgorithm: jwksDefaultAlg
+            )
             do {
-                return .jwt(try await JWTAuthenticator.make(keys: keys))
+                return .jwt(try await JWTAuthenticator.make(keys: keys, policy: policy, logger: logger))
             } catch {
                 throw ValidationError(error.reason)
             }
@@ -311,6 +361,25 @@ extension ServeCommand {
         } catch {
             throw ValidationError("\(flag): cannot read \(path)")
         }
+    }
+}
+
+/// Which `--host` values only this machine can reach (where `--auth none` is allowed without the override).
+enum LoopbackHost {
+    static func contains(_ host: String) -> Bool {
+        var host = host.lowercased()
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host == "localhost" { return true }
+        var ipv4 = in_addr()
+        if inet_pton(AF_INET, host, &ipv4) == 1 {
+            // s_addr is in network order: its first byte in memory is the first octet.
+            return withUnsafeBytes(of: &ipv4) { $0[0] } == 127
+        }
+        var ipv6 = in6_addr()
+        if inet_pton(AF_INET6, host, &ipv6) == 1 {
+            return withUnsafeBytes(of: &ipv6) { bytes in bytes.prefix(15).allSatisfy { $0 == 0 } && bytes[15] == 1 }
+        }
+        return false
     }
 }
 

@@ -30,7 +30,11 @@ enum EnvironmentOptions {
         "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
         "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key", "event-loops",
         "max-connections", "max-connections-per-ip", "trusted-proxy", "join-rate", "join-burst",
+        "jwks-refresh-interval", "jwks-ca-file", "jwks-default-alg", "jwt-audience", "jwt-issuer", "jwt-leeway",
     ]
+
+    /// The `serve` flags (no value) that environment variables may set: 1, true or yes turns one on.
+    static let serveFlags = ["allow-insecure-auth-none"]
 
     static func variableName(_ option: String) -> String {
         "SWITCHBOARD_" + option.uppercased().replacingOccurrences(of: "-", with: "_")
@@ -46,6 +50,16 @@ enum EnvironmentOptions {
             let given = arguments.contains { $0 == flag || $0.hasPrefix(flag + "=") }
             guard !given, let value = environment[variableName(option)], !value.isEmpty else { continue }
             result += [flag, value]
+        }
+        for option in serveFlags {
+            let flag = "--" + option
+            guard !arguments.contains(flag), let value = environment[variableName(option)], !value.isEmpty else { continue }
+            switch value.lowercased() {
+            case "1", "true", "yes": result.append(flag)
+            case "0", "false", "no": break
+            // Passed on as written, so that the parser refuses it with a clear message.
+            default: result.append(flag + "=" + value)
+            }
         }
         return result
     }

@@ -36,7 +36,8 @@ struct DeployLintTests {
             #expect(parse.status == 0, "\(file): \(parse.output)")
         }
         let help = try runProcess(try switchboardBinary().path, ["serve", "--help"]).output
-        let options = Set(help.matches(of: /--([a-z][a-z-]+) </).map { String($0.1) })
+        // Options (`--host <host>`) and flags (`--allow-insecure-auth-none`), which take no value.
+        let options = Set(help.matches(of: /--([a-z][a-z-]*[a-z])(?: <|\s)/).map { String($0.1) })
         #expect(options.contains("drain-window") && options.contains("backplane"))
         let variables = Set(options.map { "SWITCHBOARD_" + $0.uppercased().replacingOccurrences(of: "-", with: "_") })
 

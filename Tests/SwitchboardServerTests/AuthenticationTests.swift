@@ -1,5 +1,6 @@
 import Foundation
 import JWTKit
+import Logging
 import NIOCore
 import SwitchboardClient
 import SwitchboardProtocol
@@ -7,12 +8,14 @@ import SwitchboardServer
 import SwitchboardTesting
 import Testing
 
-/// Claims as a token issuer would write them (the gateway reads `sub`, `exp`, `nbf`, `rooms`).
+/// Claims as a token issuer would write them (the gateway reads `sub`, `exp`, `nbf`, `rooms`, `aud`, `iss`).
 struct IssuedClaims: JWTPayload {
     var sub: SubjectClaim
     var exp: ExpirationClaim?
     var nbf: NotBeforeClaim?
     var rooms: [String]?
+    var aud: AudienceClaim?
+    var iss: IssuerClaim?
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 }
@@ -34,11 +37,13 @@ enum Tokens {
 /// A gateway with `--auth jwt`.
 func withJWTGateway(
     keys: [JWTAuthenticator.Key] = [.hmacSecret(Tokens.secret)],
+    policy: JWTAuthenticator.Policy = .init(),
     logs: CapturedLogs? = nil,
     configure: @escaping (inout GatewayConfiguration) -> Void = { _ in },
     _ body: @Sendable (RunningGateway) async throws -> Void
 ) async throws {
-    let authenticator = try await JWTAuthenticator.make(keys: keys)
+    let logger = logs?.logger(label: "test.jwt") ?? Logger(label: "test.jwt")
+    let authenticator = try await JWTAuthenticator.make(keys: keys, policy: policy, logger: logger)
     try await withGateway(logs: logs, configure: { configuration in
         configuration.auth = .jwt(authenticator)
         configure(&configuration)

@@ -1,4 +1,5 @@
 import Foundation
+import JWTKit
 import NIOCore
 import NIOPosix
 import SwitchboardTesting
@@ -76,6 +77,119 @@ struct ServeCommandTests {
         noKey.waitUntilExit()
         #expect(noKey.terminationStatus != 0)
         #expect(String(decoding: noKeyOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("--auth jwt needs"))
+    }
+}
+
+/// `switchboard serve` refuses settings that would expose a gateway, and reads the JWT options.
+@Suite("switchboard serve: insecure auth and JWT flags (the executable)", .serialized, .timeLimit(.minutes(1)))
+struct ServeCommandAuthFlagTests {
+    static func output(_ process: Process, _ pipe: Pipe) -> String {
+        String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+
+    /// `switchboard ARGUMENTS` expected to refuse to start: under timeout(1), so that a
+    /// regression that lets it start (as root, even on port 1) fails the test instead of hanging it.
+    static func refusedStart(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+        try runProcess("/usr/bin/timeout", ["-k", "2", "5", try switchboardBinary().path] + arguments, environment: environment)
+    }
+
+    @Test("--auth none on a non-loopback --host (flag or SWITCHBOARD_HOST) refuses to start unless --allow-insecure-auth-none is given")
+    func authNoneNeedsLoopback() async throws {
+        for host in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.1", "example.com", "128.0.0.1"] {
+            let result = try Self.refusedStart(["serve", "--auth", "none", "--host", host, "--port", "1"])
+            #expect(result.status != 0, "\(host)")
+            #expect(result.output.contains("--allow-insecure-auth-none"), "\(host): \(result.output)")
+        }
+        let fromEnvironment = try Self.refusedStart(["serve", "--port", "1"], environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0"])
+        #expect(fromEnvironment.status != 0 && fromEnvironment.output.contains("--allow-insecure-auth-none"), "\(fromEnvironment.output)")
+
+        // With the override (as a flag, then as a variable) it starts; 0.0.0.0 includes loopback.
+        let port = try await freePort()
+        let (process, pipe) = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "0.0.0.0", "--port", "\(port)", "--allow-insecure-auth-none"])
+        defer { if process.isRunning { process.terminate() } }
+        #expect(try await RunningGatewayAddress(port: port).waitUntilHealthy(timeout: .seconds(20)))
+        process.terminate()
+        process.waitUntilExit()
+        #expect(Self.output(process, pipe).contains("--auth none"))
+
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-insecure-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let secondPort = try await freePort()
+        let child = try ChildProcess(
+            name: "insecure",
+            executable: try switchboardBinary(),
+            arguments: ["serve", "--port", "\(secondPort)", "--drain-grace", "0", "--drain-window", "0"],
+            environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0", "SWITCHBOARD_ALLOW_INSECURE_AUTH_NONE": "1"],
+            logDirectory: directory
+        )
+        #expect(try await RunningGatewayAddress(port: secondPort).waitUntilHealthy(timeout: .seconds(20)), "\(child.log)")
+        await child.stop()
+
+        // A loopback address other than 127.0.0.1 needs no override.
+        let thirdPort = try await freePort()
+        let (loopback, loopbackPipe) = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "127.0.0.2", "--port", "\(thirdPort)"])
+        defer { if loopback.isRunning { loopback.terminate() } }
+        try await Task.sleep(for: .milliseconds(500))
+        if !loopback.isRunning {
+            Issue.record("127.0.0.2 was refused: \(Self.output(loopback, loopbackPipe))")
+        }
+    }
+
+    @Test("JWT flags: http:// --jwks, an out-of-range leeway, an unreachable https:// --jwks and a key without alg stop the start with a clear message")
+    func badJWTFlags() async throws {
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-jwks-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let noAlg = directory.appendingPathComponent("jwks.json")
+        let key = try #require(ES256PrivateKey().publicKey.parameters)
+        try #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k-without-alg","x":"\#(key.x)","y":"\#(key.y)"}]}"#.write(to: noAlg, atomically: true, encoding: .utf8)
+        for (arguments, message) in [
+            (["--jwks", "http://127.0.0.1:1/jwks.json"], "plain http:// is refused"),
+            (["--jwt-secret", Tokens.secret, "--jwt-leeway", "301"], "--jwt-leeway must be 0…300"),
+            (["--jwks", "https://127.0.0.1:1/jwks.json"], "--jwks https://127.0.0.1:1/jwks.json: connection failed"),
+            (["--jwks", noAlg.path], "'k-without-alg' has no \"alg\""),
+            (["--jwks", noAlg.path, "--jwks-default-alg", "XS1"], "--jwks-default-alg XS1 is not one of"),
+            (["--jwt-secret", Tokens.secret, "--jwks-ca-file", noAlg.path], "--jwks-ca-file needs an https:// --jwks"),
+        ] {
+            let result = try Self.refusedStart(["serve", "--port", "1"] + arguments)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.output.contains(message), "\(arguments): \(result.output)")
+        }
+        // With a default alg the same file is accepted.
+        let port = try await freePort()
+        let gateway = try ChildProcess(
+            name: "default-alg",
+            executable: try switchboardBinary(),
+            arguments: ["serve", "--port", "\(port)", "--jwks", noAlg.path, "--drain-grace", "0", "--drain-window", "0"],
+            environment: ["SWITCHBOARD_JWKS_DEFAULT_ALG": "ES256"],
+            logDirectory: directory
+        )
+        #expect(try await RunningGatewayAddress(port: port).waitUntilHealthy(timeout: .seconds(20)), "\(gateway.log)")
+        await gateway.stop()
+    }
+
+    @Test("SWITCHBOARD_JWT_AUDIENCE (comma-separated) and --jwt-issuer reach the gateway: a token for another audience gets 401")
+    func audienceFromEnvironment() async throws {
+        let port = try await freePort()
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-aud-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let gateway = try ChildProcess(
+            name: "aud",
+            executable: try switchboardBinary(),
+            arguments: ["serve", "--port", "\(port)", "--jwt-issuer", "https://id.example", "--drain-grace", "0", "--drain-window", "0"],
+            environment: ["SWITCHBOARD_JWT_SECRET": Tokens.secret, "SWITCHBOARD_JWT_AUDIENCE": "switchboard, chat"],
+            logDirectory: directory
+        )
+        #expect(try await RunningGatewayAddress(port: port).waitUntilHealthy(timeout: .seconds(20)), "\(gateway.log)")
+        let good = try await JWTAuthenticationPolicyTests.token("alice", aud: ["chat"], iss: "https://id.example")
+        let wrongAudience = try await JWTAuthenticationPolicyTests.token("bob", aud: ["billing"], iss: "https://id.example")
+        let wrongIssuer = try await JWTAuthenticationPolicyTests.token("carol", aud: ["chat"], iss: "https://evil.example")
+        try await expectAccepted(good, as: "alice", port: port)
+        #expect(await refusal(port: port, path: "/ws?token=\(wrongAudience)") == 401)
+        #expect(await refusal(port: port, path: "/ws?token=\(wrongIssuer)") == 401)
+        await gateway.stop()
     }
 }
 
