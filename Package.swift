@@ -196,7 +196,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SwitchboardProtocolTests",
-            dependencies: ["SwitchboardProtocol"],
+            dependencies: ["SwitchboardProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -37,6 +37,8 @@ public enum ClientFrame: Sendable, Equatable {
                 return .failure(ProtocolError(.invalidMessage, "member \"\(key)\" appears twice"))
             case .tooDeep:
                 return .failure(ProtocolError(.invalidMessage, "JSON nests deeper than \(JSONScanner.maximumDepth) levels"))
+            case .tooManyMembers:
+                return .failure(ProtocolError(.invalidMessage, "a frame has at most \(JSONScanner.maximumMembers) members"))
             case .malformed(let offset):
                 return .failure(ProtocolError(.invalidMessage, "malformed JSON at byte \(offset)"))
             }

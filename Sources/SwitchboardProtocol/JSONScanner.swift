@@ -8,6 +8,8 @@ public enum JSONScanError: Error, Sendable, Equatable {
     case duplicateKey(String)
     /// Arrays and objects nest deeper than ``JSONScanner/maximumDepth``.
     case tooDeep
+    /// The top-level object has more than ``JSONScanner/maximumMembers`` members.
+    case tooManyMembers
 }
 
 /// The kind of a JSON value, as far as the frame decoder cares.
@@ -35,6 +37,9 @@ public struct JSONMember: Sendable, Equatable {
 public struct JSONScanner {
     /// The deepest nesting of arrays and objects accepted, to bound the work per frame.
     public static let maximumDepth = 64
+    /// The most members the top-level object may have. A frame needs at most six; without
+    /// a bound, 64 KiB of distinct short names costs milliseconds of event-loop time each.
+    public static let maximumMembers = 64
 
     private let bytes: [UInt8]
     private var index = 0
@@ -170,9 +175,10 @@ public struct JSONScanner {
         guard depth <= Self.maximumDepth else { throw .tooDeep }
         try expect(UInt8(ascii: "{"))
         var members: [JSONMember] = []
-        // Member names seen so far, by exact bytes: one hash lookup per member keeps the
-        // duplicate check linear (a 64 KiB frame can hold thousands of short names).
+        // Member names seen, by exact bytes. A frame has a handful: comparing with each
+        // is cheapest, and past a few the check switches to a set, so it stays linear.
         var names: Set<ExactUTF8> = []
+        let linearUpTo = 8
         skipWhitespace()
         if peek() == UInt8(ascii: "}") {
             index += 1
@@ -196,8 +202,14 @@ public struct JSONScanner {
                 } else {
                     kind = try scanValue(depth: depth)
                 }
-                guard names.insert(ExactUTF8(key)).inserted else { throw .duplicateKey(key) }
+                if members.count < linearUpTo {
+                    if members.contains(where: { ExactUTF8.equal($0.key, key) }) { throw .duplicateKey(key) }
+                } else {
+                    if names.isEmpty { names = Set(members.map { ExactUTF8($0.key) }) }
+                    guard names.insert(ExactUTF8(key)).inserted else { throw .duplicateKey(key) }
+                }
                 members.append(JSONMember(key: key, kind: kind, range: start..<index, stringValue: decoded))
+                guard members.count <= Self.maximumMembers else { throw .tooManyMembers }
             } else {
                 _ = try scanValue(depth: depth)
             }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import SwitchboardProtocol
 import Testing
 
@@ -40,11 +41,23 @@ struct JSONScannerWorstCaseTests {
         return Array((text + "}").utf8)
     }
 
-    @Test("9,000 distinct member names decode; one duplicate at the very end is still found")
+    @Test("the review's 64 KiB frame of 9,000 distinct member names is refused at the member cap, not scanned to the end")
     func manyDistinctKeys() throws {
-        let members = try JSONScanner.topLevelMembers(of: Self.manyKeys(duplicateAtEnd: false))
-        #expect(members.count > 8_000)
-        #expect(throws: JSONScanError.duplicateKey("aAa")) { try JSONScanner.topLevelMembers(of: Self.manyKeys(duplicateAtEnd: true)) }
+        #expect(throws: JSONScanError.tooManyMembers) { try JSONScanner.topLevelMembers(of: Self.manyKeys(duplicateAtEnd: false)) }
+        let decoded = ClientFrame.decode(ByteBuffer(bytes: Self.manyKeys(duplicateAtEnd: false)))
+        guard case .failure(let error) = decoded else { Issue.record("decoded: \(decoded)"); return }
+        #expect(error.code == .invalidMessage)
+    }
+
+    @Test("up to 64 members decode; a duplicate is found whether it is the 3rd member or the 64th (past the linear check)")
+    func duplicatesAtEveryCount() throws {
+        func frame(_ names: [String]) -> [UInt8] { Array(("{" + names.map { #""\#($0)":0"# }.joined(separator: ",") + "}").utf8) }
+        let names = (0..<64).map { "k\($0)" }
+        #expect(try JSONScanner.topLevelMembers(of: frame(names)).count == 64)
+        #expect(throws: JSONScanError.tooManyMembers) { try JSONScanner.topLevelMembers(of: frame(names + ["k64"])) }
+        for count in [2, 3, 8, 9, 10, 40, 63] {
+            #expect(throws: JSONScanError.duplicateKey("k0"), "at \(count)") { try JSONScanner.topLevelMembers(of: frame(Array(names.prefix(count)) + ["k0"])) }
+        }
     }
 
     @Test("member names are compared by bytes: canonically equivalent names are two members")
