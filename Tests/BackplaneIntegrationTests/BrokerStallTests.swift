@@ -98,6 +98,34 @@ struct BrokerStallTests {
         }
     }
 
+    @Test("RabbitMQ memory alarm: a gateway still shuts down promptly (the connection thread is never stuck in a socket write)")
+    func shutdownWhileBlocked() async throws {
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let backplane = RabbitMQBackplane(
+            configuration: RabbitMQConfiguration(
+                amqp: try AMQPConfiguration(url: try Broker.url),
+                gatewayID: "stall-\(tag)",
+                exchange: "sbtest.\(tag)",
+                publishLimits: AMQPConnection.PublishLimits(maximumPending: Self.bound, timeout: .seconds(30))
+            ),
+            logger: Self.logger
+        )
+        try Broker.ctl(["set_vm_memory_high_watermark", "0"])
+        defer { _ = try? Broker.ctl(["set_vm_memory_high_watermark", "0.4"]) }
+        let stopping = try await Self.withStallGateway(backplane) { gateway in
+            let alice = try await gateway.connect("alice")
+            for index in 0..<100 { try await alice.send(Self.message(index: index)) }
+            guard try await eventually(timeout: .seconds(20), { backplane.statistics.isBlocked && backplane.statistics.pendingPublishes > 0 }) else {
+                throw TestFailure("the broker did not block the publisher: \(backplane.statistics)")
+            }
+            // Publishes wait (their 30 s timeout has not passed); shut down now.
+            return ContinuousClock.now
+        }
+        let took = ContinuousClock.now - stopping
+        print("[rabbitmq] shutdown while blocked took \(took)")
+        #expect(took < .seconds(10), "shutdown took \(took)")
+    }
+
     // MARK: Helpers
 
     static var logger: Logger {
@@ -107,7 +135,7 @@ struct BrokerStallTests {
     }
 
     /// A gateway on `backplane` whose clients may send far faster than the default rate limit.
-    static func withStallGateway(_ backplane: any Backplane, _ body: @Sendable (RunningGateway) async throws -> Void) async throws {
+    static func withStallGateway<T: Sendable>(_ backplane: any Backplane, _ body: @Sendable (RunningGateway) async throws -> T) async throws -> T {
         try await withGateway(backplane: backplane, configure: { configuration in
             configuration.messageRate = 1_000_000
             configuration.messageBurst = 1_000_000
@@ -115,7 +143,7 @@ struct BrokerStallTests {
             guard try await eventually(timeout: .seconds(20), { backplane.isReady }) else {
                 throw TestFailure("the backplane did not become ready")
             }
-            try await body(gateway)
+            return try await body(gateway)
         }
     }
 
