@@ -126,6 +126,46 @@ struct BrokerStallTests {
         #expect(took < .seconds(10), "shutdown took \(took)")
     }
 
+    @Test("RabbitMQ stopped with SIGSTOP (no blocked notice, a full socket, no heartbeats): sends are answered, the loss is noticed by heartbeat, recovery after SIGCONT")
+    func rabbitMQStopped() async throws {
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        // Heartbeats every 2 s: a silent broker is noticed within 5 s.
+        var amqp = try AMQPConfiguration(url: try Broker.url)
+        amqp.heartbeatSeconds = 2
+        let backplane = RabbitMQBackplane(
+            configuration: RabbitMQConfiguration(
+                amqp: amqp,
+                gatewayID: "stall-\(tag)",
+                exchange: "sbtest.\(tag)",
+                publishLimits: AMQPConnection.PublishLimits(maximumPending: Self.bound, timeout: .seconds(2))
+            ),
+            logger: Self.logger
+        )
+        let pidText = try String(contentsOfFile: try requiredEnvironment("SWITCHBOARD_RABBITMQ_DIR") + "/rabbitmq.pid", encoding: .utf8)
+        guard let pid = pid_t(pidText.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else {
+            throw TestFailure("no RabbitMQ PID in rabbitmq.pid: '\(pidText)'")
+        }
+        try await Self.withStallGateway(backplane) { gateway in
+            let alice = try await gateway.connect("alice")
+            try await Self.warmUp(alice)
+            let before = try Self.residentBytes()
+
+            guard kill(pid, SIGSTOP) == 0 else { throw TestFailure("SIGSTOP \(pid): errno \(errno)") }
+            defer { kill(pid, SIGCONT) }
+            let count = 600
+            let answers = try await Self.sustainedSends(from: alice, count: count)
+            let after = try Self.residentBytes()
+            Self.check(answers, rssBefore: before, rssAfter: after, label: "rabbitmq-sigstop", sends: count)
+            // The heartbeat notices the silent broker: not ready (the connection is down or reconnecting).
+            #expect(try await eventually(timeout: .seconds(10)) { !backplane.isReady })
+            #expect(try await gateway.get("/readyz").status == 503)
+
+            kill(pid, SIGCONT)
+            try await Self.expectRecovery(gateway, from: alice)
+            await alice.close()
+        }
+    }
+
     // MARK: Helpers
 
     static var logger: Logger {
@@ -164,19 +204,19 @@ struct BrokerStallTests {
 
     /// Sends `sends` messages back to back, then reads one answer per send (each within the
     /// publish timeout and then some), and returns the answers by id.
-    static func sustainedSends(from client: TestClient) async throws -> [String: String] {
-        for index in 0..<sends {
+    static func sustainedSends(from client: TestClient, count: Int = sends) async throws -> [String: String] {
+        for index in 0..<count {
             try await client.send(message(index: index))
         }
         var answers: [String: String] = [:]
-        for _ in 0..<sends {
+        for _ in 0..<count {
             let answer = try await client.next(timeout: .seconds(10))
             if let id = answer["id"] { answers[id] = answer["code"] ?? answer["type"] ?? "?" }
         }
         return answers
     }
 
-    static func check(_ answers: [String: String], rssBefore: Int, rssAfter: Int, label: String) {
+    static func check(_ answers: [String: String], rssBefore: Int, rssAfter: Int, label: String, sends: Int = sends) {
         #expect(answers.count == sends, "every send got exactly one answer")
         let unavailable = answers.values.filter { $0 == "backplane_unavailable" }.count
         let other = answers.values.filter { $0 != "backplane_unavailable" && $0 != "recipient_offline" }
