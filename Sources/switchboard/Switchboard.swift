@@ -29,6 +29,7 @@ enum EnvironmentOptions {
         "allowed-origin", "tls-cert", "tls-key", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
         "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
         "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key", "event-loops",
+        "max-pending-publishes", "max-pending-publish-bytes", "publish-timeout",
     ]
 
     static func variableName(_ option: String) -> String {
