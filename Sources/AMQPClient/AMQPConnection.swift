@@ -24,9 +24,50 @@ import Glibc
 /// ``AMQPSetup``, where synchronous declarations are allowed. Commands issued while the
 /// connection is not open fail at once with `notConnected`; commands in flight when it
 /// drops fail with `connectionLost`. Nothing is silently dropped.
+///
+/// Publishes are bounded (``PublishLimits``): when the broker blocks publishing (a memory
+/// or disk alarm, `connection.blocked`) or stops confirming, at most `maximumPending`
+/// publishes (and `maximumPendingBytes` of bodies) wait; more fail at once with
+/// `overloaded`, and each waiting one fails with `timedOut` after `timeout`. While blocked,
+/// and whenever the socket's send buffer is half full, the thread writes no further
+/// publish, so it never sits inside a blocking socket write and keeps servicing
+/// heartbeats, timeouts and shutdown.
 public final class AMQPConnection: Sendable {
     public typealias PublishCompletion = @Sendable (Result<AMQPPublishOutcome, AMQPError>) -> Void
     public typealias Completion = @Sendable (Result<Void, AMQPError>) -> Void
+
+    /// Bounds on publishes that wait for the broker, so that a stalled broker costs bounded
+    /// memory and every publish is answered within `timeout`.
+    public struct PublishLimits: Sendable, Equatable {
+        /// Publishes accepted and not answered yet (queued, or awaiting their confirm); past
+        /// it, `publish` fails at once with `overloaded`.
+        public var maximumPending: Int
+        /// Bytes of bodies of those publishes; past it, the same. One publish is always
+        /// accepted when none is pending, however large.
+        public var maximumPendingBytes: Int
+        /// A publish not confirmed this long after it was accepted fails with `timedOut`
+        /// (it may still be delivered: it may be in the socket or at the broker already).
+        public var timeout: Duration
+
+        public init(maximumPending: Int = 5000, maximumPendingBytes: Int = 32 * 1024 * 1024, timeout: Duration = .seconds(5)) {
+            self.maximumPending = max(1, maximumPending)
+            self.maximumPendingBytes = max(1, maximumPendingBytes)
+            self.timeout = timeout
+        }
+    }
+
+    /// The publish backlog now, for metrics and readiness.
+    public struct PublishPressure: Sendable, Equatable {
+        /// Publishes accepted and not answered yet.
+        public var pending: Int
+        /// Bytes of their bodies.
+        public var pendingBytes: Int
+        /// The broker said `connection.blocked` (a resource alarm) and has not unblocked yet.
+        public var isBlocked: Bool
+        /// Blocked, or the oldest pending publish has waited more than half the timeout:
+        /// the broker is not keeping up, and publishes are about to time out.
+        public var isStalled: Bool
+    }
 
     /// How the connection backs off between attempts.
     public struct Backoff: Sendable {
@@ -45,6 +86,7 @@ public final class AMQPConnection: Sendable {
     private let logger: Logger
     private let backoff: Backoff
     private let maximumUnconfirmed: Int
+    private let publishLimits: PublishLimits
     private let setUp: @Sendable (AMQPSetup) throws(AMQPError) -> Void
     private let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
     private let onStateChange: @Sendable (AMQPConnectionState) -> Void
@@ -55,6 +97,7 @@ public final class AMQPConnection: Sendable {
     ///   - logger: Where the connection logs (never the password).
     ///   - backoff: Delay between reconnect attempts, doubled up to `maximum`, with jitter.
     ///   - maximumUnconfirmed: Publishes awaiting a confirm before further ones wait (the sliding window).
+    ///   - publishLimits: How many publishes may wait at all, and for how long.
     ///   - setUp: Runs on the connection thread after every successful login.
     ///   - onDeliveries: Receives consumed messages in batches, on the connection thread. Must not block.
     ///   - onStateChange: Told about every state change, on the connection thread. Must not block.
@@ -64,6 +107,7 @@ public final class AMQPConnection: Sendable {
         logger: Logger,
         backoff: Backoff = Backoff(),
         maximumUnconfirmed: Int = 1000,
+        publishLimits: PublishLimits = PublishLimits(),
         setUp: @escaping @Sendable (AMQPSetup) throws(AMQPError) -> Void,
         onDeliveries: @escaping @Sendable ([AMQPDelivery]) -> Void = { _ in },
         onStateChange: @escaping @Sendable (AMQPConnectionState) -> Void = { _ in }
@@ -76,6 +120,7 @@ public final class AMQPConnection: Sendable {
         self.logger = logger
         self.backoff = backoff
         self.maximumUnconfirmed = maximumUnconfirmed
+        self.publishLimits = publishLimits
         self.setUp = setUp
         self.onDeliveries = onDeliveries
         self.onStateChange = onStateChange
@@ -84,6 +129,9 @@ public final class AMQPConnection: Sendable {
     /// Whether the connection is open and set up now.
     public var isOpen: Bool { shared.phase == .open }
 
+    /// The publish backlog now (pending publishes, blocked, stalled).
+    public var publishPressure: PublishPressure { shared.pressure }
+
     /// Starts the connection thread; it connects at once. Call once.
     public func start() {
         let context = AMQPConnectionThread.Context(
@@ -91,6 +139,7 @@ public final class AMQPConnection: Sendable {
             logger: logger,
             backoff: backoff,
             maximumUnconfirmed: maximumUnconfirmed,
+            publishLimits: publishLimits,
             setUp: setUp,
             onDeliveries: onDeliveries,
             onStateChange: onStateChange,
@@ -118,6 +167,9 @@ public final class AMQPConnection: Sendable {
     /// was bound. Many publishes may await their confirms at once (up to `maximumUnconfirmed`).
     /// `persistent` sets delivery mode 2, so that durable queues keep the message across
     /// a broker restart; gateway traffic is transient (its queues die with the gateway).
+    ///
+    /// Fails at once with `overloaded` when ``PublishLimits`` are reached, and with
+    /// `timedOut` when no confirm came within the limits' timeout.
     public func publish(
         exchange: String,
         routingKey: String,
@@ -126,8 +178,24 @@ public final class AMQPConnection: Sendable {
         persistent: Bool = false,
         completion: @escaping PublishCompletion
     ) {
-        enqueue(.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, persistent: persistent, completion: completion)) {
-            completion(.failure($0))
+        let size = body.readableBytes
+        let shared = self.shared
+        let publish = AMQPPublish(
+            exchange: exchange,
+            routingKey: routingKey,
+            body: body,
+            mandatory: mandatory,
+            persistent: persistent,
+            deadline: .now + publishLimits.timeout,
+            // Every accepted publish is answered exactly once (confirm, failure or timeout):
+            // that answer releases its place in the bound.
+            completion: { result in
+                shared.publishAnswered(bytes: size)
+                completion(result)
+            }
+        )
+        if let error = shared.enqueue(publish, limits: publishLimits) {
+            completion(.failure(error))
         }
     }
 
@@ -162,6 +230,10 @@ final class AMQPConnectionShared: Sendable {
     private struct State {
         var phase: Phase = .connecting
         var commands: [AMQPCommand] = []
+        var pendingPublishes = 0
+        var pendingBytes = 0
+        var blocked = false
+        var stalled = false
         var stopRequested = false
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
         var started = false
@@ -188,6 +260,58 @@ final class AMQPConnectionShared: Sendable {
 
     func setPhase(_ phase: Phase) {
         state.withLock { $0.phase = phase }
+    }
+
+    var pressure: AMQPConnection.PublishPressure {
+        state.withLock { state in
+            AMQPConnection.PublishPressure(
+                pending: state.pendingPublishes,
+                pendingBytes: state.pendingBytes,
+                isBlocked: state.blocked,
+                isStalled: state.stalled
+            )
+        }
+    }
+
+    /// Set by the thread: `connection.blocked` / `unblocked`, and its stall estimate.
+    func setPressure(blocked: Bool, stalled: Bool) {
+        state.withLock { state in
+            state.blocked = blocked
+            state.stalled = stalled
+        }
+    }
+
+    /// Queues a publish, counting it against `limits`, or returns why it cannot be sent now.
+    func enqueue(_ publish: AMQPPublish, limits: AMQPConnection.PublishLimits) -> AMQPError? {
+        let size = publish.body.readableBytes
+        let error: AMQPError? = state.withLock { state in
+            switch state.phase {
+            case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
+            case .connecting: return AMQPError(.notConnected, "the AMQP connection is not open")
+            case .open:
+                if state.pendingPublishes >= limits.maximumPending
+                    || (state.pendingPublishes > 0 && state.pendingBytes + size > limits.maximumPendingBytes)
+                {
+                    return AMQPError(
+                        .overloaded,
+                        "\(state.pendingPublishes) publishes (\(state.pendingBytes) bytes) await the broker\(state.blocked ? ", which blocks publishing" : "")"
+                    )
+                }
+                state.pendingPublishes += 1
+                state.pendingBytes += size
+                state.commands.append(.publish(publish))
+                return nil
+            }
+        }
+        if error == nil { wake() }
+        return error
+    }
+
+    func publishAnswered(bytes: Int) {
+        state.withLock { state in
+            state.pendingPublishes -= 1
+            state.pendingBytes -= bytes
+        }
     }
 
     /// Queues `command` for the thread, or returns why it cannot be sent now.
@@ -257,15 +381,32 @@ final class AMQPConnectionShared: Sendable {
     }
 }
 
+/// A publish on its way to the socket.
+struct AMQPPublish {
+    var exchange: String
+    var routingKey: String
+    var body: ByteBuffer
+    var mandatory: Bool
+    var persistent: Bool
+    /// When it fails with `timedOut` if not confirmed by then.
+    var deadline: ContinuousClock.Instant
+    var completion: AMQPConnection.PublishCompletion
+
+    /// About the bytes its frames take in the socket: method, header and body frames.
+    var wireSize: Int {
+        body.readableBytes + exchange.utf8.count + routingKey.utf8.count + 128 + (body.readableBytes / 131_072 + 1) * 8
+    }
+}
+
 /// Work for the connection thread.
 enum AMQPCommand {
-    case publish(exchange: String, routingKey: String, body: ByteBuffer, mandatory: Bool, persistent: Bool, completion: AMQPConnection.PublishCompletion)
+    case publish(AMQPPublish)
     case bind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
     case unbind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
 
     func fail(_ error: AMQPError) {
         switch self {
-        case .publish(_, _, _, _, _, let completion): completion(.failure(error))
+        case .publish(let publish): publish.completion(.failure(error))
         case .bind(_, _, _, let completion), .unbind(_, _, _, let completion): completion(.failure(error))
         }
     }

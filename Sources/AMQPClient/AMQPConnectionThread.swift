@@ -16,6 +16,7 @@ final class AMQPConnectionThread {
         let logger: Logger
         let backoff: AMQPConnection.Backoff
         let maximumUnconfirmed: Int
+        let publishLimits: AMQPConnection.PublishLimits
         let setUp: @Sendable (AMQPSetup) throws(AMQPError) -> Void
         let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
         let onStateChange: @Sendable (AMQPConnectionState) -> Void
@@ -47,6 +48,11 @@ final class AMQPConnectionThread {
     private var contents: [UInt16: PendingContent] = [:]
     private var deliveries: [AMQPDelivery] = []
     private var lastReceived = ContinuousClock.now
+    /// The broker sent `connection.blocked` (a resource alarm) and no `connection.unblocked` yet.
+    private var blocked = false
+    /// A publish waits because the socket's send buffer is too full to take it whole.
+    private var waitingForSocketRoom = false
+    private var lastReportedPressure: (blocked: Bool, stalled: Bool) = (false, false)
 
     init(context: Context) {
         self.context = context
@@ -108,6 +114,11 @@ final class AMQPConnectionThread {
         self.connection = connection
         confirmsEnabled = false
         confirms = AMQPConfirmWindow()
+        blocked = false
+        waitingForSocketRoom = false
+        // A new connection starts unblocked; what waited on the old one has failed already.
+        lastReportedPressure = (false, false)
+        context.shared.setPressure(blocked: false, stalled: false)
 
         let socket: OpaquePointer?
         if let tls = configuration.tls {
@@ -168,7 +179,8 @@ final class AMQPConnectionThread {
 
     private func closeConnection() {
         guard let connection else { return }
-        if context.shared.stopRequested {
+        // A broker that blocks publishing does not read the close either: do not wait for it.
+        if context.shared.stopRequested, !blocked, !confirms.holdsTimedOut {
             // A clean close; bounded by the request timeout.
             _ = amqp_connection_close(connection, crmq_reply_success)
         }
@@ -188,6 +200,7 @@ final class AMQPConnectionThread {
             backlog.append(contentsOf: context.shared.takeCommands())
             try sendBacklog(connection)
             try readFrames(connection)
+            let nextDeadline = expirePublishes()
             if !deliveries.isEmpty {
                 let batch = deliveries
                 deliveries.removeAll(keepingCapacity: true)
@@ -200,8 +213,73 @@ final class AMQPConnectionThread {
             if heartbeat > 0, ContinuousClock.now - lastReceived > .seconds(2 * heartbeat + 1) {
                 throw AMQPError(.connectionLost, "no data or heartbeat from the broker for \(2 * heartbeat + 1) s")
             }
-            try waitForActivity(connection, milliseconds: pollMilliseconds)
+            // Wake for the next publish timeout, and soon while a publish waits for socket room
+            // (POLLOUT would fire before half the buffer is free, so it cannot be the signal).
+            var milliseconds = pollMilliseconds
+            if let nextDeadline {
+                milliseconds = min(milliseconds, Int32(clamping: max(1, (nextDeadline - .now).milliseconds + 1)))
+            }
+            if waitingForSocketRoom, !blocked { milliseconds = min(milliseconds, 10) }
+            try waitForActivity(connection, milliseconds: milliseconds)
         }
+    }
+
+    /// Answers the publishes whose timeout passed (queued or awaiting a confirm), updates the
+    /// shared blocked and stalled flags, and returns the earliest deadline still pending.
+    private func expirePublishes() -> ContinuousClock.Instant? {
+        let now = ContinuousClock.now
+        let timeout = context.publishLimits.timeout
+        if let first = firstQueuedDeadline, first <= now {
+            let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(blocked ? "blocks publishing" : "is not keeping up")")
+            backlog.removeAll { command in
+                guard case .publish(let publish) = command, publish.deadline <= now else { return false }
+                publish.completion(.failure(error))
+                return true
+            }
+        }
+        confirms.expire(now: now, timeout: timeout)
+        let next = [firstQueuedDeadline, confirms.firstDeadline].compactMap { $0 }.min()
+        // Stalled: blocked, publishes that timed out are still unconfirmed, or the oldest
+        // waiting publish is past half its timeout.
+        let stalled = blocked || confirms.holdsTimedOut || (next.map { $0 - now < timeout / 2 } ?? false)
+        if lastReportedPressure.blocked != blocked || lastReportedPressure.stalled != stalled {
+            if stalled != lastReportedPressure.stalled {
+                logger.log(
+                    level: stalled ? .warning : .info,
+                    stalled ? "AMQP publishing stalled" : "AMQP publishing flows again",
+                    metadata: ["amqp.blocked": .stringConvertible(blocked), "amqp.unconfirmed": .stringConvertible(confirms.count)]
+                )
+            }
+            lastReportedPressure = (blocked, stalled)
+            context.shared.setPressure(blocked: blocked, stalled: stalled)
+        }
+        return next
+    }
+
+    /// The deadline of the oldest publish not written yet (the backlog keeps acceptance order).
+    private var firstQueuedDeadline: ContinuousClock.Instant? {
+        for command in backlog {
+            if case .publish(let publish) = command { return publish.deadline }
+        }
+        return nil
+    }
+
+    /// Whether the socket's send buffer can take `bytes` more without a blocking write.
+    ///
+    /// rabbitmq-c writes a publish whole, waiting in `poll()` as long as the broker keeps
+    /// sending heartbeats; a broker that blocks publishing stops reading, so that write would
+    /// hold this thread until the alarm clears (no timeouts, no shutdown). Writing only while
+    /// the kernel's send buffer is at most half full (after the write) keeps every write
+    /// non-blocking: Linux accepts data while its accounted size is below SO_SNDBUF.
+    private func hasSocketRoom(_ connection: OpaquePointer, bytes: Int) -> Bool {
+        let descriptor = amqp_get_sockfd(connection)
+        let unsent = crmq_unsent_bytes(descriptor)
+        // An empty buffer takes any publish (a larger one than half the buffer may then wait
+        // for the broker to read, as any write would); an unknown one too.
+        guard unsent > 0 else { return true }
+        let size = crmq_send_buffer_size(descriptor)
+        guard size > 0 else { return true }
+        return Int(unsent) + bytes <= Int(size) / 2
     }
 
     /// Sleeps in `poll()` until the socket is readable, the thread is woken, or the timeout passes.
@@ -230,12 +308,20 @@ final class AMQPConnectionThread {
     private func sendBacklog(_ connection: OpaquePointer) throws(AMQPError) {
         var index = 0
         defer { backlog.removeFirst(index) }
+        waitingForSocketRoom = false
         while index < backlog.count {
             switch backlog[index] {
-            case .publish(let exchange, let routingKey, let body, let mandatory, let persistent, let completion):
+            case .publish(let publish):
+                // Held (in order) while the broker blocks publishing, the window is full, or
+                // the socket could not take the publish without blocking; timeouts answer them.
+                if blocked { return }
                 if confirmsEnabled, confirms.count >= context.maximumUnconfirmed { return }
+                guard hasSocketRoom(connection, bytes: publish.wireSize) else {
+                    waitingForSocketRoom = true
+                    return
+                }
                 index += 1
-                try publish(connection, exchange: exchange, routingKey: routingKey, body: body, mandatory: mandatory, persistent: persistent, completion: completion)
+                try self.publish(connection, publish)
 
             case .bind:
                 // Consecutive binds: all no-wait but the last, whose reply fences them all.
@@ -267,15 +353,10 @@ final class AMQPConnectionThread {
         }
     }
 
-    private func publish(
-        _ connection: OpaquePointer,
-        exchange: String,
-        routingKey: String,
-        body: ByteBuffer,
-        mandatory: Bool,
-        persistent: Bool,
-        completion: @escaping AMQPConnection.PublishCompletion
-    ) throws(AMQPError) {
+    private func publish(_ connection: OpaquePointer, _ publish: AMQPPublish) throws(AMQPError) {
+        let (exchange, routingKey, body, mandatory, persistent, completion) = (
+            publish.exchange, publish.routingKey, publish.body, publish.mandatory, publish.persistent, publish.completion
+        )
         let tag = confirms.nextTag
         // The delivery tag rides in message-id so that a basic.return (which carries no
         // tag) can be matched to its publish.
@@ -299,7 +380,7 @@ final class AMQPConnectionThread {
             throw error
         }
         if confirmsEnabled {
-            confirms.add(completion)
+            confirms.add(deadline: publish.deadline, completion)
         } else {
             completion(.success(.sent))
         }
@@ -374,8 +455,14 @@ final class AMQPConnectionThread {
             _ = amqp_send_method(connection, 0, crmq_connection_close_ok, &ok)
             throw AMQPError(.connectionClosed, close.reply_text.string, replyCode: close.reply_code)
         case crmq_connection_blocked:
-            logger.warning("the broker blocked publishing (resource alarm); confirms will wait")
+            let reason = decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee.reason.string
+            blocked = true
+            logger.warning(
+                "the broker blocked publishing (resource alarm); publishes wait, then time out",
+                metadata: ["amqp.reason": .string(reason)]
+            )
         case crmq_connection_unblocked:
+            blocked = false
             logger.info("the broker unblocked publishing")
         default:
             logger.trace("ignored AMQP method", metadata: ["amqp.method": .stringConvertible(method.id), "amqp.channel": .stringConvertible(channel)])

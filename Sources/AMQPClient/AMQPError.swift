@@ -24,6 +24,12 @@ public struct AMQPError: Error, Sendable, CustomStringConvertible {
         public static let nacked = Code("nacked")
         /// The connection is not open now; the operation was not sent.
         public static let notConnected = Code("not_connected")
+        /// Too many publishes are pending (``AMQPConnection/PublishLimits``): the broker blocks
+        /// publishing or stopped confirming. Nothing was sent; the caller may try again later.
+        public static let overloaded = Code("overloaded")
+        /// The publish got no confirm within ``AMQPConnection/PublishLimits/timeout``. It may
+        /// still reach the broker and be delivered (it may already be in the socket).
+        public static let timedOut = Code("timed_out")
         /// The client was shut down.
         public static let shutDown = Code("shut_down")
         /// A configuration or URL the client cannot use.

@@ -16,14 +16,46 @@
 #include <amqp_ssl_socket.h>
 #endif
 
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-// amqp_login is C-variadic (the SASL arguments), which Swift cannot call.
+// amqp_login is C-variadic (the SASL arguments), which Swift cannot call. It logs in with
+// the client capability `connection.blocked` (merged into rabbitmq-c's default client
+// properties), so that RabbitMQ tells the client when a resource alarm blocks publishing
+// instead of silently no longer reading its socket.
 static inline amqp_rpc_reply_t crmq_login_plain(amqp_connection_state_t state, const char *vhost, int channel_max,
                                                 int frame_max, int heartbeat, const char *user, const char *password) {
-    return amqp_login(state, vhost, channel_max, frame_max, heartbeat, AMQP_SASL_METHOD_PLAIN, user, password);
+    amqp_table_entry_t capability;
+    capability.key = amqp_cstring_bytes("connection.blocked");
+    capability.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    capability.value.value.boolean = 1;
+    amqp_table_entry_t property;
+    property.key = amqp_cstring_bytes("capabilities");
+    property.value.kind = AMQP_FIELD_KIND_TABLE;
+    property.value.value.table.num_entries = 1;
+    property.value.value.table.entries = &capability;
+    amqp_table_t properties;
+    properties.num_entries = 1;
+    properties.entries = &property;
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat, &properties, AMQP_SASL_METHOD_PLAIN,
+                                      user, password);
+}
+
+// Bytes written to a TCP socket and not yet acknowledged by the peer (SIOCOUTQ), or -1.
+static inline int crmq_unsent_bytes(int fd) {
+    int bytes = 0;
+    return ioctl(fd, SIOCOUTQ, &bytes) == 0 ? bytes : -1;
+}
+
+// The socket's send buffer size (SO_SNDBUF, as the kernel accounts it), or -1.
+static inline int crmq_send_buffer_size(int fd) {
+    int size = 0;
+    socklen_t length = sizeof(size);
+    return getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, &length) == 0 ? size : -1;
 }
 
 // Method numbers and property flags are macros with casts or shifts, which Swift does not import.

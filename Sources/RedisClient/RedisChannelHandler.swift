@@ -23,6 +23,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private let reader = RESPReader()
     private var pending = CircularBuffer<Pending>(initialCapacity: 64)
     private let isSubscriber: Bool
+    /// Set once the channel failed or closed: a command written after that (the connection
+    /// still looked open to its sender) fails at once instead of waiting for a reply forever.
+    private var closedError: RedisError?
     private let onMessages: @Sendable ([RedisMessage]) -> Void
 
     init(isSubscriber: Bool, onMessages: @escaping @Sendable ([RedisMessage]) -> Void) {
@@ -35,6 +38,11 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let outbound = unwrapOutboundIn(data)
+        if let closedError {
+            outbound.completion(.failure(closedError))
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
         pending.append(Pending(completion: outbound.completion, since: .now(), name: outbound.command.name))
         context.write(wrapOutboundOut(outbound.command.bytes), promise: promise)
     }
@@ -78,6 +86,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     private func failPending(_ error: RedisError) {
+        if closedError == nil { closedError = error }
         while let next = pending.popFirst() {
             next.completion(.failure(error))
         }

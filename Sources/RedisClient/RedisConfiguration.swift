@@ -16,6 +16,14 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// An idle connection sends `PING` this often, so that a dead server is noticed
     /// within about `healthCheckInterval + commandTimeout` even when nothing is sent.
     public var healthCheckInterval: Duration
+    /// Commands sent and not answered yet, per connection (queued for the event loop, in
+    /// NIO's write buffer, or awaiting their reply); past it, `send` fails at once with
+    /// `overloaded`. A stopped or stalled server (SIGSTOP, a long `DEBUG SLEEP`) then costs
+    /// bounded memory until the command timeout closes the connection.
+    public var maximumPendingCommands: Int
+    /// Bytes of those commands; past it, the same. One command is always accepted when
+    /// none is pending, however large.
+    public var maximumPendingBytes: Int
     /// Reconnect delays grow from `reconnectMinimumDelay` to `reconnectMaximumDelay`, jittered.
     public var reconnectMinimumDelay: Duration
     public var reconnectMaximumDelay: Duration
@@ -32,8 +40,12 @@ public struct RedisConfiguration: Sendable, Equatable {
         healthCheckInterval: Duration = .seconds(5),
         reconnectMinimumDelay: Duration = .milliseconds(100),
         reconnectMaximumDelay: Duration = .seconds(5),
+        maximumPendingCommands: Int = 5000,
+        maximumPendingBytes: Int = 32 * 1024 * 1024,
         parameters: [String: String] = [:]
     ) {
+        self.maximumPendingCommands = max(1, maximumPendingCommands)
+        self.maximumPendingBytes = max(1, maximumPendingBytes)
         self.host = host
         self.port = port
         self.username = username

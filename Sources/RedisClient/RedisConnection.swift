@@ -20,6 +20,11 @@ import Synchronization
 /// pending command fails with `connectionLost`, `onStateChange(false)` runs, and it
 /// reconnects after a jittered, growing delay. Commands sent while it is not open fail
 /// at once with `notConnected`: nothing is queued for later.
+///
+/// Pending commands are bounded (``RedisConfiguration/maximumPendingCommands`` and
+/// `maximumPendingBytes`): past the bound `send` fails at once with `overloaded`, so a
+/// server that stops reading (SIGSTOP) cannot grow NIO's write buffer without limit; the
+/// command timeout still answers every command that was accepted.
 public final class RedisConnection: Sendable {
     /// Runs when a command's reply (or failure) arrives, on the connection's event loop.
     public typealias Completion = @Sendable (Result<RedisValue, RedisError>) -> Void
@@ -47,6 +52,10 @@ public final class RedisConnection: Sendable {
     private let onStateChange: @Sendable (Bool) -> Void
     private let core: NIOLoopBoundBox<Core>
     private let open = Atomic<Bool>(false)
+    /// Commands accepted and not answered yet, and their bytes: the bound's count.
+    private let pending = Mutex<(commands: Int, bytes: Int)>((0, 0))
+    /// The oldest pending command is past half the command timeout (set every 250 ms).
+    private let stalled = Atomic<Bool>(false)
 
     /// State that only the event loop touches.
     private final class Core {
@@ -92,6 +101,13 @@ public final class RedisConnection: Sendable {
     /// Whether the connection is open and set up now.
     public var isOpen: Bool { open.load(ordering: .acquiring) }
 
+    /// Commands accepted and not answered yet.
+    public var pendingCommands: Int { pending.withLock { $0.commands } }
+
+    /// Whether the server has left a command unanswered for more than half the command
+    /// timeout: it is stalled (stopped, or far behind), and commands are about to time out.
+    public var isStalled: Bool { stalled.load(ordering: .relaxed) }
+
     /// Starts connecting; returns at once.
     public func start() {
         eventLoop.execute {
@@ -120,11 +136,35 @@ public final class RedisConnection: Sendable {
 
     /// Sends `command`; `completion` gets the reply, `.serverError` for an error reply,
     /// or `.notConnected` / `.connectionLost`.
+    ///
+    /// Fails at once with `.overloaded` when the pending-command bound is reached.
     public func send(_ command: RedisCommand, completion: @escaping Completion) {
+        let size = command.bytes.readableBytes
+        let maximum = (configuration.maximumPendingCommands, configuration.maximumPendingBytes)
+        let refused: (commands: Int, bytes: Int)? = pending.withLock { pending in
+            if pending.commands >= maximum.0 || (pending.commands > 0 && pending.bytes + size > maximum.1) { return pending }
+            pending.commands += 1
+            pending.bytes += size
+            return nil
+        }
+        if let refused {
+            return completion(
+                .failure(RedisError(.overloaded, "\(command.name): \(refused.commands) commands (\(refused.bytes) bytes) await Redis; not sent"))
+            )
+        }
+        // Every accepted command is answered exactly once (reply, failure, timeout): that
+        // answer releases its place in the bound.
+        let answered: Completion = { result in
+            self.pending.withLock { pending in
+                pending.commands -= 1
+                pending.bytes -= size
+            }
+            completion(result)
+        }
         if eventLoop.inEventLoop {
-            sendOnLoop(command, completion)
+            sendOnLoop(command, answered)
         } else {
-            eventLoop.execute { self.sendOnLoop(command, completion) }
+            eventLoop.execute { self.sendOnLoop(command, answered) }
         }
     }
 
@@ -215,6 +255,7 @@ public final class RedisConnection: Sendable {
         guard core.channel === channel else { return }
         core.channel = nil
         core.handler = nil
+        stalled.store(false, ordering: .relaxed)
         setOpen(false)
         guard core.phase != .shutDown else { return }
         logger.warning("Redis connection lost; reconnecting")
@@ -239,7 +280,16 @@ public final class RedisConnection: Sendable {
         let core = core.value
         guard core.phase == .open, let channel = core.channel, let handler = core.handler else { return }
         let now = NIODeadline.now()
-        if let oldest = handler.oldestPendingSince, now - oldest > TimeAmount(configuration.commandTimeout) {
+        let waited = handler.oldestPendingSince.map { now - $0 }
+        let isStalled = waited.map { $0 > TimeAmount(configuration.commandTimeout / 2) } ?? false
+        if stalled.exchange(isStalled, ordering: .relaxed) != isStalled {
+            logger.log(
+                level: isStalled ? .warning : .info,
+                isStalled ? "Redis is not answering; commands wait" : "Redis answers again",
+                metadata: ["redis.pending": .stringConvertible(handler.pendingCount)]
+            )
+        }
+        if let waited, waited > TimeAmount(configuration.commandTimeout) {
             logger.warning("Redis command timed out; closing the connection", metadata: ["redis.pending": .stringConvertible(handler.pendingCount)])
             channel.close(promise: nil)
             return

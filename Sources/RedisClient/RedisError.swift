@@ -19,6 +19,9 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let protocolError = Code("protocol_error")
         /// The connection is not open now; the command was not sent.
         public static let notConnected = Code("not_connected")
+        /// Too many commands await their replies (``RedisConfiguration/maximumPendingCommands``):
+        /// the server is stalled or slow. The command was not sent; try again later.
+        public static let overloaded = Code("overloaded")
         /// The client was shut down.
         public static let shutDown = Code("shut_down")
         /// A URL or setting the client cannot use.

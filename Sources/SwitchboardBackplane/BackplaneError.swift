@@ -11,6 +11,11 @@ public struct BackplaneError: Error, Sendable, CustomStringConvertible {
         public static let closed = Code("closed")
         /// The broker refused the operation.
         public static let rejected = Code("rejected")
+        /// The broker is stalled (it blocks publishing, or stopped answering): the publish was
+        /// refused because too many are pending (nothing was sent), or it waited longer than
+        /// the publish timeout (it may still be delivered). The gateway answers
+        /// `backplane_unavailable`.
+        public static let overloaded = Code("overloaded")
 
         public var description: String { name }
     }

@@ -14,8 +14,19 @@ public struct BackplaneStatistics: Sendable, Equatable {
     public var unroutable = 0
     /// Publishes taken without knowing who got them (``PublishOutcome/unknown``).
     public var unconfirmed = 0
-    /// Publishes that failed (broker down, rejected).
+    /// Publishes that failed (broker down, rejected), other than the two below.
     public var publishFailures = 0
+    /// Publishes refused at once because the pending-publish bound was reached (a stalled broker).
+    public var publishesRefusedFull = 0
+    /// Publishes answered because they waited longer than the publish timeout (may still be delivered).
+    public var publishTimeouts = 0
+    /// Publishes accepted and not answered yet, now (a gauge).
+    public var pendingPublishes = 0
+    /// The broker blocks publishing now (RabbitMQ `connection.blocked`, a resource alarm).
+    public var isBlocked = false
+    /// Publishing is stalled now: blocked, or the oldest pending publish is past half its
+    /// timeout. The gateway is not ready meanwhile.
+    public var isStalled = false
     /// Binds (AMQP `queue.bind`, Redis `SUBSCRIBE`) that succeeded, and those that failed.
     public var binds = 0
     public var bindFailures = 0
@@ -36,6 +47,8 @@ public final class BackplaneCounters: Sendable {
     public let unroutable = Atomic<Int>(0)
     public let unconfirmed = Atomic<Int>(0)
     public let publishFailures = Atomic<Int>(0)
+    public let publishesRefusedFull = Atomic<Int>(0)
+    public let publishTimeouts = Atomic<Int>(0)
     public let binds = Atomic<Int>(0)
     public let bindFailures = Atomic<Int>(0)
     public let unbinds = Atomic<Int>(0)
@@ -50,10 +63,23 @@ public final class BackplaneCounters: Sendable {
         case .success(.routed): routed.add(1, ordering: .relaxed)
         case .success(.noRecipient): unroutable.add(1, ordering: .relaxed)
         case .success(.unknown): unconfirmed.add(1, ordering: .relaxed)
+        case .failure(let error) where error.code == .overloaded:
+            // Which of the two: the backplane counts it with countStalled(timedOut:).
+            break
         case .failure: publishFailures.add(1, ordering: .relaxed)
         }
     }
 
+    /// Counts a publish answered `overloaded`: refused because the bound was full, or timed out.
+    public func countStalled(timedOut: Bool) {
+        if timedOut {
+            publishTimeouts.add(1, ordering: .relaxed)
+        } else {
+            publishesRefusedFull.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// The counters; the gauges (pending, blocked, stalled) are the backplane's to fill in.
     public var snapshot: BackplaneStatistics {
         var statistics = BackplaneStatistics()
         statistics.received = received.load(ordering: .relaxed)
@@ -62,6 +88,8 @@ public final class BackplaneCounters: Sendable {
         statistics.unroutable = unroutable.load(ordering: .relaxed)
         statistics.unconfirmed = unconfirmed.load(ordering: .relaxed)
         statistics.publishFailures = publishFailures.load(ordering: .relaxed)
+        statistics.publishesRefusedFull = publishesRefusedFull.load(ordering: .relaxed)
+        statistics.publishTimeouts = publishTimeouts.load(ordering: .relaxed)
         statistics.binds = binds.load(ordering: .relaxed)
         statistics.bindFailures = bindFailures.load(ordering: .relaxed)
         statistics.unbinds = unbinds.load(ordering: .relaxed)

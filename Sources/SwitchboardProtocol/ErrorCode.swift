@@ -16,7 +16,9 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case notMember = "not_member"
     /// No gateway hosts the recipient of a direct message.
     case recipientOffline = "recipient_offline"
-    /// The backplane cannot take the message now; nothing was sent.
+    /// The backplane cannot take the message now (broker down or stalled). Usually nothing
+    /// was sent; a message whose broker connection dropped, or that timed out waiting for
+    /// the broker's confirm, may still be delivered.
     case backplaneUnavailable = "backplane_unavailable"
     /// Anything else that went wrong on the server's side.
     case `internal` = "internal"

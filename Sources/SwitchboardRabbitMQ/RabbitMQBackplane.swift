@@ -29,6 +29,12 @@ import Synchronization
 ///   when a connection dropped fail the same way (they may or may not have been routed).
 /// - After a reconnect the queue is declared again and every binding in force is
 ///   restored (no-wait binds with one fence) before the backplane reports ready.
+/// - A stalled broker (`connection.blocked` on a memory or disk alarm, or no confirms)
+///   costs bounded memory: at most ``RabbitMQConfiguration/publishLimits`` publishes wait;
+///   more fail at once with `BackplaneError.overloaded` (not sent), and each waiting one
+///   fails the same way after the publish timeout (it may still be delivered once the
+///   broker recovers: it may be in the socket or at the broker already). `isReady` is
+///   false while publishing is stalled; it all recovers by itself when the alarm clears.
 public final class RabbitMQBackplane: Backplane {
     /// What the two connection threads and the callers share; each part has its own lock.
     private final class Shared: Sendable {
@@ -92,6 +98,7 @@ public final class RabbitMQBackplane: Backplane {
             name: "\(configuration.gatewayID)-publisher",
             logger: logger,
             maximumUnconfirmed: configuration.maximumUnconfirmed,
+            publishLimits: configuration.publishLimits,
             setUp: { (setup) throws(AMQPError) in
                 try setup.declareExchange(exchange, type: "topic", durable: true)
                 if let eventsExchange { try setup.declareExchange(eventsExchange, type: "topic", durable: true) }
@@ -103,10 +110,20 @@ public final class RabbitMQBackplane: Backplane {
         )
     }
 
-    public var statistics: BackplaneStatistics { shared.counters.snapshot }
+    public var statistics: BackplaneStatistics {
+        var statistics = shared.counters.snapshot
+        let pressure = publisher.publishPressure
+        statistics.pendingPublishes = pressure.pending
+        statistics.isBlocked = pressure.isBlocked
+        statistics.isStalled = pressure.isStalled
+        return statistics
+    }
 
+    /// Both connections are open and publishing is not stalled (blocked by an alarm, or
+    /// publishes near their timeout): a load balancer should send new clients elsewhere.
     public var isReady: Bool {
         shared.consumerOpen.load(ordering: .acquiring) && shared.publisherOpen.load(ordering: .acquiring)
+            && !publisher.publishPressure.isStalled
     }
 
     public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
@@ -165,6 +182,9 @@ public final class RabbitMQBackplane: Backplane {
                 outcome = .success(.noRecipient)
             case .failure(let error) where error.code == .nacked:
                 outcome = .failure(BackplaneError(.rejected, "the broker rejected the message", cause: error))
+            case .failure(let error) where error.code == .overloaded || error.code == .timedOut:
+                shared.counters.countStalled(timedOut: error.code == .timedOut)
+                outcome = .failure(BackplaneError(.overloaded, "the broker is stalled (blocked or not confirming)", cause: error))
             case .failure(let error):
                 outcome = .failure(BackplaneError(.unavailable, "the broker connection is down", cause: error))
             }

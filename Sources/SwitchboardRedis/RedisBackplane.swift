@@ -29,6 +29,12 @@ import Synchronization
 /// whose reply was pending when the connection dropped fails the same way (it may or may
 /// not have been delivered). After a reconnect every wanted channel is subscribed again
 /// before the backplane reports ready.
+///
+/// A stalled server (stopped with SIGSTOP, or far behind) costs bounded memory: at most
+/// ``RedisClient/RedisConfiguration/maximumPendingCommands`` commands wait per connection;
+/// more publishes fail at once with `BackplaneError.overloaded` (not sent), and the command
+/// timeout answers each waiting one (`unavailable`; it may still be delivered). `isReady`
+/// is false while a command has waited more than half the command timeout.
 public final class RedisBackplane: Backplane {
     /// What the connections' callbacks and the callers share.
     private final class Shared: Sendable {
@@ -89,9 +95,18 @@ public final class RedisBackplane: Backplane {
 
     private let naming: ChannelNaming
 
-    public var isReady: Bool { subscriber.isOpen && publisher.isOpen }
+    /// Both connections are open and neither has a command waiting past half the command
+    /// timeout (a stalled server accepts connections and then answers nothing).
+    public var isReady: Bool {
+        subscriber.isOpen && publisher.isOpen && !subscriber.isStalled && !publisher.isStalled
+    }
 
-    public var statistics: BackplaneStatistics { shared.counters.snapshot }
+    public var statistics: BackplaneStatistics {
+        var statistics = shared.counters.snapshot
+        statistics.pendingPublishes = publisher.pendingCommands
+        statistics.isStalled = subscriber.isStalled || publisher.isStalled
+        return statistics
+    }
 
     public func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) {
         shared.wanted.setHandler(handler)
@@ -168,6 +183,9 @@ public final class RedisBackplane: Backplane {
                 }
             case .success(let other):
                 outcome = .failure(BackplaneError(.rejected, "PUBLISH answered \(other), not a count"))
+            case .failure(let error) where error.code == .overloaded:
+                counters.countStalled(timedOut: false)
+                outcome = .failure(BackplaneError(.overloaded, "too many publishes await Redis", cause: error))
             case .failure(let error) where error.code == .serverError:
                 outcome = .failure(BackplaneError(.rejected, "Redis refused PUBLISH", cause: error))
             case .failure(let error):

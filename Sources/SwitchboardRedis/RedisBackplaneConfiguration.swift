@@ -19,6 +19,17 @@ public struct RedisBackplaneConfiguration: Sendable {
     /// Names this gateway's connections in logs.
     public var gatewayID: String
 
+    /// Commands each connection may have waiting for Redis, and their bytes
+    /// (`--max-pending-publishes`, `--max-pending-publish-bytes`); past them a publish gets
+    /// `BackplaneError.overloaded` at once. Stored in ``redis``.
+    public var pendingLimits: (commands: Int, bytes: Int) {
+        get { (redis.maximumPendingCommands, redis.maximumPendingBytes) }
+        set {
+            redis.maximumPendingCommands = max(1, newValue.commands)
+            redis.maximumPendingBytes = max(1, newValue.bytes)
+        }
+    }
+
     public init(redis: RedisConfiguration, mode: Mode = .channels, prefix: String = "switchboard", gatewayID: String) {
         self.redis = redis
         self.mode = mode

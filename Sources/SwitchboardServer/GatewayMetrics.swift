@@ -132,6 +132,11 @@ private final class BackplaneCounterMirror: Sendable {
     private let unroutable: CoreMetrics.Counter
     private let unconfirmed: CoreMetrics.Counter
     private let failed: CoreMetrics.Counter
+    private let refusedFull: CoreMetrics.Counter
+    private let timedOut: CoreMetrics.Counter
+    private let pending: CoreMetrics.Gauge
+    private let blocked: CoreMetrics.Gauge
+    private let stalled: CoreMetrics.Gauge
     private let binds: CoreMetrics.Counter
     private let bindFailures: CoreMetrics.Counter
     private let unbinds: CoreMetrics.Counter
@@ -148,6 +153,11 @@ private final class BackplaneCounterMirror: Sendable {
         unroutable = counter("switchboard_backplane_publishes_total", [("outcome", "unroutable")])
         unconfirmed = counter("switchboard_backplane_publishes_total", [("outcome", "unknown")])
         failed = counter("switchboard_backplane_publishes_total", [("outcome", "failed")])
+        refusedFull = counter("switchboard_backplane_publishes_total", [("outcome", "refused_full")])
+        timedOut = counter("switchboard_backplane_publishes_total", [("outcome", "timed_out")])
+        pending = CoreMetrics.Gauge(label: "switchboard_backplane_pending_publishes", factory: factory)
+        blocked = CoreMetrics.Gauge(label: "switchboard_backplane_blocked", factory: factory)
+        stalled = CoreMetrics.Gauge(label: "switchboard_backplane_stalled", factory: factory)
         binds = counter("switchboard_backplane_bindings_total")
         bindFailures = counter("switchboard_backplane_binding_failures_total")
         unbinds = counter("switchboard_backplane_unbindings_total")
@@ -170,6 +180,11 @@ private final class BackplaneCounterMirror: Sendable {
         add(unroutable, \.unroutable)
         add(unconfirmed, \.unconfirmed)
         add(failed, \.publishFailures)
+        add(refusedFull, \.publishesRefusedFull)
+        add(timedOut, \.publishTimeouts)
+        pending.record(now.pendingPublishes)
+        blocked.record(now.isBlocked ? 1 : 0)
+        stalled.record(now.isStalled ? 1 : 0)
         add(binds, \.binds)
         add(bindFailures, \.bindFailures)
         add(unbinds, \.unbinds)

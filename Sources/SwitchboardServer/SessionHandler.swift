@@ -462,6 +462,8 @@ final class SessionHandler: ChannelInboundHandler {
             case .success:
                 handle.withSession { $0.write(ServerFrame.ack(correlationID: correlationID), counted: .ack) }
                 return
+            case .failure(let failure) where failure.code == .overloaded:
+                error = ProtocolError(.backplaneUnavailable, "the backplane is stalled; the message may not have been sent, try again later", correlationID: correlationID)
             case .failure(let failure) where failure.code == .unavailable || failure.code == .closed:
                 error = ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID)
             case .failure(let failure):

@@ -44,6 +44,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "A separate topic exchange that gets a copy of every client message for background workers (amqp backplane only; docs/workers.md).")
     var eventsExchange: String?
 
+    @Option(help: "Publishes that may wait for a stalled broker (RabbitMQ alarm, stopped Redis); more get backplane_unavailable at once.")
+    var maxPendingPublishes = 5000
+
+    @Option(help: "Bytes of message bodies that may wait for a stalled broker; past it, the same.")
+    var maxPendingPublishBytes = 32 * 1024 * 1024
+
+    @Option(help: "Seconds a publish may wait for the broker's confirm before it gets backplane_unavailable (amqp backplane; Redis uses its URL's timeout). It may still be delivered.")
+    var publishTimeout = 5.0
+
     @Option(help: "Key for POST /v1/publish (repeat, or separate with commas); none turns the API off. Prefer SWITCHBOARD_API_KEY: arguments are visible to other users.")
     var apiKey: [String] = []
 
@@ -190,6 +199,9 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ValidationError("--events-exchange needs a RabbitMQ backplane (amqp:// or amqps://)")
             }
         }
+        guard maxPendingPublishes >= 1, maxPendingPublishBytes >= 1024, publishTimeout > 0 else {
+            throw ValidationError("--max-pending-publishes must be at least 1, --max-pending-publish-bytes at least 1024, --publish-timeout positive")
+        }
         guard apiKeys.allSatisfy({ $0.utf8.count >= 16 }) else { throw ValidationError("--api-key: each key must be at least 16 bytes") }
         guard (0...300).contains(jwtLeeway) else { throw ValidationError("--jwt-leeway must be 0…300 seconds") }
         guard (1...86400).contains(jwksRefreshInterval) else { throw ValidationError("--jwks-refresh-interval must be 1…86400 seconds") }
@@ -251,6 +263,11 @@ struct ServeCommand: AsyncParsableCommand {
             gatewayID: configuration.gatewayID,
             exchange: exchange,
             eventsExchange: eventsExchange,
+            publishLimits: AMQPConnection.PublishLimits(
+                maximumPending: maxPendingPublishes,
+                maximumPendingBytes: maxPendingPublishBytes,
+                timeout: .milliseconds(Int(publishTimeout * 1000))
+            ),
             logger: logger
         )
         configuration.events = (backplane as? RabbitMQBackplane)?.makeEventSink()
@@ -407,7 +424,14 @@ enum ValidateGatewayID {
 
 /// Picks the backplane from `--backplane`.
 enum BackplaneURL {
-    static func make(_ url: String, gatewayID: String, exchange: String, eventsExchange: String? = nil, logger: Logger) throws -> any Backplane {
+    static func make(
+        _ url: String,
+        gatewayID: String,
+        exchange: String,
+        eventsExchange: String? = nil,
+        publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
+        logger: Logger
+    ) throws -> any Backplane {
         if url == "memory" || url == "memory://" {
             return InMemoryBackplane()
         }
@@ -417,7 +441,13 @@ enum BackplaneURL {
         if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
             do {
                 let amqp = try AMQPConfiguration(url: url)
-                let configuration = RabbitMQConfiguration(amqp: amqp, gatewayID: gatewayID, exchange: exchange, eventsExchange: eventsExchange)
+                let configuration = RabbitMQConfiguration(
+                    amqp: amqp,
+                    gatewayID: gatewayID,
+                    exchange: exchange,
+                    publishLimits: publishLimits,
+                    eventsExchange: eventsExchange
+                )
                 return RabbitMQBackplane(configuration: configuration, logger: logger)
             } catch {
                 throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
@@ -425,7 +455,8 @@ enum BackplaneURL {
         }
         if url.hasPrefix("redis://") || url.hasPrefix("rediss://") {
             do {
-                let redis = try RedisBackplaneConfiguration(url: url, gatewayID: gatewayID)
+                var redis = try RedisBackplaneConfiguration(url: url, gatewayID: gatewayID)
+                redis.pendingLimits = (publishLimits.maximumPending, publishLimits.maximumPendingBytes)
                 return RedisBackplane(configuration: redis, logger: logger)
             } catch {
                 throw ValidationError("invalid backplane URL '\(redacted(url))': \(String(describing: error))")

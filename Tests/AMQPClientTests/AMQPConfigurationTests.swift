@@ -51,7 +51,8 @@ struct AMQPConfigurationTests {
     func confirmWindow() {
         let results = ResultsBox()
         var window = AMQPConfirmWindow()
-        for index in 1...5 { window.add { results.append(index, $0) } }
+        let later = ContinuousClock.now + .seconds(3600)
+        for index in 1...5 { window.add(deadline: later) { results.append(index, $0) } }
         #expect(window.count == 5)
         window.markReturned(tag: 2, replyCode: 312, replyText: "NO_ROUTE")
         window.acknowledge(tag: 3, multiple: true)
@@ -60,6 +61,28 @@ struct AMQPConfigurationTests {
         window.failAll(AMQPError(.connectionLost, "gone"))
         #expect(window.count == 0)
         #expect(results.summary == ["1:confirmed", "2:returned 312", "3:confirmed", "5:nacked", "4:connection_lost"])
+    }
+
+    @Test("confirm timeouts: expired publishes are answered timed_out once, keep their slot until acked, and a late ack answers nothing twice")
+    func confirmTimeouts() {
+        let results = ResultsBox()
+        var window = AMQPConfirmWindow()
+        let start = ContinuousClock.now
+        for index in 1...4 { window.add(deadline: start + .seconds(index)) { results.append(index, $0) } }
+        window.expire(now: start + .milliseconds(2500), timeout: .seconds(1))
+        #expect(results.summary == ["1:timed_out", "2:timed_out"])
+        #expect(window.count == 4, "timed-out publishes are still unconfirmed on the wire")
+        #expect(window.firstDeadline == start + .seconds(3))
+        window.expire(now: start + .milliseconds(2600), timeout: .seconds(1))
+        #expect(results.summary.count == 2, "nothing is answered twice")
+        window.acknowledge(tag: 3, multiple: true)
+        #expect(window.count == 1)
+        #expect(results.summary == ["1:timed_out", "2:timed_out", "3:confirmed"])
+        window.expire(now: start + .seconds(5), timeout: .seconds(1))
+        window.acknowledge(tag: 4, multiple: false)
+        window.failAll(AMQPError(.connectionLost, "gone"))
+        #expect(results.summary == ["1:timed_out", "2:timed_out", "3:confirmed", "4:timed_out"])
+        #expect(window.count == 0 && window.firstDeadline == nil)
     }
 }
 

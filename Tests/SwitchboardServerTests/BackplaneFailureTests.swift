@@ -16,6 +16,8 @@ final class SwitchableBackplane: Backplane {
     let isDown = Atomic<Bool>(false)
     /// Binds fail while the backplane still reports ready (a broker that refuses binds).
     let bindsFail = Atomic<Bool>(false)
+    /// Publishes fail as a stalled broker's do (`overloaded`) while the backplane is up.
+    let stalled = Atomic<Bool>(false)
 
     func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) { inner.setDeliveryHandler(handler) }
     var isReady: Bool { !isDown.load(ordering: .relaxed) && inner.isReady }
@@ -39,6 +41,7 @@ final class SwitchableBackplane: Backplane {
 
     func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
         if let error = failure() { return completion(.failure(error)) }
+        if stalled.load(ordering: .relaxed) { return completion(.failure(BackplaneError(.overloaded, "broker stalled (test)"))) }
         inner.publish(frame, to: address, completion: completion)
     }
 }
@@ -71,6 +74,26 @@ struct BackplaneFailureTests {
             try await alice.send(#"{"type":"direct","to":"bob","data":2,"id":"d2"}"#)
             #expect(try await bob.next()["data"] == "2")
             #expect(try await alice.next()["type"] == "ack")
+            await alice.close()
+            await bob.close()
+        }
+    }
+
+    @Test("a stalled backplane (overloaded): sends get backplane_unavailable saying so, and the connection stays usable")
+    func overloaded() async throws {
+        let backplane = SwitchableBackplane()
+        try await withGateway(backplane: backplane) { gateway in
+            let alice = try await gateway.connect("alice")
+            let bob = try await gateway.connect("bob")
+            backplane.stalled.store(true, ordering: .relaxed)
+            try await alice.send(#"{"type":"direct","to":"bob","data":1,"id":"s"}"#)
+            let error = try await alice.next()
+            #expect(error["code"] == "backplane_unavailable" && error["id"] == "s")
+            #expect(error["message"]?.contains("stalled") == true, "\(error)")
+            backplane.stalled.store(false, ordering: .relaxed)
+            try await alice.send(#"{"type":"direct","to":"bob","data":2,"id":"t"}"#)
+            #expect(try await bob.next()["data"] == "2")
+            #expect(try await alice.next()["id"] == "t")
             await alice.close()
             await bob.close()
         }
