@@ -1,6 +1,6 @@
 public import NIOCore
 
-/// A frame a client sends, decoded and validated (wire protocol v1, DESIGN.md).
+/// A frame a client sends, decoded and validated (wire protocol v1, docs/protocol.md).
 ///
 /// `data` is kept as the exact bytes the client sent (a slice of the message,
 /// not a copy), already checked to be valid JSON.

@@ -1,4 +1,4 @@
-/// The `code` of an `error` frame; raw values are the exact wire names of DESIGN.md.
+/// The `code` of an `error` frame; raw values are the exact wire names of docs/protocol.md.
 public enum ErrorCode: String, Sendable, CaseIterable {
     /// Not JSON, not an object, a missing field or a field of the wrong type.
     case invalidMessage = "invalid_message"

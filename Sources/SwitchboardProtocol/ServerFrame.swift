@@ -1,6 +1,6 @@
 public import NIOCore
 
-/// Encodes the frames the gateway sends (wire protocol v1, DESIGN.md).
+/// Encodes the frames the gateway sends (wire protocol v1, docs/protocol.md).
 ///
 /// Each frame is encoded once into a `ByteBuffer`; the same buffer is then written
 /// to every recipient connection and, for `direct` and `room`, published on the

@@ -8,7 +8,7 @@ import Synchronization
 
 /// The RabbitMQ backplane: routed delivery through one topic exchange.
 ///
-/// Topology (DESIGN.md): a durable topic exchange (`switchboard`); one exclusive,
+/// Topology (docs/architecture.md): a durable topic exchange (`switchboard`); one exclusive,
 /// auto-delete queue per gateway (`switchboard.gateway.<id>`), bound to `broadcast`
 /// and to exactly the `user.<word>` and `room.<word>` keys the gateway hosts. A direct
 /// message therefore reaches only the gateways that host its recipient.

@@ -1,6 +1,6 @@
 public import AMQPClient
 
-/// Settings of the RabbitMQ backplane; the topology is DESIGN.md's "AMQP topology".
+/// Settings of the RabbitMQ backplane; the topology is described in docs/architecture.md.
 public struct RabbitMQConfiguration: Sendable {
     /// Broker address and credentials.
     public var amqp: AMQPConfiguration

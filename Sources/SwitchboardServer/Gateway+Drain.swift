@@ -5,7 +5,7 @@ import SwitchboardRegistry
 import Synchronization
 
 extension Gateway {
-    /// Drains the gateway (SIGTERM, DESIGN.md "Operations"), returning when every client
+    /// Drains the gateway (SIGTERM, docs/operations.md "Draining and upgrades"), returning when every client
     /// is gone or a timeout passed:
     ///
     /// 1. Readiness turns false at once: `/readyz` answers 503 and new handshakes are

@@ -55,7 +55,7 @@ struct FrameTests {
         #expect(error(#"{"type":"ping","type":"ping"}"#)?.code == .invalidMessage)
     }
 
-    @Test("server frames are the exact JSON of DESIGN.md, data copied verbatim")
+    @Test("server frames are the exact JSON of docs/protocol.md, data copied verbatim")
     func serverFrames() throws {
         let alice = try UserID(validating: "alice")
         let bob = try UserID(validating: "bob")
@@ -88,7 +88,7 @@ struct FrameTests {
         #expect(text == #""line\nbreak\u0001""#)
     }
 
-    @Test("error codes are the wire names of DESIGN.md")
+    @Test("error codes are the wire names of docs/protocol.md")
     func errorCodes() {
         #expect(
             ErrorCode.allCases.map(\.rawValue).sorted() == [

@@ -7,7 +7,7 @@ import SwitchboardServer
 import SwitchboardTesting
 import Testing
 
-/// Every row of the wire protocol table (DESIGN.md), over real WebSockets.
+/// Every row of the wire protocol table (docs/protocol.md), over real WebSockets.
 @Suite("Wire protocol v1 over WebSocket", .serialized, .timeLimit(.minutes(1)))
 struct ProtocolRowTests {
     @Test("connect: welcome names the user and the gateway")
