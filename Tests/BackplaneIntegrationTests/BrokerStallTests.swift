@@ -27,8 +27,8 @@ struct BrokerStallTests {
     static let bound = 50
     /// Sends offered during the stall: the unbounded client would hold all of them.
     static let sends = 1800
-    /// Each send's body: `sends × body` = 108 MB, twice the allowed growth (the unbounded
-    /// client grew by about 115 MB here); `bound × body` = 3 MB.
+    /// Each send's body: `sends × body` = 108 MB, twice the allowed growth (without the
+    /// bound, 3,000 such sends grew the process by 194 MB); `bound × body` = 3 MB.
     static let bodyBytes = 60_000
     /// Allowed RSS growth of the test process (the in-process gateway and its client).
     static let allowedGrowth = 50 * 1024 * 1024
