@@ -10,7 +10,7 @@ struct RedactionBinaryTests {
     static func output(backplane: String) async throws -> (exited: Bool, text: String) {
         let port = try await freePort()
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-redaction-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw TestFailure("cannot create \(log.path)") }
         defer { try? FileManager.default.removeItem(at: log) }
         let process = Process()
         process.executableURL = try switchboardBinary()
