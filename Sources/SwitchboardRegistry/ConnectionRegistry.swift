@@ -50,11 +50,6 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
         state.withLock { $0.connections[id]?.rooms.contains(room) ?? false }
     }
 
-    /// How many connections `user` has on this gateway (leaving ones included).
-    public func connectionCount(of user: UserID) -> Int {
-        state.withLock { $0.users[user]?.count ?? 0 }
-    }
-
     /// Whether `address` has at least one local connection.
     public func isLocal(_ address: LocalAddress) -> Bool {
         state.withLock { state in

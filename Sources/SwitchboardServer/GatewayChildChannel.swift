@@ -173,7 +173,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             return Refusal(status: .notFound, message: "WebSocket endpoint is /ws")
         }
         if gateway.isFull, !gateway.isDraining {
-            return Refusal(status: .serviceUnavailable, message: "gateway full: at most \(gateway.configuration.maximumConnections) connections")
+            return refusal(for: .gatewayFull, configuration: gateway.configuration)
         }
         guard gateway.isReady else {
             return Refusal(status: .serviceUnavailable, message: "gateway not ready")
@@ -188,18 +188,25 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
     /// Reserves a connection for `user` under every cap, held until `channel` closes;
     /// or the refusal that a cap gives.
     private static func admit(_ user: UserID, from address: String?, on channel: any Channel, gateway: Gateway) -> Refusal? {
-        let configuration = gateway.configuration
-        switch gateway.admission.admit(user: user, address: address) {
-        case .admitted:
+        let decision = gateway.admission.admit(user: user, address: address)
+        if decision == .admitted {
             let admission = gateway.admission
             channel.closeFuture.whenComplete { _ in admission.release(user: user, address: address) }
-            return nil
+        }
+        return refusal(for: decision, configuration: gateway.configuration)
+    }
+
+    /// The HTTP answer to a cap's decision; nil when admitted.
+    private static func refusal(for decision: AdmissionState.Decision, configuration: GatewayConfiguration) -> Refusal? {
+        switch decision {
+        case .admitted:
+            nil
         case .gatewayFull:
-            return Refusal(status: .serviceUnavailable, message: "gateway full: at most \(configuration.maximumConnections) connections")
+            Refusal(status: .serviceUnavailable, message: "gateway full: at most \(configuration.maximumConnections) connections")
         case .userLimit:
-            return Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerUser) connections per user")
+            Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerUser) connections per user")
         case .addressLimit:
-            return Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerAddress) connections per client address")
+            Refusal(status: .tooManyRequests, message: "at most \(configuration.maximumConnectionsPerAddress) connections per client address")
         }
     }
 

@@ -218,7 +218,7 @@ enum BenchBackplane {
         while !rabbit.isReady {
             guard ContinuousClock.now < deadline else {
                 service.cancel()
-                throw ValidationError("the backplane did not connect to \(BackplaneURL.redacted(url))")
+                throw ValidationError("the backplane did not connect to \(CredentialRedaction.redact(url))")
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -283,7 +283,7 @@ struct ServeCommand: AsyncParsableCommand {
             metadata: [
                 "switchboard.gateway.id": .string(configuration.gatewayID),
                 "address": .string("\(host):\(port)"),
-                "backplane": .string(BackplaneURL.redacted(self.backplane)),
+                "backplane": .string(CredentialRedaction.redact(self.backplane)),
                 "open_files_limit": .stringConvertible(raised),
             ]
         )
@@ -436,7 +436,7 @@ enum BackplaneURL {
             return InMemoryBackplane()
         }
         if let problem = CredentialRedaction.reservedCharacterProblem(in: url) {
-            throw ValidationError("invalid backplane URL '\(redacted(url))': \(problem)")
+            throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(problem)")
         }
         if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
             do {
@@ -450,7 +450,7 @@ enum BackplaneURL {
                 )
                 return RabbitMQBackplane(configuration: configuration, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(redacted(url))': \(error.message)")
+                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(error.message)")
             }
         }
         if url.hasPrefix("redis://") || url.hasPrefix("rediss://") {
@@ -459,19 +459,15 @@ enum BackplaneURL {
                 redis.pendingLimits = (publishLimits.maximumPending, publishLimits.maximumPendingBytes)
                 return RedisBackplane(configuration: redis, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(redacted(url))': \(String(describing: error))")
+                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(String(describing: error))")
             }
         }
         let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
         throw ValidationError(
-            "unsupported backplane '\(redacted(url))' (scheme '\(scheme)'): use 'memory', amqp://, amqps:// or redis://"
+            "unsupported backplane '\(CredentialRedaction.redact(url))' (scheme '\(scheme)'): use 'memory', amqp://, amqps:// or redis://"
         )
     }
 
-    /// The URL (or comma-separated URLs) without passwords, for logs and errors.
-    static func redacted(_ url: String) -> String {
-        CredentialRedaction.redact(url)
-    }
 }
 
 /// Process limits the gateway adjusts at start-up.
