@@ -69,7 +69,7 @@ extension Gateway {
         // Messages the broker routed here before the unbinds took effect are on their way.
         if !released.isEmpty { try? await Task.sleep(for: .milliseconds(200)) }
         for (_, handle) in batch {
-            handle.withSession { $0.close(code: CloseCode.serviceRestart) }
+            handle.withSession { $0.close(code: CloseCode.serviceRestart, reason: .drain) }
         }
     }
 }
