@@ -56,6 +56,8 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             enum Decision {
                 case undecided
                 case accepted(Identity)
+                /// The `--echo-path` endpoint: no identity, no caps.
+                case echo
                 case refused(Refusal)
             }
             let decision = NIOLoopBoundBox(Decision.undecided, eventLoop: channel.eventLoop)
@@ -70,6 +72,10 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                     if let refusal = Self.precheck(head, gateway: gateway) {
                         decision.value = .refused(refusal)
                         return channel.eventLoop.makeSucceededFuture(nil)
+                    }
+                    if let echoPath = configuration.echoPath, QueryString(uri: head.uri).path == echoPath {
+                        decision.value = .echo
+                        return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
                     }
                     let clientAddress = Self.clientAddress(of: channel, head: head, trustedProxies: configuration.trustedProxies)
                     let decide: @Sendable (Result<Identity, AuthenticationFailure>) -> HTTPHeaders? = { result in
@@ -99,7 +105,14 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
-                        guard case .accepted(let identity) = decision.value else {
+                        let identity: Identity
+                        switch decision.value {
+                        case .accepted(let accepted):
+                            identity = accepted
+                        case .echo:
+                            try channel.pipeline.syncOperations.addHandler(EchoHandler(maximumMessageSize: configuration.maximumFrameSize))
+                            return UpgradeResult.websocket
+                        case .undecided, .refused:
                             throw ChannelError.inappropriateOperationForState
                         }
                         let high = max(configuration.maximumOutboundBytes, 2)
@@ -169,7 +182,8 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     /// Refusals decided from the request alone, before any credential is looked at.
     private static func precheck(_ head: HTTPRequestHead, gateway: Gateway) -> Refusal? {
-        guard QueryString(uri: head.uri).path == "/ws" else {
+        let path = QueryString(uri: head.uri).path
+        guard path == "/ws" || (gateway.configuration.echoPath.map { path == $0 } ?? false) else {
             return Refusal(status: .notFound, message: "WebSocket endpoint is /ws")
         }
         if gateway.isFull, !gateway.isDraining {

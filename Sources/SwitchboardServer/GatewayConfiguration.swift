@@ -79,6 +79,10 @@ public struct GatewayConfiguration: Sendable {
     public var webAssets: WebAssets?
     /// Keys that `POST /v1/publish` accepts (`Authorization: Bearer KEY`); empty turns the API off.
     public var apiKeys: [String] = []
+    /// The path of the echo endpoint for outside RFC 6455 conformance suites (`--echo-path`,
+    /// e.g. `/echo`): the `/ws` WebSocket layer echoing every message, with no identity and no
+    /// backplane. nil (the default): no such endpoint.
+    public var echoPath: String?
     /// Where client messages are copied for background workers (`--events-exchange`); nil: nowhere.
     public var events: (any EventSink)?
 

@@ -92,6 +92,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Allow --auth none on an address other than loopback (anyone who can reach it may connect as any user).")
     var allowInsecureAuthNone = false
 
+    @Option(help: "Serve an echo WebSocket endpoint at this path (e.g. /echo) for outside RFC 6455 conformance suites such as Autobahn: the /ws WebSocket layer, echoing every message, with no identity and no backplane. Off by default; loopback --host only, unless --allow-echo-on-any-host.")
+    var echoPath: String?
+
+    @Flag(help: "Allow --echo-path on an address other than loopback.")
+    var allowEchoOnAnyHost = false
+
     @Option(help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed.")
     var allowedOrigin: [String] = []
 
@@ -211,6 +217,14 @@ struct ServeCommand: AsyncParsableCommand {
         if jwksCaFile != nil, !isJWKSURL {
             throw ValidationError("--jwks-ca-file needs an https:// --jwks")
         }
+        if let echoPath {
+            guard echoPath.hasPrefix("/"), echoPath != "/ws", !echoPath.contains("?") else {
+                throw ValidationError("--echo-path must be a path such as /echo, other than /ws")
+            }
+            guard allowEchoOnAnyHost || LoopbackHost.contains(host) else {
+                throw ValidationError("--echo-path on --host \(host): the echo endpoint is for conformance suites on this machine; listen on loopback or give --allow-echo-on-any-host")
+            }
+        }
         if auth == .none, !allowInsecureAuthNone, !LoopbackHost.contains(host) {
             throw ValidationError(
                 "--auth none on --host \(host) would let anyone who reaches it connect as any user; listen on 127.0.0.1, ::1 or localhost, use --auth jwt, or give --allow-insecure-auth-none"
@@ -252,6 +266,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.tls = try tlsContext()
         configuration.webAssets = try webAssets(logger: logger)
         configuration.apiKeys = apiKeys
+        configuration.echoPath = echoPath
         // Past the open-files limit accept() fails and the listener spins; a 503 is an answer.
         configuration.maximumConnections = maxConnections ?? (raised > 1024 ? Int(clamping: raised) - 256 : .max)
         configuration.maximumConnectionsPerAddress = maxConnectionsPerIp ?? .max

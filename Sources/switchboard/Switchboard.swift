@@ -35,7 +35,7 @@ enum EnvironmentOptions {
     ]
 
     /// The `serve` flags (no value) that environment variables may set: 1, true or yes turns one on.
-    static let serveFlags = ["allow-insecure-auth-none"]
+    static let serveFlags = ["allow-insecure-auth-none", "allow-echo-on-any-host"]
 
     static func variableName(_ option: String) -> String {
         "SWITCHBOARD_" + option.uppercased().replacingOccurrences(of: "-", with: "_")
