@@ -28,21 +28,16 @@ extension Gateway {
         )
         try? await Task.sleep(for: configuration.drainGrace)
 
-        let window = configuration.drainWindow
-        let slots = max(1, min(connections.count, Int(window / .milliseconds(100))))
+        let plan = DrainPlan(connections: connections.count, window: configuration.drainWindow)
         let started = ContinuousClock.now
         // Each batch starts on its own schedule, so a slow broker (unbinds) stretches no
         // batch beyond its own few hundred milliseconds and the window holds.
         await withTaskGroup(of: Void.self) { group in
-            var next = 0
-            for slot in 0..<slots {
-                let end = connections.count * (slot + 1) / slots
-                let batch = Array(connections[next..<end])
-                next = end
-                let due = started + window * (Double(slot) / Double(slots))
+            for batch in plan.batches {
+                let members = Array(connections[batch.members])
                 group.addTask {
-                    try? await Task.sleep(until: due)
-                    await self.drain(batch)
+                    try? await Task.sleep(until: started + batch.startsAfter)
+                    await self.drain(members)
                 }
             }
         }
@@ -70,6 +65,36 @@ extension Gateway {
         if !released.isEmpty { try? await Task.sleep(for: .milliseconds(200)) }
         for (_, handle) in batch {
             handle.withSession { $0.close(code: CloseCode.serviceRestart, reason: .drain) }
+        }
+    }
+}
+
+/// Which connections a drain closes when: the connections split into batches whose
+/// starts are spread evenly over the window, one every 100 ms at most, so that clients
+/// do not all reconnect to the other gateways at once.
+struct DrainPlan: Equatable {
+    struct Batch: Equatable {
+        /// Indices into the drained connections.
+        var members: Range<Int>
+        /// From the end of the grace.
+        var startsAfter: Duration
+    }
+
+    static let shortestSpacing = Duration.milliseconds(100)
+
+    let batches: [Batch]
+
+    init(connections: Int, window: Duration) {
+        guard connections > 0 else {
+            batches = []
+            return
+        }
+        let slots = max(1, min(connections, Int(window / Self.shortestSpacing)))
+        var next = 0
+        batches = (0..<slots).map { slot in
+            let end = connections * (slot + 1) / slots
+            defer { next = end }
+            return Batch(members: next..<end, startsAfter: window * (Double(slot) / Double(slots)))
         }
     }
 }

@@ -386,3 +386,21 @@ struct SessionStateMachineTests {
         #expect(Self.endReason(idle) == .idle)
     }
 }
+
+@Suite("Drain plan")
+struct DrainPlanTests {
+    @Test("connections split into batches spread evenly over the window, at most one every 100 ms; every connection once")
+    func batches() {
+        let plan = DrainPlan(connections: 10, window: .seconds(1))
+        #expect(plan.batches.count == 10)
+        #expect(plan.batches.map(\.startsAfter) == (0..<10).map { Duration.milliseconds(100 * $0) })
+
+        let many = DrainPlan(connections: 1001, window: .seconds(10))
+        #expect(many.batches.count == 100)
+        #expect(many.batches.flatMap { Array($0.members) } == Array(0..<1001))
+        #expect(many.batches.last?.startsAfter == .milliseconds(9900))
+
+        #expect(DrainPlan(connections: 3, window: .zero).batches == [.init(members: 0..<3, startsAfter: .zero)])
+        #expect(DrainPlan(connections: 0, window: .seconds(10)).batches.isEmpty)
+    }
+}
