@@ -10,7 +10,7 @@ import Testing
 @Suite("Echo endpoint (--echo-path)", .serialized, .timeLimit(.minutes(1)))
 struct EchoEndpointTests {
     static func frame(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> WebSocketFrame {
-        WebSocketFrame(fin: fin, opcode: opcode, maskKey: .random(), data: ByteBuffer(bytes: bytes))
+        ConformanceTests.frame(opcode, bytes, fin: fin)
     }
 
     @Test("text and binary messages come back unchanged, fragmented ones whole; no identity is needed")
