@@ -225,6 +225,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // GatewayClient's state machine and error codes, without sockets.
+        .testTarget(
+            name: "SwitchboardClientTests",
+            dependencies: ["SwitchboardClient", "SwitchboardProtocol"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "AMQPClientTests",
             dependencies: ["AMQPClient"],

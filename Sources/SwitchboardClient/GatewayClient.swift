@@ -1,5 +1,6 @@
 import NIOCore
 import NIOWebSocket
+import Synchronization
 
 /// A connection to a Switchboard gateway that reconnects by itself: the Swift counterpart
 /// of the JavaScript client (`switchboard.js`), with the same reconnect, re-join and ack
@@ -24,8 +25,11 @@ import NIOWebSocket
 ///   joins every room whose `join` was acked before it sends anything else.
 /// - Everything the gateway pushes arrives in ``events``.
 ///
-/// The client is an actor: all its state is isolated to it, and frames are written to the
-/// NIO channel without blocking its event loop.
+/// The client is an actor, and its state is one value: a state machine
+/// (`GatewayClient.StateMachine`) takes every input (a call, a frame, a close, a deadline)
+/// and returns what to do; the actor does it. One timer serves every deadline: request
+/// ack timeouts, the wait for `welcome` and the reconnect backoff. Frames are written to
+/// the NIO channel without blocking its event loop.
 public actor GatewayClient {
     /// Where the client is in its life.
     public enum State: String, Sendable {
@@ -89,56 +93,35 @@ public actor GatewayClient {
     private nonisolated let eventSink: AsyncStream<Event>.Continuation
 
     /// Where the client is in its life.
-    public private(set) var state: State = .idle
+    public var state: State { machine.state }
     /// The user id from the last `welcome`.
-    public private(set) var user: String?
+    public var user: String? { machine.welcome?.user }
     /// The gateway id from the last `welcome`.
-    public private(set) var gateway: String?
+    public var gateway: String? { machine.welcome?.gateway }
     /// Rooms whose `join` was acked (and not left): re-joined after every reconnect.
-    public private(set) var rooms: [String] = []
+    public var rooms: [String] { machine.rooms }
 
-    private var connection: WebSocketConnection?
-    private var pending: [String: PendingRequest] = [:]
-    private var requestCount = 0
-    /// Connection attempts since the last `welcome`: the backoff's exponent.
-    private var retriesSinceWelcome = 0
-    /// connect() was called and neither close() nor a final close came since.
-    private var wantsConnection = false
-    /// Bumped by every connect() that starts a loop and by close(): an attempt of an older
-    /// generation stops at its next step.
-    private var generation = 0
-    private var connectionLoop: Task<Void, Never>?
-    private var welcomeWaiters: [Int: CheckedContinuation<Welcome, any Error>] = [:]
-    private var welcomeWaiterCount = 0
-    private var hasBeenWelcomed = false
+    typealias RequestReply = CheckedContinuation<Result<Void, SwitchboardClientError>, Never>
+    typealias Machine = StateMachine<WebSocketConnection, RequestReply, WelcomeWaiter>
 
-    /// A request waiting for its `ack`/`pong`.
-    private struct PendingRequest: Sendable {
-        let reply: EventLoopPromise<Void>
-        let timeout: Task<Void, Never>
-    }
-
-    /// What ended one connection attempt.
-    private enum AttemptOutcome {
-        case closed(code: UInt16, cause: (any Error)?)
-        case tokenUnavailable(any Error)
-        /// close() or a newer connect() took over; nothing to report.
-        case superseded
-    }
+    /// Every decision; this actor feeds it inputs and performs the actions it returns.
+    private var machine: Machine
+    /// The one timer: request deadlines, the `welcome` deadline and the reconnect backoff.
+    private var timer: Task<Void, Never>?
+    private var tokenFetch: Task<Void, Never>?
 
     /// Makes a client; nothing connects until ``connect()``.
     public init(configuration: Configuration) {
         self.configuration = configuration
+        machine = Machine(configuration: configuration)
         (events, eventSink) = AsyncStream<Event>.makeStream()
     }
 
     deinit {
-        connectionLoop?.cancel()
-        let closed = SwitchboardClientError(code: .connectionClosed, message: "the client was deallocated")
-        for request in pending.values {
-            request.timeout.cancel()
-            request.reply.fail(closed)
-        }
+        // A connection keeps the client alive (its reader is the actor's), and so does a
+        // waiting call: what is left is a timer or a token fetch, which hold it weakly.
+        timer?.cancel()
+        tokenFetch?.cancel()
         eventSink.finish()
     }
 
@@ -158,51 +141,23 @@ public actor GatewayClient {
     ///   call ``close()`` to stop it).
     @discardableResult
     public func connect() async throws(SwitchboardClientError) -> Welcome {
-        if state == .ready, let user, let gateway { return Welcome(user: user, gateway: gateway) }
-        if !wantsConnection {
-            wantsConnection = true
-            retriesSinceWelcome = 0
-            generation += 1
-            let generation = self.generation
-            connectionLoop = Task { await self.runConnectionLoop(generation: generation) }
+        let waiter = WelcomeWaiter()
+        let (waiterID, actions) = machine.connect(waiter: waiter, now: .now)
+        perform(actions)
+        let result = await withTaskCancellationHandler {
+            await waiter.result()
+        } onCancel: {
+            waiter.resume(with: .failure(Self.cancelledError))
         }
-        welcomeWaiterCount += 1
-        let waiterID = welcomeWaiterCount
-        do {
-            return try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Welcome, any Error>) in
-                    if Task.isCancelled {
-                        continuation.resume(throwing: Self.cancelledError)
-                    } else {
-                        welcomeWaiters[waiterID] = continuation
-                    }
-                }
-            } onCancel: {
-                Task { await self.cancelWelcomeWaiter(waiterID) }
-            }
-        } catch let error as SwitchboardClientError {
-            throw error
-        } catch {
-            throw SwitchboardClientError(code: .connectionClosed, message: "connect() failed", cause: error)
-        }
+        machine.forgetWaiter(waiterID)
+        return try result.get()
     }
 
     /// Closes the connection for good: no reconnect. Pending requests fail with
     /// `connection_closed`; remembered rooms are kept, so a later ``connect()`` re-joins them.
     public func close() async {
-        let connection = self.connection
-        wantsConnection = false
-        generation += 1
-        connectionLoop?.cancel()
-        connectionLoop = nil
-        self.connection = nil
-        state = .idle
-        let closed = SwitchboardClientError(code: .connectionClosed, message: "close() was called")
-        failPendingRequests(closed)
-        rejectWelcomeWaiters(closed)
-        if let connection {
-            eventSink.yield(.disconnected(closeCode: 1000, willReconnect: false))
-            await connection.close()
+        for closing in perform(machine.close()) {
+            try? await closing.get()
         }
     }
 
@@ -218,8 +173,7 @@ public actor GatewayClient {
     ///   user, `invalid_message` (before sending) when `json` is not one JSON value, or
     ///   `invalid_id`, `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
     public func sendDirect(to recipient: String, json: String) async throws(SwitchboardClientError) {
-        let data = try OutgoingFrame.validated(json: json)
-        try await awaitReply(try startRequest("direct") { OutgoingFrame.direct(to: recipient, data: data, id: $0) })
+        try await send(.direct(to: recipient, data: try OutgoingFrame.validated(json: json)))
     }
 
     /// Sends a direct message whose `data` is `value` encoded with `JSONEncoder`; otherwise
@@ -233,8 +187,7 @@ public actor GatewayClient {
     /// - Throws: ``SwitchboardClientError``: `forbidden`, `invalid_id`,
     ///   `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
     public func join(_ room: String) async throws(SwitchboardClientError) {
-        try await awaitReply(try startRequest("join") { OutgoingFrame.join(room: room, id: $0) })
-        if !rooms.contains(room) { rooms.append(room) }
+        try await send(.join(room: room))
     }
 
     /// Leaves a room and forgets it. While no connection is open it returns at once: the
@@ -242,9 +195,7 @@ public actor GatewayClient {
     /// - Throws: ``SwitchboardClientError`` (`timeout`, `connection_closed`) when the
     ///   gateway did not ack; the room is forgotten regardless.
     public func leave(_ room: String) async throws(SwitchboardClientError) {
-        rooms.removeAll { $0 == room }
-        guard isOpen else { return }
-        try await awaitReply(try startRequest("leave") { OutgoingFrame.leave(room: room, id: $0) })
+        try await send(.leave(room: room))
     }
 
     /// Publishes to a room this connection has joined (the client gets its own copy too),
@@ -256,8 +207,7 @@ public actor GatewayClient {
     ///   `invalid_message` (before sending) when `json` is not one JSON value, or
     ///   `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
     public func publish(room: String, json: String) async throws(SwitchboardClientError) {
-        let data = try OutgoingFrame.validated(json: json)
-        try await awaitReply(try startRequest("publish") { OutgoingFrame.publish(room: room, data: data, id: $0) })
+        try await send(.publish(room: room, data: try OutgoingFrame.validated(json: json)))
     }
 
     /// Publishes `value` encoded with `JSONEncoder`; otherwise as ``publish(room:json:)``.
@@ -270,7 +220,7 @@ public actor GatewayClient {
     @discardableResult
     public func ping() async throws(SwitchboardClientError) -> Duration {
         let started = ContinuousClock.now
-        try await awaitReply(try startRequest("ping") { OutgoingFrame.ping(id: $0) })
+        try await send(.ping)
         return ContinuousClock.now - started
     }
 
@@ -278,118 +228,75 @@ public actor GatewayClient {
 
     private static let cancelledError = SwitchboardClientError(code: .cancelled, message: "the task waiting for welcome was cancelled")
 
-    /// The socket is open (before or after `welcome`), as the JavaScript client's readyState OPEN.
-    private var isOpen: Bool {
-        connection != nil && (state == .open || state == .ready)
+    /// Hands a request to the machine and waits for its answer. The frame is written before
+    /// this suspends, so frames go out in the order requests are made (re-joins first
+    /// after a `welcome`).
+    private func send(_ request: Machine.Request) async throws(SwitchboardClientError) {
+        let result = await withCheckedContinuation { (reply: RequestReply) in
+            perform(machine.request(request, reply: reply, now: .now))
+        }
+        try result.get()
     }
 
-    private func isCurrent(_ generation: Int) -> Bool {
-        wantsConnection && self.generation == generation
+    /// Feeds an input that arrives from outside the actor (a timer, a token provider).
+    private func feed(_ input: @Sendable (inout Machine) -> [Machine.Action]) {
+        perform(input(&machine))
     }
 
-    /// Registers a request and writes its frame, without suspending: frames are written
-    /// in the order requests are made (re-joins first after a `welcome`).
-    private func startRequest(
-        _ type: String,
-        frame makeFrame: (_ id: String) -> String
-    ) throws(SwitchboardClientError) -> EventLoopFuture<Void> {
-        guard isOpen, let connection else {
-            throw SwitchboardClientError(code: .notConnected, message: "not connected to a gateway (state \(state.rawValue))")
-        }
-        requestCount += 1
-        let id = "c\(requestCount)"
-        let reply = connection.channel.eventLoop.makePromise(of: Void.self)
-        let ackTimeout = configuration.ackTimeout
-        let timeout = Task { [weak self] in
-            guard (try? await Task.sleep(for: ackTimeout)) != nil else { return }
-            let error = SwitchboardClientError(code: .timeout, message: "no answer to \(type) within \(ackTimeout)")
-            await self?.settle(id, with: .failure(error))
-        }
-        pending[id] = PendingRequest(reply: reply, timeout: timeout)
-        connection.write(text: makeFrame(id)).whenFailure { [weak self] error in
-            let failed = SwitchboardClientError(code: .connectionClosed, message: "the \(type) frame could not be written", cause: error)
-            Task { await self?.settle(id, with: .failure(failed)) }
-        }
-        return reply.futureResult
-    }
-
-    private func awaitReply(_ reply: EventLoopFuture<Void>) async throws(SwitchboardClientError) {
-        do {
-            try await reply.get()
-        } catch let error as SwitchboardClientError {
-            throw error
-        } catch {
-            throw SwitchboardClientError(code: .internal, message: "unexpected failure", cause: error)
-        }
-    }
-
-    /// Completes request `id`; false when no such request is pending (a late answer).
+    /// Performs the machine's actions in order.
+    /// - Returns: The closes started, for close() to wait on.
     @discardableResult
-    private func settle(_ id: String, with result: Result<Void, SwitchboardClientError>) -> Bool {
-        guard let request = pending.removeValue(forKey: id) else { return false }
-        request.timeout.cancel()
-        request.reply.completeWith(result.mapError { $0 as any Error })
-        return true
-    }
-
-    private func failPendingRequests(_ error: SwitchboardClientError) {
-        let requests = pending
-        pending.removeAll()
-        for request in requests.values {
-            request.timeout.cancel()
-            request.reply.fail(error)
-        }
-    }
-
-    private func rejectWelcomeWaiters(_ error: SwitchboardClientError) {
-        let waiters = welcomeWaiters
-        welcomeWaiters.removeAll()
-        for waiter in waiters.values { waiter.resume(throwing: error) }
-    }
-
-    private func cancelWelcomeWaiter(_ waiterID: Int) {
-        welcomeWaiters.removeValue(forKey: waiterID)?.resume(throwing: Self.cancelledError)
-    }
-
-    /// Connects, reads until the connection ends, and backs off before the next attempt,
-    /// until close(), a final close, or a newer generation.
-    private func runConnectionLoop(generation: Int) async {
-        while isCurrent(generation) {
-            let outcome = await runOneConnection(generation: generation)
-            guard isCurrent(generation) else { return }
-            switch outcome {
-            case .superseded:
-                return
-            case .tokenUnavailable(let cause):
-                let error = SwitchboardClientError(code: .tokenUnavailable, message: "the token provider failed", cause: cause)
-                eventSink.yield(.error(error))
-                guard configuration.reconnects else { return stop(state: .idle, error: error) }
-            case .closed(let code, let cause):
-                guard connectionEnded(closeCode: code, cause: cause) else { return }
+    private func perform(_ actions: [Machine.Action]) -> [EventLoopFuture<Void>] {
+        var closing: [EventLoopFuture<Void>] = []
+        for action in actions {
+            switch action {
+            case .fetchToken(let generation):
+                fetchToken(generation: generation)
+            case .cancelTokenFetch:
+                tokenFetch?.cancel()
+                tokenFetch = nil
+            case .openConnection(let generation, let path):
+                Task { await self.runConnection(generation: generation, path: path) }
+            case .write(let text, let connection):
+                connection.write(text: text)
+            case .close(let connection):
+                closing.append(connection.sendClose(code: 1000))
+            case .abort(let connection):
+                connection.channel.close(promise: nil)
+            case .completeRequest(let reply, let result):
+                reply.resume(returning: result)
+            case .resumeWaiters(let waiters, let result):
+                for waiter in waiters { waiter.resume(with: result) }
+            case .emit(let event):
+                eventSink.yield(event)
+            case .armTimer(let deadline):
+                timer?.cancel()
+                timer = Task { [weak self] in
+                    guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+                    await self?.feed { $0.deadlineReached(armedAt: deadline, now: .now) }
+                }
+            case .cancelTimer:
+                timer?.cancel()
+                timer = nil
             }
-            let delay = configuration.backoff.delay(forRetry: retriesSinceWelcome, unitRandom: configuration.unitRandom())
-            retriesSinceWelcome += 1
-            state = .reconnecting
-            eventSink.yield(.reconnecting(attempt: retriesSinceWelcome, delay: delay))
+        }
+        return closing
+    }
+
+    private func fetchToken(generation: Int) {
+        guard case .token(let fetch) = configuration.identity else { return }
+        tokenFetch = Task { [weak self] in
             do {
-                try await Task.sleep(for: delay)
+                let token = try await fetch()
+                await self?.feed { $0.tokenFetched(generation: generation, token: token, now: .now) }
             } catch {
-                return  // close() cancelled the loop
+                await self?.feed { $0.tokenFailed(generation: generation, error: error, now: .now) }
             }
         }
     }
 
-    /// One attempt: fetch the identity, open the WebSocket, read frames until it closes.
-    private func runOneConnection(generation: Int) async -> AttemptOutcome {
-        state = .connecting
-        let path: String
-        do {
-            path = try await connectPath()
-        } catch {
-            return isCurrent(generation) ? .tokenUnavailable(error) : .superseded
-        }
-        guard isCurrent(generation) else { return .superseded }
-        let attemptStarted = ContinuousClock.now
+    /// One attempt: open the WebSocket, feed every frame to the machine, report the end.
+    private func runConnection(generation: Int, path: String) async {
         let connection: WebSocketConnection
         do {
             connection = try await WebSocketConnection.connect(
@@ -401,161 +308,93 @@ public actor GatewayClient {
                 eventLoopGroup: configuration.eventLoopGroup
             )
         } catch {
-            guard isCurrent(generation) else { return .superseded }
-            let target = "\(configuration.host):\(configuration.port)\(configuration.path)"
-            eventSink.yield(.error(SwitchboardClientError(code: .connectFailed, message: "could not open a WebSocket to \(target)", cause: error)))
-            return .closed(code: 1006, cause: error)
+            perform(machine.connectFailed(generation: generation, error: error, now: .now))
+            return
         }
-        guard isCurrent(generation) else {
-            await connection.close()
-            return .superseded
-        }
-        self.connection = connection
-        state = .open
-        // A gateway that upgrades but never sends `welcome` must not hold the client forever.
-        let welcomeDeadline = attemptStarted + configuration.connectTimeout
-        let welcomeTimer = Task { [weak self] in
-            guard (try? await Task.sleep(until: welcomeDeadline)) != nil else { return }
-            await self?.abandonIfNotWelcomed(connection)
-        }
-        defer { welcomeTimer.cancel() }
+        perform(machine.connectionOpened(generation: generation, connection: connection, now: .now))
         var closeCode: UInt16?
         for await event in connection.events {
-            guard isCurrent(generation) else { break }
             switch event {
             case .text(let text):
-                handleFrame(text)
+                // The gateway only sends JSON objects; anything else is skipped.
+                guard let frame = IncomingFrame(text: text) else { continue }
+                perform(machine.frameReceived(frame, generation: generation, now: .now))
             case .close(let code):
                 closeCode = code ?? 1005
-                connection.answerClose(code: code)
+                _ = connection.sendClose(code: code)
             case .binary, .ping, .pong:
                 break
             }
         }
-        if self.connection === connection { self.connection = nil }
-        return isCurrent(generation) ? .closed(code: closeCode ?? 1006, cause: nil) : .superseded
+        perform(machine.connectionClosed(generation: generation, code: closeCode ?? 1006, now: .now))
+    }
+}
+
+/// One `connect()` call waiting for `welcome`. It can be resumed from the actor (a
+/// `welcome`, a close) or from the task's cancellation handler, which runs on no actor
+/// and may come first; the first result wins and later ones are ignored.
+final class WelcomeWaiter: Sendable {
+    typealias Outcome = Result<GatewayClient.Welcome, SwitchboardClientError>
+
+    private enum Slot {
+        case empty
+        case waiting(CheckedContinuation<Outcome, Never>)
+        case resumed(Outcome)
+        case done
     }
 
-    /// Ends an attempt that is still waiting for `welcome`: the close that follows is
-    /// handled as any other (1006, reconnect with backoff).
-    private func abandonIfNotWelcomed(_ connection: WebSocketConnection) async {
-        guard self.connection === connection, state == .open else { return }
-        let message = "no welcome from \(configuration.host):\(configuration.port) within \(configuration.connectTimeout)"
-        eventSink.yield(.error(SwitchboardClientError(code: .connectFailed, message: message)))
-        await connection.abort()
-    }
+    private let slot = Mutex(Slot.empty)
 
-    /// After a close that close() did not ask for: fails what was pending, reports the
-    /// close, and tells whether to reconnect.
-    private func connectionEnded(closeCode: UInt16, cause: (any Error)?) -> Bool {
-        failPendingRequests(SwitchboardClientError(code: .connectionClosed, message: "the connection closed (\(closeCode))", cause: cause))
-        let policyClose: UInt16 = 1008
-        let willReconnect = configuration.reconnects && (closeCode != policyClose || configuration.identity.canFetchFreshToken)
-        if willReconnect { state = .reconnecting }
-        eventSink.yield(.disconnected(closeCode: closeCode, willReconnect: willReconnect))
-        if !willReconnect {
-            let error = SwitchboardClientError(code: .connectionClosed, message: "the connection closed (\(closeCode)) and will not be reopened", cause: cause)
-            stop(state: closeCode == policyClose ? .stopped : .idle, error: error)
-        }
-        return willReconnect
-    }
-
-    /// Gives up connecting: connect() callers get `error`.
-    private func stop(state: State, error: SwitchboardClientError) {
-        wantsConnection = false
-        connectionLoop = nil
-        self.state = state
-        rejectWelcomeWaiters(error)
-    }
-
-    private func connectPath() async throws -> String {
-        let query: String
-        switch configuration.identity {
-        case .user(let user): query = "user=" + OutgoingFrame.percentEncoded(user)
-        case .fixedToken(let token): query = "token=" + OutgoingFrame.percentEncoded(token)
-        case .token(let fetch): query = "token=" + OutgoingFrame.percentEncoded(try await fetch())
-        }
-        return configuration.path + (configuration.path.contains("?") ? "&" : "?") + query
-    }
-
-    private func handleFrame(_ text: String) {
-        guard let frame = IncomingFrame(text: text) else { return }  // the gateway only sends JSON objects
-        switch frame {
-        case .welcome(let user, let gateway):
-            handleWelcome(user: user, gateway: gateway)
-        case .reply(let id):
-            if let id { settle(id, with: .success(())) }
-        case .error(let id, let code, let message):
-            let error = SwitchboardClientError(code: .init(rawValue: code), message: message)
-            if let id, settle(id, with: .failure(error)) { return }
-            eventSink.yield(.error(error))
-        case .direct(let from, let to, let data):
-            eventSink.yield(.direct(from: from, to: to, data: data))
-        case .room(let room, let from, let data):
-            eventSink.yield(.room(room: room, from: from, data: data))
-        case .broadcast(let from, let data):
-            eventSink.yield(.broadcast(from: from, data: data))
-        case .unknown:
-            break
+    /// Waits for the first result (returns at once when it came already).
+    func result() async -> Outcome {
+        await withCheckedContinuation { continuation in
+            let early: Outcome? = slot.withLock { slot in
+                guard case .resumed(let outcome) = slot else {
+                    slot = .waiting(continuation)
+                    return nil
+                }
+                slot = .done
+                return outcome
+            }
+            if let early { continuation.resume(returning: early) }
         }
     }
 
-    private func handleWelcome(user: String, gateway: String) {
-        let reconnected = hasBeenWelcomed
-        hasBeenWelcomed = true
-        retriesSinceWelcome = 0
-        state = .ready
-        self.user = user
-        self.gateway = gateway
-        // Re-join before anything else is written: the gateway handles one connection's
-        // frames in order, so a request made after `welcome` follows the joins.
-        let rejoins = rooms.map { room in
-            (room: room, reply: Result { () throws(SwitchboardClientError) in
-                try startRequest("join") { OutgoingFrame.join(room: room, id: $0) }
-            })
-        }
-        let welcome = Welcome(user: user, gateway: gateway)
-        let waiters = welcomeWaiters
-        welcomeWaiters.removeAll()
-        for waiter in waiters.values { waiter.resume(returning: welcome) }
-        eventSink.yield(.welcome(user: user, gateway: gateway))
-        if !rejoins.isEmpty || reconnected {
-            Task { await self.reportRejoins(rejoins) }
-        }
-    }
-
-    private func reportRejoins(_ rejoins: [(room: String, reply: Result<EventLoopFuture<Void>, SwitchboardClientError>)]) async {
-        var joined: [String] = []
-        var failed: [SwitchboardClientError] = []
-        for (room, reply) in rejoins {
-            do throws(SwitchboardClientError) {
-                try await awaitReply(try reply.get())
-                joined.append(room)
-            } catch {
-                // A permanent refusal forgets the room; a passing one keeps it for the next reconnect.
-                if error.code == .forbidden || error.code == .invalidID { rooms.removeAll { $0 == room } }
-                var roomError = error
-                roomError.room = room
-                eventSink.yield(.error(roomError))
-                failed.append(roomError)
+    func resume(with outcome: Outcome) {
+        let continuation: CheckedContinuation<Outcome, Never>? = slot.withLock { slot in
+            switch slot {
+            case .empty:
+                slot = .resumed(outcome)
+                return nil
+            case .waiting(let continuation):
+                slot = .done
+                return continuation
+            case .resumed, .done:
+                return nil
             }
         }
-        eventSink.yield(.rejoined(rooms: joined, failed: failed))
+        continuation?.resume(returning: outcome)
     }
 }
 
 extension WebSocketConnection {
-    /// Writes one masked text frame without waiting; the future completes once it is written.
-    func write(text: String) -> EventLoopFuture<Void> {
+    /// Writes one masked text frame without waiting. A write fails only when the socket is
+    /// broken; closing it then makes the connection end, which fails every pending request.
+    func write(text: String) {
+        let channel = self.channel
         channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: text)))
+            .whenFailure { _ in channel.close(promise: nil) }
     }
 
-    /// Answers the server's close frame with the same code (RFC 6455 5.5.1), then closes the socket.
-    func answerClose(code: UInt16?) {
+    /// Sends a close frame with `code` (none when nil), then closes the socket: to end a
+    /// connection, or to answer the server's close frame with its code (RFC 6455 5.5.1).
+    /// - Returns: A future that completes once the socket is closed.
+    func sendClose(code: UInt16?) -> EventLoopFuture<Void> {
         var payload = ByteBuffer()
         if let code { payload.writeInteger(code) }
         let channel = self.channel
         channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload))
             .whenComplete { _ in channel.close(promise: nil) }
+        return channel.closeFuture
     }
 }

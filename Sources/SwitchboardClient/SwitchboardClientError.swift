@@ -1,3 +1,5 @@
+import SwitchboardProtocol
+
 /// Why a ``GatewayClient`` request, or the connection itself, failed.
 ///
 /// ``code`` is either the gateway's error code from an `error` frame (docs/protocol.md,
@@ -14,28 +16,31 @@ public struct SwitchboardClientError: Error, CustomStringConvertible {
         public init(stringLiteral value: String) { self.rawValue = value }
         public var description: String { rawValue }
 
-        // The gateway's codes (docs/protocol.md).
+        /// A gateway's code, from SwitchboardProtocol's table (the one the server sends from).
+        init(_ code: ErrorCode) { self.rawValue = code.rawValue }
+
+        // The gateway's codes (docs/protocol.md), spelled once, in `ErrorCode`.
 
         /// The frame was not valid (also raised before sending when `data` is not one JSON value).
-        public static let invalidMessage: Code = "invalid_message"
+        public static let invalidMessage = Code(ErrorCode.invalidMessage)
         /// The gateway knows no frame of that type.
-        public static let unknownType: Code = "unknown_type"
+        public static let unknownType = Code(ErrorCode.unknownType)
         /// A user or room id that breaks the id rules.
-        public static let invalidID: Code = "invalid_id"
+        public static let invalidID = Code(ErrorCode.invalidID)
         /// The message is over the gateway's size limit.
-        public static let tooLarge: Code = "too_large"
+        public static let tooLarge = Code(ErrorCode.tooLarge)
         /// More messages than the gateway's rate limit allows; the message was dropped.
-        public static let rateLimited: Code = "rate_limited"
+        public static let rateLimited = Code(ErrorCode.rateLimited)
         /// The token does not allow the room, or the connection is in too many rooms.
-        public static let forbidden: Code = "forbidden"
+        public static let forbidden = Code(ErrorCode.forbidden)
         /// `publish` to a room this connection has not joined.
-        public static let notMember: Code = "not_member"
+        public static let notMember = Code(ErrorCode.notMember)
         /// `direct` to a user no gateway hosts.
-        public static let recipientOffline: Code = "recipient_offline"
+        public static let recipientOffline = Code(ErrorCode.recipientOffline)
         /// The backplane cannot take the operation now; nothing was sent.
-        public static let backplaneUnavailable: Code = "backplane_unavailable"
+        public static let backplaneUnavailable = Code(ErrorCode.backplaneUnavailable)
         /// Anything else on the gateway's side.
-        public static let `internal`: Code = "internal"
+        public static let `internal` = Code(ErrorCode.internal)
 
         // The client's own codes.
 
