@@ -25,6 +25,8 @@ struct SessionStateMachine {
         case bindUser
         /// Feed ``userBindTimedOut()`` after this long.
         case scheduleBindTimeout(TimeAmount)
+        /// The user's bind completed: its timeout is moot.
+        case cancelBindTimeout
         /// Feed ``expiryCheck(wallClock:)`` after this long.
         case scheduleExpiryCheck(TimeAmount)
         /// Add the membership in the registry; feed ``joinRegistered(_:correlationID:result:)``.
@@ -149,7 +151,8 @@ struct SessionStateMachine {
 
     /// The session is in the pipeline: bind the user, bound the wait, arm token expiry.
     mutating func started(wallClock: Double) -> [Action] {
-        var actions: [Action] = [.bindUser, .scheduleBindTimeout(TimeAmount(limits.userBindTimeout))]
+        // The timeout first: a backplane may complete the bind inline.
+        var actions: [Action] = [.scheduleBindTimeout(TimeAmount(limits.userBindTimeout)), .bindUser]
         actions += expiryCheck(wallClock: wallClock)
         return actions
     }
@@ -171,7 +174,7 @@ struct SessionStateMachine {
         switch result {
         case .success:
             phase = .open
-            var actions: [Action] = [.writeText(ServerFrame.welcome(user: user, gateway: gatewayID), counted: .welcome)]
+            var actions: [Action] = [.cancelBindTimeout, .writeText(ServerFrame.welcome(user: user, gateway: gatewayID), counted: .welcome)]
             for delivery in heldDeliveries { actions.append(.writeText(delivery, counted: nil)) }
             heldDeliveries = []
             heldDeliveryBytes = 0
@@ -183,7 +186,7 @@ struct SessionStateMachine {
             }
             return actions
         case .failure:
-            return refuseUnreachableUser("the backplane cannot reach this user now")
+            return [.cancelBindTimeout] + refuseUnreachableUser("the backplane cannot reach this user now")
         }
     }
 

@@ -135,6 +135,9 @@ final class SessionHandler: ChannelInboundHandler {
                 }
             case .scheduleBindTimeout(let delay):
                 bindTimeout = schedule(in: delay) { $0.machine.userBindTimedOut() }
+            case .cancelBindTimeout:
+                bindTimeout?.cancel()
+                bindTimeout = nil
             case .scheduleExpiryCheck(let delay):
                 expiry = schedule(in: delay) { $0.machine.expiryCheck(wallClock: Date().timeIntervalSince1970) }
             case .register(let room, let correlationID):
