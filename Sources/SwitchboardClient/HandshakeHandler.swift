@@ -122,10 +122,15 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Hands received frames to the connection's event stream and answers pings.
-final class ClientFrameHandler: ChannelInboundHandler {
+/// Hands received frames to the connection's event stream, answers pings, and answers
+/// the server's close frame with one of its own (RFC 6455 5.5.1) unless this side closed first.
+final class ClientFrameHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
+    typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
+
+    /// This side sent a close frame: the server's close is the answer, not to be answered.
+    private var sentClose = false
 
     private let events: AsyncStream<WebSocketConnection.Event>.Continuation
     private let answerPings: Bool
@@ -153,10 +158,23 @@ final class ClientFrameHandler: ChannelInboundHandler {
             events.yield(.pong(frame.unmaskedData))
         case .connectionClose:
             var data = frame.unmaskedData
-            events.yield(.close(code: data.readInteger(as: UInt16.self)))
+            let code = data.readInteger(as: UInt16.self)
+            events.yield(.close(code: code))
+            if answerPings, !sentClose {
+                sentClose = true
+                var payload = ByteBuffer()
+                if let code { payload.writeInteger(code) }
+                let answer = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload)
+                context.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+            }
         default:
             break
         }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if unwrapOutboundIn(data).opcode == .connectionClose { sentClose = true }
+        context.write(data, promise: promise)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

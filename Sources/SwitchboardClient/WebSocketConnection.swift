@@ -46,7 +46,8 @@ public final class WebSocketConnection: Sendable {
     ///   - headers: Extra request headers (e.g. `Authorization`).
     ///   - localAddress: Source address to bind, to spread many connections over loopback addresses.
     ///   - tls: Connect with TLS (`wss://`) using this configuration.
-    ///   - answerPings: Answer the server's pings with pongs (a test may turn it off to play a dead client).
+    ///   - answerPings: Answer the server's pings with pongs and its close frame with a close
+    ///     frame (a test may turn it off to play a dead client).
     ///   - handshakeTimeout: Give up when the TCP connect, TLS and the upgrade together take
     ///     longer (``HandshakeError/timedOut``, or NIO's connect timeout error); nil: only
     ///     NIO's 10 s TCP connect timeout, and a server that accepts but never answers holds the call.

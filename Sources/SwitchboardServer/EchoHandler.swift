@@ -7,7 +7,8 @@ import NIOWebSocket
 ///
 /// Its close handshake is the session's: a peer's close is echoed and the socket closed
 /// once that is written; a close the endpoint starts waits up to
-/// ``closeHandshakeTimeout`` for the peer's close frame.
+/// ``closeHandshakeTimeout`` for the peer's close frame. A peer that sends without reading
+/// is read no further while its echoes fill the outbound buffer.
 final class EchoHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -46,6 +47,7 @@ final class EchoHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(Self.closeFrame(answer, allocator: channel.allocator))).whenComplete { _ in
                 channel.close(promise: nil)
             }
+            context.eventLoop.scheduleTask(in: Self.closeHandshakeTimeout) { channel.close(promise: nil) }
         case .fail(let code):
             startClose(code, context: context)
         }
@@ -53,7 +55,16 @@ final class EchoHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
+        // Echoes pile up for a peer that does not read: stop reading until they drain.
+        if !context.channel.isWritable { try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false) }
         context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

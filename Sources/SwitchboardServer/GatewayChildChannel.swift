@@ -73,7 +73,8 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                         decision.value = .refused(refusal)
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
-                    if let echoPath = configuration.echoPath, QueryString(uri: head.uri).path == echoPath {
+                    // Never /ws: that would turn the authenticated endpoint into an open echo.
+                    if let echoPath = configuration.echoPath, echoPath != "/ws", QueryString(uri: head.uri).path == echoPath {
                         decision.value = .echo
                         return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
                     }

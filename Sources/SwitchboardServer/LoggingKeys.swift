@@ -6,6 +6,5 @@ enum LoggingKeys {
     static let roomID = "switchboard.room.id"
     static let address = "switchboard.backplane.address"
     static let closeCode = "switchboard.close.code"
-    static let closeReason = "switchboard.close.reason"
     static let errorType = "error.type"
 }

@@ -29,8 +29,10 @@ struct SessionStateMachine {
         case cancelBindTimeout
         /// Feed ``expiryCheck(wallClock:)`` after this long.
         case scheduleExpiryCheck(TimeAmount)
-        /// Add the membership in the registry; feed ``joinRegistered(_:correlationID:result:)``.
-        case register(join: RoomID, correlationID: CorrelationID?)
+        /// Add the membership in the registry; feed ``joinRegistered(_:correlationID:wasMember:result:)``.
+        /// The machine counts the room as joined from here on (a publish that follows is
+        /// allowed), and takes that back if the registry refuses.
+        case register(join: RoomID, correlationID: CorrelationID?, wasMember: Bool)
         /// Bind the room on the backplane; feed ``roomBindCompleted(_:correlationID:result:)``.
         case bindRoom(RoomID, correlationID: CorrelationID?)
         /// Remove the membership from the registry (and release the room's binding).
@@ -39,8 +41,8 @@ struct SessionStateMachine {
         case publish(PublishRequest)
         /// Tell the event sink that a direct message reached no one.
         case reportUndelivered(ByteBuffer, to: BackplaneAddress)
-        /// Log a publish that failed for a reason the client is not told in detail.
-        case logPublishFailure(BackplaneError)
+        /// Log something that happened to the session.
+        case log(LogEvent)
         /// Write a close frame with `code` and `message`, then close the socket: at once
         /// when `closeWhenWritten` (the peer's close was answered), else when the peer
         /// answers (``frameReceived(_:now:)``) or ``closeHandshakeTimedOut()`` fires.
@@ -52,6 +54,19 @@ struct SessionStateMachine {
         /// The session is over: leave the registry, cancel timers, count the close.
         /// Exactly once per session.
         case end(GatewayMetrics.CloseReason)
+    }
+
+    /// What the session logs: the handler picks the level and words.
+    enum LogEvent {
+        case tokenExpired
+        case idleTimeout
+        case tooMuchBeforeWelcome
+        case rateLimitAbuse
+        case userBindTimedOut
+        case userBindFailed(BackplaneError)
+        case slowConsumer
+        /// A publish that failed for a reason the client is not told in detail.
+        case publishFailed(BackplaneError)
     }
 
     /// A message handed to the backplane, and what its outcome needs.
@@ -151,9 +166,11 @@ struct SessionStateMachine {
 
     /// The session is in the pipeline: bind the user, bound the wait, arm token expiry.
     mutating func started(wallClock: Double) -> [Action] {
-        // The timeout first: a backplane may complete the bind inline.
-        var actions: [Action] = [.scheduleBindTimeout(TimeAmount(limits.userBindTimeout)), .bindUser]
+        // The timers first: a backplane may complete (or fail) the bind inline, ending the session.
+        var actions: [Action] = [.scheduleBindTimeout(TimeAmount(limits.userBindTimeout))]
         actions += expiryCheck(wallClock: wallClock)
+        // An expired token closed the session already: no broker bind for it.
+        if phase == .connecting { actions.append(.bindUser) }
         return actions
     }
 
@@ -163,7 +180,7 @@ struct SessionStateMachine {
         guard let expiresAt = identity.expiresAt, phase == .connecting || phase == .open else { return [] }
         switch TokenLifetime.decide(expiresAt: expiresAt.timeIntervalSince1970, now: wallClock) {
         case .expired:
-            return close(CloseCode.policyViolation, reason: .policy, message: "token expired")
+            return [.log(.tokenExpired)] + close(CloseCode.policyViolation, reason: .policy, message: "token expired")
         case .checkAfter(let delay):
             return [.scheduleExpiryCheck(TimeAmount(delay))]
         }
@@ -185,14 +202,14 @@ struct SessionStateMachine {
                 actions += read(frame)
             }
             return actions
-        case .failure:
-            return [.cancelBindTimeout] + refuseUnreachableUser("the backplane cannot reach this user now")
+        case .failure(let error):
+            return [.cancelBindTimeout, .log(.userBindFailed(error))] + refuseUnreachableUser("the backplane cannot reach this user now")
         }
     }
 
     mutating func userBindTimedOut() -> [Action] {
         guard phase == .connecting else { return [] }
-        return refuseUnreachableUser("the backplane did not make this user reachable in time")
+        return [.log(.userBindTimedOut)] + refuseUnreachableUser("the backplane did not make this user reachable in time")
     }
 
     private mutating func refuseUnreachableUser(_ message: String) -> [Action] {
@@ -213,7 +230,7 @@ struct SessionStateMachine {
             heldFrameBytes += frame.length
             if heldFrames.count > limits.maximumFramesBeforeWelcome || heldFrameBytes > limits.maximumFrameSize {
                 heldFrames = []
-                return close(CloseCode.policyViolation, reason: .policy, message: "too many messages before welcome")
+                return [.log(.tooMuchBeforeWelcome)] + close(CloseCode.policyViolation, reason: .policy, message: "too many messages before welcome")
             }
             return []
         case .open:
@@ -262,7 +279,7 @@ struct SessionStateMachine {
         guard phase == .open else { return [] }
         let silent = now - lastHeard
         if silent >= TimeAmount(limits.idleTimeout) {
-            return close(CloseCode.goingAway, reason: .idle, message: nil)
+            return [.log(.idleTimeout)] + close(CloseCode.goingAway, reason: .idle, message: nil)
         }
         if silent >= TimeAmount(limits.pingInterval) {
             return writeControl(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
@@ -270,8 +287,14 @@ struct SessionStateMachine {
         return []
     }
 
-    mutating func joinRegistered(_ room: RoomID, correlationID: CorrelationID?, result: JoinResult) -> [Action] {
+    mutating func joinRegistered(_ room: RoomID, correlationID: CorrelationID?, wasMember: Bool, result: JoinResult) -> [Action] {
         guard phase == .open else { return [] }
+        switch result {
+        case .tooManyRooms, .unknownConnection, .connectionLeaving:
+            if !wasMember { rooms.remove(room) }
+        case .joined, .alreadyMember:
+            break
+        }
         switch result {
         case .tooManyRooms:
             return reject(ProtocolError(.forbidden, "a connection may be in at most \(limits.maximumRoomsPerConnection) rooms", correlationID: correlationID))
@@ -280,7 +303,6 @@ struct SessionStateMachine {
         case .connectionLeaving:
             return reject(ProtocolError(.backplaneUnavailable, "this gateway is shutting down; reconnect", correlationID: correlationID))
         case .joined, .alreadyMember:
-            rooms.insert(room)
             return [.bindRoom(room, correlationID: correlationID)]
         }
     }
@@ -312,7 +334,7 @@ struct SessionStateMachine {
         case .failure(let failure) where failure.code == .unavailable || failure.code == .closed:
             error = ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID)
         case .failure(let failure):
-            actions.append(.logPublishFailure(failure))
+            actions.append(.log(.publishFailed(failure)))
             error = ProtocolError(.internal, "the message could not be sent", correlationID: correlationID)
         }
         return actions + reject(error)
@@ -370,7 +392,7 @@ struct SessionStateMachine {
         case .limited:
             return [.received(.rateLimited)] + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.messageRate)) messages per second"))
         case .abusive:
-            return close(CloseCode.policyViolation, reason: .policy, message: "rate limit exceeded")
+            return [.log(.rateLimitAbuse)] + close(CloseCode.policyViolation, reason: .policy, message: "rate limit exceeded")
         }
         switch ClientFrame.decode(message) {
         case .failure(let error):
@@ -410,7 +432,8 @@ struct SessionStateMachine {
         guard identity.rooms.allows(room) else {
             return reject(ProtocolError(.forbidden, "the token does not allow this room", correlationID: correlationID))
         }
-        if !rooms.contains(room) {
+        let wasMember = rooms.contains(room)
+        if !wasMember {
             // Only a new membership can cost a broker bind; re-joining a room is free.
             switch joinLimiter.take(now: now, closeAfter: .max) {
             case .allowed:
@@ -420,7 +443,10 @@ struct SessionStateMachine {
                     + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.joinRate)) joins per second", correlationID: correlationID))
             }
         }
-        return [.register(join: room, correlationID: correlationID)]
+        // Counted as joined at once, so that frames handled in the same batch (those held
+        // before welcome) see the membership: a publish right after the join is allowed.
+        rooms.insert(room)
+        return [.register(join: room, correlationID: correlationID, wasMember: wasMember)]
     }
 
     // MARK: Writing and closing
@@ -446,7 +472,7 @@ struct SessionStateMachine {
     private mutating func slowConsumer() -> [Action] {
         phase = .closed
         heldDeliveries = []
-        return [.closeSocket] + ended(.slowConsumer)
+        return [.log(.slowConsumer), .closeSocket] + ended(.slowConsumer)
     }
 
     /// Starts the close handshake: a close frame, then the client's answer or a timeout.

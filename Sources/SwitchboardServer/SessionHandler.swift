@@ -54,23 +54,28 @@ final class SessionHandler: ChannelInboundHandler {
         if !change.becameLocal.isEmpty {
             gateway.logger.trace("user became local", metadata: [LoggingKeys.userID: "\(user)"])
         }
-        perform(machine.started(wallClock: Date().timeIntervalSince1970))
+        feed { $0.started(wallClock: Date().timeIntervalSince1970) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        perform(machine.channelClosed())
+        feed { $0.channelClosed() }
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        perform(machine.channelClosed())
+        feed { $0.channelClosed() }
         context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        machine.writabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // Hummingbird allows half-closure; a WebSocket client that sent FIN is gone.
         if let event = event as? ChannelEvent, event == .inputClosed {
-            perform(machine.inputClosed())
+            feed { $0.inputClosed() }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -83,7 +88,8 @@ final class SessionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         isReading = true
-        perform(machine.frameReceived(unwrapInboundIn(data), now: .now()))
+        let frame = unwrapInboundIn(data)
+        feed { $0.frameReceived(frame, now: .now()) }
         isReading = false
     }
 
@@ -97,25 +103,31 @@ final class SessionHandler: ChannelInboundHandler {
 
     /// Called by the gateway's keepalive sweep on this session's loop.
     func keepalive(now: NIODeadline) {
-        perform(machine.keepaliveTick(now: now))
+        feed { $0.keepaliveTick(now: now) }
     }
 
     /// Writes a frame delivered by the gateway (another session's message).
     func send(_ frame: ByteBuffer) {
-        syncWritability()
-        perform(machine.deliver(frame))
+        feed { $0.deliver(frame) }
     }
 
     /// Closes the session with `code` (a drain's 1012), with the close handshake.
     func close(code: WebSocketErrorCode, reason: GatewayMetrics.CloseReason, message: String? = nil) {
-        perform(machine.closeRequested(code: code, reason: reason, message: message))
+        feed { $0.closeRequested(code: code, reason: reason, message: message) }
     }
 
     // MARK: Performing actions
 
+    /// Gives the state machine one input and performs what it returns. The channel's
+    /// writability is read first: the machine decides on a full buffer, and NIO's flag,
+    /// not an event that may lag it, is the truth.
+    private func feed(_ input: (inout SessionStateMachine) -> [SessionStateMachine.Action]) {
+        syncWritability()
+        perform(input(&machine))
+    }
+
     private func perform(_ actions: [SessionStateMachine.Action]) {
         guard !actions.isEmpty, let context else { return }
-        defer { syncWritability() }
         var wrote = false
         for action in actions {
             switch action {
@@ -129,24 +141,27 @@ final class SessionHandler: ChannelInboundHandler {
             case .received(let kind):
                 gateway.metrics.received(kind)
             case .bindUser:
-                guard let handle else { return }
+                guard let handle else { continue }
                 gateway.bindings.ensureBound(.user(user)) { result in
-                    handle.withSession { $0.perform($0.machine.userBindCompleted(result)) }
+                    handle.withSession { $0.feed { $0.userBindCompleted(result) } }
                 }
             case .scheduleBindTimeout(let delay):
-                bindTimeout = schedule(in: delay) { $0.machine.userBindTimedOut() }
+                guard machine.endReason == nil else { continue }
+                bindTimeout = schedule(in: delay) { $0.userBindTimedOut() }
             case .cancelBindTimeout:
                 bindTimeout?.cancel()
                 bindTimeout = nil
             case .scheduleExpiryCheck(let delay):
-                expiry = schedule(in: delay) { $0.machine.expiryCheck(wallClock: Date().timeIntervalSince1970) }
-            case .register(let room, let correlationID):
+                // Never armed for a session that ended meanwhile: it would hold the handler for up to a week.
+                guard machine.endReason == nil else { continue }
+                expiry = schedule(in: delay) { $0.expiryCheck(wallClock: Date().timeIntervalSince1970) }
+            case .register(let room, let correlationID, let wasMember):
                 let result = gateway.registry.join(connectionID, room: room, maximumRooms: gateway.configuration.maximumRoomsPerConnection)
-                perform(machine.joinRegistered(room, correlationID: correlationID, result: result))
+                feed { $0.joinRegistered(room, correlationID: correlationID, wasMember: wasMember, result: result) }
             case .bindRoom(let room, let correlationID):
-                guard let handle else { return }
+                guard let handle else { continue }
                 gateway.bindings.ensureBound(.room(room)) { result in
-                    handle.withSession { $0.perform($0.machine.roomBindCompleted(room, correlationID: correlationID, result: result)) }
+                    handle.withSession { $0.feed { $0.roomBindCompleted(room, correlationID: correlationID, result: result) } }
                 }
             case .leave(let room):
                 gateway.apply(gateway.registry.leave(connectionID, room: room))
@@ -154,13 +169,13 @@ final class SessionHandler: ChannelInboundHandler {
                 publish(request)
             case .reportUndelivered(let frame, let address):
                 gateway.configuration.events?.undelivered(frame, to: address)
-            case .logPublishFailure(let failure):
-                gateway.logger.error("publish failed", metadata: metadata([LoggingKeys.errorType: "\(failure)"]))
+            case .log(let event):
+                log(event)
             case .sendClose(let code, let message, let closeWhenWritten):
                 sendClose(code: code, message: message, closeWhenWritten: closeWhenWritten, context: context)
                 wrote = false
             case .scheduleCloseTimeout(let delay):
-                _ = schedule(in: delay) { $0.machine.closeHandshakeTimedOut() }
+                _ = schedule(in: delay) { $0.closeHandshakeTimedOut() }
             case .closeSocket:
                 context.close(promise: nil)
             case .end(let reason):
@@ -172,16 +187,18 @@ final class SessionHandler: ChannelInboundHandler {
         }
     }
 
-    /// The state machine decides on a full buffer; it learns of one here, after every batch
-    /// of writes and before each delivery (the channel's flag is what NIO maintains).
+    /// The state machine decides on a full buffer; it reads NIO's flag before every input.
     private func syncWritability() {
         if let context { machine.writabilityChanged(isWritable: context.channel.isWritable) }
     }
 
-    private func schedule(in delay: TimeAmount, _ input: @escaping @Sendable (SessionHandler) -> [SessionStateMachine.Action]) -> Scheduled<Void>? {
+    private func schedule(
+        in delay: TimeAmount,
+        _ input: @escaping @Sendable (inout SessionStateMachine) -> [SessionStateMachine.Action]
+    ) -> Scheduled<Void>? {
         guard let context, let handle else { return nil }
         return context.eventLoop.scheduleTask(in: delay) {
-            handle.withSession { $0.perform(input($0)) }
+            handle.withSession { $0.feed(input) }
         }
     }
 
@@ -192,7 +209,7 @@ final class SessionHandler: ChannelInboundHandler {
         let started = ContinuousClock.now
         gateway.backplane.publish(request.frame, to: request.address) { result in
             metrics.publishCompleted(after: ContinuousClock.now - started)
-            handle.withSession { $0.perform($0.machine.publishCompleted(result, request: request)) }
+            handle.withSession { $0.feed { $0.publishCompleted(result, request: request) } }
         }
     }
 
@@ -205,6 +222,8 @@ final class SessionHandler: ChannelInboundHandler {
         if closeWhenWritten {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
+            // A client that sent its close and stopped reading may never take the answer.
+            context.eventLoop.scheduleTask(in: TimeAmount(machine.limits.closeHandshakeTimeout)) { channel.close(promise: nil) }
         }
     }
 
@@ -214,17 +233,30 @@ final class SessionHandler: ChannelInboundHandler {
         bindTimeout = nil
         expiry?.cancel()
         expiry = nil
-        switch reason {
-        case .client, .disconnected, .drain, .protocolError:
-            break
-        case .slowConsumer:
-            gateway.logger.info("slow consumer: outbound buffer full, closing", metadata: metadata())
-            gateway.metrics.slowConsumerClosed()
-        case .idle, .policy, .backplane, .serverError:
-            gateway.logger.info("closing", metadata: metadata([LoggingKeys.closeReason: "\(reason.rawValue)"]))
-        }
+        if reason == .slowConsumer { gateway.metrics.slowConsumerClosed() }
         gateway.apply(gateway.registry.remove(connectionID))
         gateway.metrics.connectionClosed(reason)
+    }
+
+    private func log(_ event: SessionStateMachine.LogEvent) {
+        switch event {
+        case .tokenExpired:
+            gateway.logger.info("token expired; closing", metadata: metadata())
+        case .idleTimeout:
+            gateway.logger.info("idle timeout; closing", metadata: metadata())
+        case .tooMuchBeforeWelcome:
+            gateway.logger.info("too much sent before welcome; closing", metadata: metadata())
+        case .rateLimitAbuse:
+            gateway.logger.info("sustained rate-limit abuse; closing", metadata: metadata())
+        case .userBindTimedOut:
+            gateway.logger.warning("the backplane did not bind the user in time; closing", metadata: metadata())
+        case .userBindFailed(let error):
+            gateway.logger.warning("could not bind user on the backplane; closing", metadata: metadata([LoggingKeys.errorType: "\(error)"]))
+        case .slowConsumer:
+            gateway.logger.info("slow consumer: outbound buffer full, closing", metadata: metadata())
+        case .publishFailed(let error):
+            gateway.logger.error("publish failed", metadata: metadata([LoggingKeys.errorType: "\(error)"]))
+        }
     }
 
     private func metadata(_ extra: Logger.Metadata = [:]) -> Logger.Metadata {

@@ -31,7 +31,7 @@ enum EnvironmentOptions {
         "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key", "event-loops",
         "max-connections", "max-connections-per-ip", "trusted-proxy", "join-rate", "join-burst",
         "jwks-refresh-interval", "jwks-ca-file", "jwks-default-alg", "jwt-audience", "jwt-issuer", "jwt-leeway",
-        "max-pending-publishes", "max-pending-publish-bytes", "publish-timeout",
+        "max-pending-publishes", "max-pending-publish-bytes", "publish-timeout", "echo-path",
     ]
 
     /// The `serve` flags (no value) that environment variables may set: 1, true or yes turns one on.

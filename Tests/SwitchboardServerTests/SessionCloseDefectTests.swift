@@ -3,6 +3,7 @@ import NIOCore
 import ServiceLifecycle
 import SwitchboardBackplane
 import SwitchboardProtocol
+import SwitchboardClient
 import SwitchboardServer
 import SwitchboardTesting
 import Synchronization
@@ -58,6 +59,50 @@ struct SessionCloseDefectTests {
             backplane.release()  // the bind completes after the drain: too late for a welcome
             #expect(try await pending.nextCloseCode() == 1012)
             #expect(gateway.gateway.localCounts.connections == 0)
+        }
+    }
+}
+
+/// The close handshake the gateway starts (RFC 6455 7.1): its close frame, the client's
+/// answer, then the gateway closes TCP; a client that never answers is cut off after 2 s.
+@Suite("Close handshake started by the gateway", .serialized, .timeLimit(.minutes(1)))
+struct GatewayCloseHandshakeTests {
+    /// Reads `connection` until the close frame; returns its code and how long the socket
+    /// stayed open after it.
+    static func closeAndLinger(_ connection: WebSocketConnection) async -> (code: UInt16?, lingered: Duration) {
+        var code: UInt16?
+        var closedAt: ContinuousClock.Instant?
+        for await event in connection.events {
+            if case .close(let received) = event {
+                code = received
+                closedAt = .now
+            }
+        }
+        return (code, closedAt.map { .now - $0 } ?? .zero)
+    }
+
+    @Test("a client that answers the close frame is disconnected at once; one that does not, after the 2 s deadline")
+    func waitsForTheClientsClose() async throws {
+        try await withGateway(configure: {
+            $0.messageRate = 1
+            $0.messageBurst = 1
+            $0.rateLimitedCloseAfter = 1
+        }) { gateway in
+            // Rate abuse: 1008 with the close handshake.
+            let polite = try await WebSocketConnection.connect(host: "127.0.0.1", port: gateway.port, path: "/ws?user=polite")
+            try await polite.send(text: #"{"type":"ping"}"#)
+            try await polite.send(text: #"{"type":"ping"}"#)
+            let answered = await Self.closeAndLinger(polite)
+            #expect(answered.code == 1008)
+            #expect(answered.lingered < .seconds(1), "the gateway closed TCP when the client's close arrived, not at the deadline: \(answered.lingered)")
+
+            let silent = try await WebSocketConnection.connect(host: "127.0.0.1", port: gateway.port, path: "/ws?user=silent", answerPings: false)
+            try await silent.send(text: #"{"type":"ping"}"#)
+            try await silent.send(text: #"{"type":"ping"}"#)
+            let unanswered = await Self.closeAndLinger(silent)
+            #expect(unanswered.code == 1008)
+            #expect(unanswered.lingered >= .milliseconds(1500), "the gateway waited for the client's close frame: \(unanswered.lingered)")
+            #expect(unanswered.lingered < .seconds(10))
         }
     }
 }

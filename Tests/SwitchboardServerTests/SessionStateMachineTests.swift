@@ -218,6 +218,28 @@ struct SessionStateMachineTests {
         #expect(flooded.userBindCompleted(.success(())).isEmpty, "no welcome after the close")
     }
 
+    @Test("join then publish, both sent before welcome: the publish sees the membership; a repeated join costs one join token")
+    func heldJoinThenPublish() throws {
+        var machine = try Self.machine { $0.joinBurst = 1 }
+        _ = machine.started(wallClock: 0)
+        for text in [#"{"type":"join","room":"r","id":1}"#, #"{"type":"join","room":"r","id":2}"#, #"{"type":"publish","room":"r","data":1,"id":3}"#] {
+            _ = machine.frameReceived(Self.text(text), now: Self.start)
+        }
+        let actions = machine.userBindCompleted(.success(()))
+        #expect(Self.errorCodes(actions).isEmpty, "\(Self.texts(actions))")
+        #expect(actions.filter { if case .register = $0 { true } else { false } }.count == 2)
+        #expect(actions.contains { if case .publish = $0 { true } else { false } })
+    }
+
+    @Test("an expired token at start closes before any broker bind; no timer is armed for it")
+    func expiredBeforeBind() throws {
+        var machine = try Self.machine(expiresAt: Date(timeIntervalSince1970: 100))
+        let actions = machine.started(wallClock: 200)
+        #expect(!actions.contains { if case .bindUser = $0 { true } else { false } })
+        #expect(!actions.contains { if case .scheduleExpiryCheck = $0 { true } else { false } })
+        #expect(Self.endReason(actions) == .policy)
+    }
+
     @Test("a user bind that fails or times out gets backplane_unavailable, then 1013")
     func bindFailures() throws {
         var timedOut = try Self.machine()
@@ -260,8 +282,8 @@ struct SessionStateMachineTests {
         var machine = try Self.open { $0.joinRate = 1; $0.joinBurst = 2; $0.messageBurst = 100 }
         for room in ["a", "b"] {
             let actions = machine.frameReceived(Self.text(#"{"type":"join","room":"\#(room)"}"#), now: Self.start)
-            #expect(actions.contains { if case .register(join: let joined, _) = $0 { joined.description == room } else { false } })
-            _ = machine.joinRegistered(try RoomID(validating: room), correlationID: nil, result: .joined(roomBecameLocal: true))
+            #expect(actions.contains { if case .register(join: let joined, _, _) = $0 { joined.description == room } else { false } })
+            _ = machine.joinRegistered(try RoomID(validating: room), correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true))
         }
         #expect(Self.errorCodes(machine.frameReceived(Self.text(#"{"type":"join","room":"c"}"#), now: Self.start)) == ["rate_limited"])
         let again = machine.frameReceived(Self.text(#"{"type":"join","room":"a"}"#), now: Self.start)
@@ -274,14 +296,17 @@ struct SessionStateMachineTests {
         var machine = try Self.open()
         #expect(Self.errorCodes(machine.frameReceived(Self.text(#"{"type":"publish","room":"r","data":1}"#), now: Self.start)) == ["not_member"])
         let room = try RoomID(validating: "r")
-        #expect(machine.joinRegistered(room, correlationID: nil, result: .joined(roomBecameLocal: true)).contains { if case .bindRoom = $0 { true } else { false } })
+        _ = machine.frameReceived(Self.text(#"{"type":"join","room":"r"}"#), now: Self.start)
+        #expect(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true)).contains { if case .bindRoom = $0 { true } else { false } })
         #expect(machine.frameReceived(Self.text(#"{"type":"publish","room":"r","data":1}"#), now: Self.start).contains { if case .publish = $0 { true } else { false } })
         let failed = machine.roomBindCompleted(room, correlationID: nil, result: .failure(BackplaneError(.unavailable, "down")))
         #expect(failed.contains { if case .leave = $0 { true } else { false } })
         #expect(Self.errorCodes(failed) == ["backplane_unavailable"])
         #expect(!machine.rooms.contains(room))
-        #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, result: .tooManyRooms)) == ["forbidden"])
-        #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, result: .connectionLeaving)) == ["backplane_unavailable"])
+        _ = machine.frameReceived(Self.text(#"{"type":"join","room":"r"}"#), now: Self.start)
+        #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .tooManyRooms)) == ["forbidden"])
+        #expect(!machine.rooms.contains(room), "a refused join is taken back")
+        #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .connectionLeaving)) == ["backplane_unavailable"])
     }
 
     @Test("publish outcomes: routed acks, no recipient of a direct is recipient_offline and reported, broker errors map to codes")
@@ -298,12 +323,12 @@ struct SessionStateMachineTests {
         #expect(Self.errorCodes(machine.publishCompleted(.failure(BackplaneError(.closed, "")), request: room)) == ["backplane_unavailable"])
         let other = machine.publishCompleted(.failure(BackplaneError(.rejected, "")), request: room)
         #expect(Self.errorCodes(other) == ["internal"])
-        #expect(other.contains { if case .logPublishFailure = $0 { true } else { false } })
+        #expect(other.contains { if case .log(.publishFailed) = $0 { true } else { false } })
     }
 
     // MARK: Closing
 
-    @Test("a drain's close before welcome closes the session; the late bind sends no welcome (defect)")
+    @Test("a drain's close before welcome closes the session; the late bind sends no welcome")
     func drainBeforeWelcome() throws {
         var machine = try Self.machine()
         _ = machine.started(wallClock: 0)
@@ -336,6 +361,7 @@ struct SessionStateMachineTests {
         var machine = try Self.open()
         machine.writabilityChanged(isWritable: false)
         let actions = machine.deliver(ByteBuffer(string: "{}"))
+        #expect(actions.contains { if case .log(.slowConsumer) = $0 { true } else { false } })
         #expect(Self.closesSocket(actions))
         #expect(Self.sentClose(actions) == nil)
         #expect(Self.endReason(actions) == .slowConsumer)
