@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .library(name: "SwitchboardServer", targets: ["SwitchboardServer"]),
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
     ],
@@ -139,7 +140,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // A WebSocket client for Switchboard: the raw `WebSocketConnection` (`switchboard bench`,
+        // A WebSocket client for Switchboard: the raw `WebSocketConnection` (`switchboard-bench`,
         // protocol tests) and `GatewayClient`, which reconnects, re-joins and awaits acks.
         .target(
             name: "SwitchboardClient",
@@ -175,24 +176,39 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The gateway binary: argument parsing, and the only target that knows the concrete backplanes.
         .executableTarget(
             name: "switchboard",
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardBackplane",
-                "SwitchboardProtocol",
                 "SwitchboardRabbitMQ",
                 "SwitchboardRedis",
-                "SwitchboardClient",
                 "AMQPClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The load generator (`switchboard-bench`), a binary of its own so that the gateway
+        // links neither the client library nor HdrHistogram.
+        .executableTarget(
+            name: "switchboard-bench",
+            dependencies: [
+                "SwitchboardClient",
+                "SwitchboardProtocol",
+                "SwitchboardBackplane",
+                "SwitchboardRabbitMQ",
+                "AMQPClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
