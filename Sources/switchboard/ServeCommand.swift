@@ -188,14 +188,20 @@ struct ServeCommand: AsyncParsableCommand {
         if let eventLoops { guard (1...256).contains(eventLoops) else { throw ValidationError("--event-loops must be 1…256") } }
         guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
-        if let gatewayID { try ValidateGatewayID.check(gatewayID) }
+        if let gatewayID {
+            do {
+                try GatewayConfiguration.validateGatewayID(gatewayID)
+            } catch {
+                throw ValidationError("--gateway-id must be \(InvalidGatewayID.rule)")
+            }
+        }
         guard !exchange.isEmpty, exchange.utf8.count <= 127 else { throw ValidationError("--exchange must be 1…127 bytes") }
         if let eventsExchange {
             guard !eventsExchange.isEmpty, eventsExchange.utf8.count <= 127 else { throw ValidationError("--events-exchange must be 1…127 bytes") }
             guard eventsExchange != exchange else {
                 throw ValidationError("--events-exchange must differ from --exchange: only gateway queues may bind to the main exchange")
             }
-            guard backplane.hasPrefix("amqp://") || backplane.hasPrefix("amqps://") else {
+            guard BackplaneURL.kind(of: backplane) == .rabbitMQ else {
                 throw ValidationError("--events-exchange needs a RabbitMQ backplane (amqp:// or amqps://)")
             }
         }
@@ -258,7 +264,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.trustedProxies = Set(Self.commaSeparated(trustedProxy).filter { !$0.isEmpty })
         configuration.joinRate = joinRate
         configuration.joinBurst = joinBurst
-        let backplane = try BackplaneURL.make(
+        let backplane = try BackplaneFactory.make(
             self.backplane,
             gatewayID: configuration.gatewayID,
             exchange: exchange,
@@ -408,41 +414,30 @@ enum AuthOption: String, ExpressibleByArgument, CaseIterable {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Checks `--gateway-id`: it names a queue and appears in frames.
-enum ValidateGatewayID {
-    static func check(_ id: String) throws {
-        let allowed = id.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
-                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
-                || byte == UInt8(ascii: ".")
-        }
-        guard !id.isEmpty, id.utf8.count <= 64, allowed else {
-            throw ValidationError("--gateway-id must be 1…64 characters of [A-Za-z0-9._-]")
-        }
-    }
-}
-
-/// Picks the backplane from `--backplane`.
-enum BackplaneURL {
+/// Maps a `--backplane` URL (``BackplaneURL``) to its concrete backplane: the one place
+/// that knows RabbitMQ and Redis.
+enum BackplaneFactory {
     static func make(
-        _ url: String,
+        _ value: String,
         gatewayID: String,
         exchange: String,
         eventsExchange: String? = nil,
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
         logger: Logger
     ) throws -> any Backplane {
-        if url == "memory" || url == "memory://" {
+        let url: BackplaneURL
+        do {
+            url = try BackplaneURL(parsing: value)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        switch url.kind {
+        case .memory:
             return InMemoryBackplane()
-        }
-        if let problem = CredentialRedaction.reservedCharacterProblem(in: url) {
-            throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(problem)")
-        }
-        if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
+        case .rabbitMQ:
             do {
-                let amqp = try AMQPConfiguration(url: url)
                 let configuration = RabbitMQConfiguration(
-                    amqp: amqp,
+                    amqp: try AMQPConfiguration(url: url.url),
                     gatewayID: gatewayID,
                     exchange: exchange,
                     publishLimits: publishLimits,
@@ -450,24 +445,18 @@ enum BackplaneURL {
                 )
                 return RabbitMQBackplane(configuration: configuration, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(error.message)")
+                throw ValidationError(BackplaneURLError.invalid(url.url, reason: error.message).description)
             }
-        }
-        if url.hasPrefix("redis://") || url.hasPrefix("rediss://") {
+        case .redis:
             do {
-                var redis = try RedisBackplaneConfiguration(url: url, gatewayID: gatewayID)
+                var redis = try RedisBackplaneConfiguration(url: url.url, gatewayID: gatewayID)
                 redis.pendingLimits = (publishLimits.maximumPending, publishLimits.maximumPendingBytes)
                 return RedisBackplane(configuration: redis, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(String(describing: error))")
+                throw ValidationError(BackplaneURLError.invalid(url.url, reason: String(describing: error)).description)
             }
         }
-        let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
-        throw ValidationError(
-            "unsupported backplane '\(CredentialRedaction.redact(url))' (scheme '\(scheme)'): use 'memory', amqp://, amqps:// or redis://"
-        )
     }
-
 }
 
 /// Process limits the gateway adjusts at start-up.
@@ -493,7 +482,7 @@ enum FileDescriptorLimit {
         var name = [CChar](repeating: 0, count: 256)
         guard gethostname(&name, name.count) == 0 else { return "gateway" }
         let host = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return (try? ValidateGatewayID.check(host)) != nil ? host : "gateway"
+        return (try? GatewayConfiguration.validateGatewayID(host)) != nil ? host : "gateway"
         #else
         return "gateway"
         #endif
