@@ -1,5 +1,5 @@
 import Logging
-public import ServiceLifecycle
+import ServiceLifecycle
 import SwitchboardBackplane
 import SwitchboardRegistry
 import Synchronization
@@ -74,17 +74,13 @@ extension Gateway {
     }
 }
 
-/// Runs ``Gateway/drain()`` when graceful shutdown begins. Put it after the application
-/// in the service group: services shut down in reverse order, so the drain finishes
-/// before the HTTP server and the backplane stop.
-public struct GatewayDrainService: Service {
+/// Runs ``Gateway/drain()`` when graceful shutdown begins. ``buildGateway(configuration:backplane:logger:onServerRunning:)``
+/// puts it after the application in a service group: services shut down in reverse
+/// order, so the drain finishes before the HTTP server and the backplane stop.
+struct GatewayDrainService: Service {
     let gateway: Gateway
 
-    public init(gateway: Gateway) {
-        self.gateway = gateway
-    }
-
-    public func run() async throws {
+    func run() async throws {
         do {
             try await gracefulShutdown()
         } catch {

@@ -283,7 +283,7 @@ struct ServeCommand: AsyncParsableCommand {
         if configuration.allowedOrigins.isEmpty {
             logger.notice("no --allowed-origin: pages from any origin may open WebSockets to this gateway")
         }
-        let (application, gateway) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
+        let (application, _) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
         logger.info(
             "starting gateway",
             metadata: [
@@ -293,10 +293,10 @@ struct ServeCommand: AsyncParsableCommand {
                 "open_files_limit": .stringConvertible(raised),
             ]
         )
-        // Graceful shutdown runs in reverse order: the drain first, then the server and the backplane.
+        // The application drains the gateway on SIGTERM before its server and backplane stop.
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: application), .init(service: GatewayDrainService(gateway: gateway))],
+                services: [.init(service: application)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
