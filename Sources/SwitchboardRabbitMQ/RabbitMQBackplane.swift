@@ -204,7 +204,7 @@ extension RabbitMQBackplane {
     /// The sink that copies client messages to ``RabbitMQConfiguration/eventsExchange``, or
     /// nil when none is configured. It shares the publisher connection (and its confirms);
     /// events are persistent and not mandatory: no worker queue bound is not an error.
-    public func makeEventSink() -> (any EventSink)? {
+    public var eventSink: (any EventSink)? {
         guard let exchange = configuration.eventsExchange else { return nil }
         return RabbitMQEventSink(publisher: publisher, exchange: exchange, counters: shared.counters, logger: logger)
     }

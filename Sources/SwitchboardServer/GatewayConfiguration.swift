@@ -79,7 +79,9 @@ public struct GatewayConfiguration: Sendable {
     public var webAssets: WebAssets?
     /// Keys that `POST /v1/publish` accepts (`Authorization: Bearer KEY`); empty turns the API off.
     public var apiKeys: [String] = []
-    /// Where client messages are copied for background workers (`--events-exchange`); nil: nowhere.
+    /// Where client messages are copied for background workers (`--events-exchange`); nil:
+    /// the backplane's own ``Backplane/eventSink`` if it offers one (RabbitMQ with an events
+    /// exchange), else nowhere.
     public var events: (any EventSink)?
 
     public init(

@@ -276,7 +276,6 @@ struct ServeCommand: AsyncParsableCommand {
             ),
             logger: logger
         )
-        configuration.events = (backplane as? RabbitMQBackplane)?.makeEventSink()
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
