@@ -44,7 +44,6 @@ let package = Package(
                 "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -132,7 +131,6 @@ let package = Package(
             dependencies: [
                 "RedisClient",
                 "SwitchboardBackplane",
-                "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -185,7 +183,6 @@ let package = Package(
                 "SwitchboardRabbitMQ",
                 "SwitchboardRedis",
                 "AMQPClient",
-                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -256,7 +253,6 @@ let package = Package(
                 "SwitchboardServer",
                 "SwitchboardTesting",
                 "SwitchboardBackplane",
-                "SwitchboardClient",
                 "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

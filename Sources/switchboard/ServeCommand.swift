@@ -1,6 +1,5 @@
 public import ArgumentParser
 import Foundation
-import Hummingbird
 import NIOCore
 import NIOSSL
 public import Logging
