@@ -24,7 +24,7 @@ extension Gateway {
         let connections = registry.allConnections()
         logger.info(
             "draining: not ready; closing clients",
-            metadata: ["switchboard.drain.connections": .stringConvertible(connections.count)]
+            metadata: [LoggingKeys.drainConnections: .stringConvertible(connections.count)]
         )
         try? await Task.sleep(for: configuration.drainGrace)
 
@@ -50,7 +50,7 @@ extension Gateway {
         while registry.counts.connections > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
-        logger.info("drained", metadata: ["switchboard.drain.left_open": .stringConvertible(registry.counts.connections)])
+        logger.info("drained", metadata: [LoggingKeys.drainLeftOpen: .stringConvertible(registry.counts.connections)])
     }
 
     private func drain(_ batch: [(id: ConnectionID, handle: SessionHandle)]) async {

@@ -285,10 +285,10 @@ struct ServeCommand: AsyncParsableCommand {
         logger.info(
             "starting gateway",
             metadata: [
-                "switchboard.gateway.id": .string(configuration.gatewayID),
-                "address": .string("\(host):\(port)"),
-                "backplane": .string(CredentialRedaction.redact(self.backplane)),
-                "open_files_limit": .stringConvertible(raised),
+                LoggingKeys.gatewayID: .string(configuration.gatewayID),
+                LoggingKeys.listenAddress: .string("\(host):\(port)"),
+                LoggingKeys.backplane: .string(CredentialRedaction.redact(self.backplane)),
+                LoggingKeys.openFilesLimit: .stringConvertible(raised),
             ]
         )
         // The application drains the gateway on SIGTERM before its server and backplane stop.
@@ -359,7 +359,7 @@ extension ServeCommand {
             return try WebAssets.load(from: directory)
         } catch {
             // The gateway works without the demo; say why it is missing and go on.
-            logger.notice("/ and /switchboard.js are not served (--web-root sets a folder)", metadata: ["reason": .string("\(error)")])
+            logger.notice("/ and /switchboard.js are not served (--web-root sets a folder)", metadata: [LoggingKeys.reason: .string("\(error)")])
             return nil
         }
     }
