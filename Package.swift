@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .library(name: "SwitchboardServer", targets: ["SwitchboardServer"]),
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
     ],
@@ -43,7 +44,6 @@ let package = Package(
                 "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -131,7 +131,6 @@ let package = Package(
             dependencies: [
                 "RedisClient",
                 "SwitchboardBackplane",
-                "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -139,7 +138,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // A WebSocket client for Switchboard: the raw `WebSocketConnection` (`switchboard bench`,
+        // A WebSocket client for Switchboard: the raw `WebSocketConnection` (`switchboard-bench`,
         // protocol tests) and `GatewayClient`, which reconnects, re-joins and awaits acks.
         .target(
             name: "SwitchboardClient",
@@ -175,24 +174,38 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The gateway binary: argument parsing, and the only target that knows the concrete backplanes.
         .executableTarget(
             name: "switchboard",
             dependencies: [
                 "SwitchboardServer",
                 "SwitchboardBackplane",
-                "SwitchboardProtocol",
                 "SwitchboardRabbitMQ",
                 "SwitchboardRedis",
-                "SwitchboardClient",
                 "AMQPClient",
-                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The load generator (`switchboard-bench`), a binary of its own so that the gateway
+        // links neither the client library nor HdrHistogram.
+        .executableTarget(
+            name: "switchboard-bench",
+            dependencies: [
+                "SwitchboardClient",
+                "SwitchboardProtocol",
+                "SwitchboardBackplane",
+                "SwitchboardRabbitMQ",
+                "AMQPClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
@@ -246,7 +259,6 @@ let package = Package(
                 "SwitchboardServer",
                 "SwitchboardTesting",
                 "SwitchboardBackplane",
-                "SwitchboardClient",
                 "SwitchboardProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

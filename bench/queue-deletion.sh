@@ -15,7 +15,9 @@ SECONDS_TO_RUN=${4:-60}
 PORT=${PORT:-18183}
 ./scripts/install-deps.sh
 swift build -c release --product switchboard >/dev/null
+swift build -c release --product switchboard-bench >/dev/null
 BIN=.build/release/switchboard
+BENCH=.build/release/switchboard-bench
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/switchboard-bench-12926.XXXXXX)
 chmod 755 "$work"  # the broker runs as the rabbitmq user and must reach its folder
@@ -33,12 +35,12 @@ eval "$broker_env"
     --drain-grace 0 --drain-window 10 --log-level error &
 GATEWAY=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
-"$BIN" bench idle --gateway "ws://127.0.0.1:$PORT/ws" --users "$USERS" --hold 300 --gateway-pid "$GATEWAY" >"$work/holder.log" 2>&1 &
+"$BENCH" idle --gateway "ws://127.0.0.1:$PORT/ws" --users "$USERS" --hold 300 --gateway-pid "$GATEWAY" >"$work/holder.log" 2>&1 &
 HOLDER=$!
 for _ in $(seq 1 600); do grep -q "connections opened" "$work/holder.log" && break; sleep 0.1; done
 echo "gateway 'doomed' holds: $(head -1 "$work/holder.log")"
 echo "bindings on the exchange: $(./scripts/rabbitmq.sh ctl "$work/rabbitmq" list_bindings source_name --quiet --no-table-headers | grep -c '^switchboard$')"
-"$BIN" bench confirms --backplane "$SWITCHBOARD_AMQP_URL" --rate "$RATE" --duration "$SECONDS_TO_RUN" &
+"$BENCH" confirms --backplane "$SWITCHBOARD_AMQP_URL" --rate "$RATE" --duration "$SECONDS_TO_RUN" &
 PROBE=$!
 sleep 10
 if [ "$MODE" = kill ]; then

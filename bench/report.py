@@ -592,7 +592,7 @@ def render(res, doc_path, img_dir, made, backplanes, gateway_counts, rates, cpu_
     # Direct
     out.append("### Direct messages: latency and CPU vs offered rate")
     out.append("")
-    out.append(f"`switchboard bench direct`: {params.get('users', '?')} users spread round-robin over the gateways, "
+    out.append(f"`switchboard-bench direct`: {params.get('users', '?')} users spread round-robin over the gateways, "
                f"each message from one user to another, {params.get('duration_s', '?')} s of sending per point. "
                "Latency is from send to delivery at the recipient.")
     out.append("")
@@ -626,7 +626,7 @@ def render(res, doc_path, img_dir, made, backplanes, gateway_counts, rates, cpu_
     # Room and fanout
     out.append("### Rooms and fanout")
     out.append("")
-    out.append(f"`switchboard bench room`: {params.get('room', '?')}; `switchboard bench fanout`: one room, "
+    out.append(f"`switchboard-bench room`: {params.get('room', '?')}; `switchboard-bench fanout`: one room, "
                f"{params.get('fanout', '?')} from one publisher. Delivered counts every copy received; CPU is "
                "per delivered copy.")
     out.append("")
@@ -734,7 +734,7 @@ def render(res, doc_path, img_dir, made, backplanes, gateway_counts, rates, cpu_
                "`/readyz`, runs each bench command once per run, and stops every process by PID.")
     out.append("")
     out.append("Sizes: " + ", ".join(f"{k} = {v}" for k, v in params.items()
-                                     if k not in ("binary", "skip_build", "dry_run", "quick", "swift")) + ".")
+                                     if k not in ("binary", "bench_binary", "skip_build", "dry_run", "quick", "swift")) + ".")
     out.append("")
     out.append("<details><summary>Every broker, gateway and bench command of the first run</summary>")
     out.append("")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Backplane benchmarks, end to end: starts a throwaway RabbitMQ and Redis on loopback,
-# 2 and 4 gateways per backplane, runs the `switchboard bench` scenarios against them,
+# 2 and 4 gateways per backplane, runs the `switchboard-bench` scenarios against them,
 # collects one JSON line per measurement into bench/results/<timestamp>.jsonl and writes
 # the generated section of docs/benchmarks.md (tables) and docs/img/bench-*.png (plots)
 # with bench/report.py.
@@ -15,9 +15,10 @@
 #   --dry-run    start and stop every broker and gateway, print the bench commands, run none
 #   --no-report  only collect the results file (bench/report.py can be run on it later)
 #
-# Environment: SKIP_BUILD=1 (use the existing .build/release/switchboard), SKIP_DEPS=1,
+# Environment: SKIP_BUILD=1 (use the existing .build/release/switchboard and switchboard-bench), SKIP_DEPS=1,
 # BENCH_VENV=DIR (reuse a virtualenv with matplotlib instead of a throwaway one),
 # BASE_PORT (first gateway port, default 18300), SWITCHBOARD_BIN (default .build/release/switchboard),
+# SWITCHBOARD_BENCH_BIN (the load generator, default .build/release/switchboard-bench),
 # and the sizes below (USERS, DIRECT_RATES, …).
 #
 # Everything started here (brokers, gateways, load generators) is stopped by PID on exit,
@@ -68,6 +69,7 @@ if [ $((IDLE_MANY / IDLE_PARTS)) -gt 19000 ]; then
 fi
 BASE_PORT=${BASE_PORT:-18300}
 BIN=${SWITCHBOARD_BIN:-.build/release/switchboard}
+BENCH=${SWITCHBOARD_BENCH_BIN:-.build/release/switchboard-bench}
 
 for bp in $BACKPLANES; do
     case "$bp" in rabbitmq | redis-broadcast | redis-channels) ;; *) echo "unknown backplane: $bp" >&2; exit 2 ;; esac
@@ -81,12 +83,17 @@ has_gateways() { case " $GATEWAY_COUNTS " in *" $1 "*) return 0 ;; *) return 1 ;
 # ---------------------------------------------------------------------------------------
 # Dependencies, build, limits, scratch folder
 if [ -z "${SKIP_DEPS:-}" ]; then ./scripts/install-deps.sh; fi
-if [ -z "${SKIP_BUILD:-}" ]; then swift build -c release --product switchboard >/dev/null; fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+    swift build -c release --product switchboard >/dev/null
+    swift build -c release --product switchboard-bench >/dev/null
+fi
 SWIFT_VERSION="not queried (SKIP_BUILD)"
 if [ -z "${SKIP_BUILD:-}" ]; then SWIFT_VERSION=$(swift --version 2>&1 | head -1); fi
-[ -x "$BIN" ] || { echo "error: $BIN is missing (build it, or unset SKIP_BUILD)" >&2; exit 1; }
-if [ -z "$DRY_RUN" ] && ! "$BIN" bench direct --help 2>/dev/null | grep -q -- '--gateway-pid'; then
-    echo "error: $BIN has no 'bench direct --gateway-pid' (the backplane bench scenarios); rebuild" >&2
+for binary in "$BIN" "$BENCH"; do
+    [ -x "$binary" ] || { echo "error: $binary is missing (build it, or unset SKIP_BUILD)" >&2; exit 1; }
+done
+if [ -z "$DRY_RUN" ] && ! "$BENCH" direct --help 2>/dev/null | grep -q -- '--gateway-pid'; then
+    echo "error: $BENCH has no 'direct --gateway-pid' (the backplane bench scenarios); rebuild" >&2
     exit 1
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 1048576 2>/dev/null || true
@@ -170,7 +177,7 @@ record meta --argv "$ARGV" --param quick="${QUICK:-no}" --param dry_run="${DRY_R
     --param idle_one="$IDLE_ONE" --param idle_many="$IDLE_MANY" --param idle_parts="$IDLE_PARTS" \
     --param backplanes="$BACKPLANES" --param gateways="$GATEWAY_COUNTS" --param scenarios="$SCENARIOS" \
     --param idle_hold_s="$IDLE_HOLD" --param ulimit_n="$(ulimit -n)" \
-    --param skip_build="${SKIP_BUILD:-no}" --param binary="$BIN" --param swift="$SWIFT_VERSION"
+    --param skip_build="${SKIP_BUILD:-no}" --param binary="$BIN" --param bench_binary="$BENCH" --param swift="$SWIFT_VERSION"
 
 # ---------------------------------------------------------------------------------------
 # Brokers: one at a time, so that an idle broker does not take CPU from the measured one.
@@ -316,7 +323,7 @@ declare -A PART_CMD=()
 bench() {
     local scenario=$1 backplane=$2 gateways=$3 run=$4 group=$5 part=$6 parts=$7 limit=$8
     shift 9
-    local cmd=("$BIN" bench "$scenario" "$@" --label "$backplane" --json)
+    local cmd=("$BENCH" "$scenario" "$@" --label "$backplane" --json)
     local out="$LOGS/$group-part$part.out" printable pid rc=0
     printable=$(printf '%q ' "${cmd[@]}")
     printable=${printable% }

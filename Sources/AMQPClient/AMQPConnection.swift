@@ -116,7 +116,7 @@ public final class AMQPConnection: Sendable {
         self.configuration = configuration
         self.name = name
         var logger = logger
-        logger[metadataKey: "amqp.connection"] = .string(name)
+        logger[metadataKey: LoggingKeys.connection] = .string(name)
         self.logger = logger
         self.backoff = backoff
         self.maximumUnconfirmed = maximumUnconfirmed

@@ -68,7 +68,7 @@ final class AMQPConnectionThread {
                 try connect()
                 context.shared.setPhase(.open)
                 context.onStateChange(.open)
-                logger.info("AMQP connection open", metadata: ["amqp.broker": .string(context.configuration.redactedDescription)])
+                logger.info("AMQP connection open", metadata: [LoggingKeys.broker: .string(context.configuration.redactedDescription)])
                 delay = context.backoff.initial
                 failedAttempts = 0
                 wasOpen = true
@@ -78,9 +78,9 @@ final class AMQPConnectionThread {
                 failEverything(error)
                 failedAttempts += 1
                 let metadata: Logger.Metadata = [
-                    "error.type": .string("\(error)"),
-                    "amqp.retry_in_ms": .stringConvertible(delay.milliseconds),
-                    "amqp.failed_attempts": .stringConvertible(failedAttempts),
+                    LoggingKeys.errorType: .string("\(error)"),
+                    LoggingKeys.retryInMilliseconds: .stringConvertible(delay.milliseconds),
+                    LoggingKeys.failedAttempts: .stringConvertible(failedAttempts),
                 ]
                 // Loud when an open connection drops or the first attempt fails; then every 10th attempt.
                 if wasOpen || failedAttempts == 1 || failedAttempts % 10 == 0 {
@@ -247,7 +247,7 @@ final class AMQPConnectionThread {
                 logger.log(
                     level: stalled ? .warning : .info,
                     stalled ? "AMQP publishing stalled" : "AMQP publishing flows again",
-                    metadata: ["amqp.blocked": .stringConvertible(blocked), "amqp.unconfirmed": .stringConvertible(confirms.count)]
+                    metadata: [LoggingKeys.blocked: .stringConvertible(blocked), LoggingKeys.unconfirmed: .stringConvertible(confirms.count)]
                 )
             }
             lastReportedPressure = (blocked, stalled)
@@ -459,13 +459,13 @@ final class AMQPConnectionThread {
             blocked = true
             logger.warning(
                 "the broker blocked publishing (resource alarm); publishes wait, then time out",
-                metadata: ["amqp.reason": .string(reason)]
+                metadata: [LoggingKeys.reason: .string(reason)]
             )
         case crmq_connection_unblocked:
             blocked = false
             logger.info("the broker unblocked publishing")
         default:
-            logger.trace("ignored AMQP method", metadata: ["amqp.method": .stringConvertible(method.id), "amqp.channel": .stringConvertible(channel)])
+            logger.trace("ignored AMQP method", metadata: [LoggingKeys.method: .stringConvertible(method.id), LoggingKeys.channel: .stringConvertible(channel)])
         }
     }
 

@@ -88,8 +88,8 @@ public final class RedisConnection: Sendable {
         self.name = name
         self.eventLoop = eventLoop
         var logger = logger
-        logger[metadataKey: "redis.connection"] = .string(name)
-        logger[metadataKey: "redis.server"] = .string(configuration.serverDescription)
+        logger[metadataKey: LoggingKeys.connection] = .string(name)
+        logger[metadataKey: LoggingKeys.server] = .string(configuration.serverDescription)
         self.logger = logger
         self.isSubscriber = isSubscriber
         self.setUp = setUp
@@ -231,7 +231,7 @@ public final class RedisConnection: Sendable {
                     self.logger.info("Redis connection open")
                     channel.closeFuture.whenComplete { _ in self.connectionClosed(channel) }
                 case .failure(let error):
-                    self.logger.warning("Redis connect failed", metadata: ["error.type": .string("\(error)")])
+                    self.logger.warning("Redis connect failed", metadata: [LoggingKeys.errorType: .string("\(error)")])
                     self.core.value.channel?.close(promise: nil)
                     self.core.value.channel = nil
                     self.core.value.handler = nil
@@ -286,11 +286,11 @@ public final class RedisConnection: Sendable {
             logger.log(
                 level: isStalled ? .warning : .info,
                 isStalled ? "Redis is not answering; commands wait" : "Redis answers again",
-                metadata: ["redis.pending": .stringConvertible(handler.pendingCount)]
+                metadata: [LoggingKeys.pending: .stringConvertible(handler.pendingCount)]
             )
         }
         if let waited, waited > TimeAmount(configuration.commandTimeout) {
-            logger.warning("Redis command timed out; closing the connection", metadata: ["redis.pending": .stringConvertible(handler.pendingCount)])
+            logger.warning("Redis command timed out; closing the connection", metadata: [LoggingKeys.pending: .stringConvertible(handler.pendingCount)])
             channel.close(promise: nil)
             return
         }

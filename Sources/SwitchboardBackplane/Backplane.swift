@@ -45,6 +45,16 @@ public protocol Backplane: Service {
 
     /// Counters since start, for `/metrics` and benchmarks.
     var statistics: BackplaneStatistics { get }
+
+    /// Where the gateway copies its clients' messages for background workers, if this
+    /// backplane can carry them (RabbitMQ with an events exchange); nil, the default, if not.
+    /// The gateway asks once, at start, so the server needs no concrete backplane type.
+    var eventSink: (any EventSink)? { get }
+}
+
+extension Backplane {
+    /// No worker events: the default for a backplane that cannot carry them.
+    public var eventSink: (any EventSink)? { nil }
 }
 
 extension Backplane {

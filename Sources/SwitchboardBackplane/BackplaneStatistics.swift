@@ -1,4 +1,4 @@
-public import Synchronization
+package import Synchronization
 
 /// What a backplane has done since it started: the numbers behind `/metrics` and the
 /// benchmarks' amplification figures.
@@ -40,25 +40,27 @@ public struct BackplaneStatistics: Sendable, Equatable {
 }
 
 /// Lock-free counters behind ``BackplaneStatistics``; backplanes bump them from any thread.
-public final class BackplaneCounters: Sendable {
-    public let received = Atomic<Int>(0)
-    public let filtered = Atomic<Int>(0)
-    public let routed = Atomic<Int>(0)
-    public let unroutable = Atomic<Int>(0)
-    public let unconfirmed = Atomic<Int>(0)
-    public let publishFailures = Atomic<Int>(0)
-    public let publishesRefusedFull = Atomic<Int>(0)
-    public let publishTimeouts = Atomic<Int>(0)
-    public let binds = Atomic<Int>(0)
-    public let bindFailures = Atomic<Int>(0)
-    public let unbinds = Atomic<Int>(0)
-    public let eventsPublished = Atomic<Int>(0)
-    public let eventFailures = Atomic<Int>(0)
+///
+/// `package`: shared by this package's backplanes, not part of the `Backplane` API.
+package final class BackplaneCounters: Sendable {
+    package let received = Atomic<Int>(0)
+    package let filtered = Atomic<Int>(0)
+    package let routed = Atomic<Int>(0)
+    package let unroutable = Atomic<Int>(0)
+    package let unconfirmed = Atomic<Int>(0)
+    package let publishFailures = Atomic<Int>(0)
+    package let publishesRefusedFull = Atomic<Int>(0)
+    package let publishTimeouts = Atomic<Int>(0)
+    package let binds = Atomic<Int>(0)
+    package let bindFailures = Atomic<Int>(0)
+    package let unbinds = Atomic<Int>(0)
+    package let eventsPublished = Atomic<Int>(0)
+    package let eventFailures = Atomic<Int>(0)
 
-    public init() {}
+    package init() {}
 
     /// Counts one publish's result.
-    public func count(_ result: Result<PublishOutcome, BackplaneError>) {
+    package func count(_ result: Result<PublishOutcome, BackplaneError>) {
         switch result {
         case .success(.routed): routed.add(1, ordering: .relaxed)
         case .success(.noRecipient): unroutable.add(1, ordering: .relaxed)
@@ -71,7 +73,7 @@ public final class BackplaneCounters: Sendable {
     }
 
     /// Counts a publish answered `overloaded`: refused because the bound was full, or timed out.
-    public func countStalled(timedOut: Bool) {
+    package func countStalled(timedOut: Bool) {
         if timedOut {
             publishTimeouts.add(1, ordering: .relaxed)
         } else {
@@ -80,7 +82,7 @@ public final class BackplaneCounters: Sendable {
     }
 
     /// The counters; the gauges (pending, blocked, stalled) are the backplane's to fill in.
-    public var snapshot: BackplaneStatistics {
+    package var snapshot: BackplaneStatistics {
         var statistics = BackplaneStatistics()
         statistics.received = received.load(ordering: .relaxed)
         statistics.filtered = filtered.load(ordering: .relaxed)

@@ -4,17 +4,17 @@
 /// `amqps://…`, `redis://:pass@host`, `redis://user:pass@host`, `redis://pass@host` (a lone
 /// user part is the password to Redis), passwords holding reserved characters written
 /// raw (`?`, `/`, `#`, `,`), and several URLs separated by commas.
-public enum CredentialRedaction {
+package enum CredentialRedaction {
     /// `value` with the password of every URL in it replaced by `***`; a user name is
     /// kept when one is written before a `:`.
-    public static func redact(_ value: String) -> String {
+    package static func redact(_ value: String) -> String {
         urls(in: value).map(redactOne).joined(separator: ",")
     }
 
     /// Whether a URL's user or password holds `/`, `?` or `#` written raw: such a URL
     /// cannot be parsed as its author meant (and parsers would quote part of the password
     /// back in their errors), so it is refused before parsing with this explanation.
-    public static func reservedCharacterProblem(in url: String) -> String? {
+    package static func reservedCharacterProblem(in url: String) -> String? {
         guard let schemeEnd = url.firstRange(of: "://"), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return nil }
         let userInfo = url[schemeEnd.upperBound..<at]
         guard userInfo.contains(where: { $0 == "/" || $0 == "?" || $0 == "#" }) else { return nil }

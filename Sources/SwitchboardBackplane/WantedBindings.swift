@@ -5,7 +5,7 @@ import Synchronization
 /// delivery handler, under one lock. RabbitMQ and Redis share it.
 ///
 /// An address enters on `bind` and leaves on `unbind` or when its bind fails.
-public final class WantedBindings: Sendable {
+package final class WantedBindings: Sendable {
     private struct State {
         var addresses: Set<BackplaneAddress> = [.broadcast]
         var handler: BackplaneDeliveryHandler?
@@ -13,26 +13,26 @@ public final class WantedBindings: Sendable {
 
     private let state = Mutex(State())
 
-    public init() {}
+    package init() {}
 
-    public func insert(_ address: BackplaneAddress) {
+    package func insert(_ address: BackplaneAddress) {
         state.withLock { _ = $0.addresses.insert(address) }
     }
 
-    public func remove(_ address: BackplaneAddress) {
+    package func remove(_ address: BackplaneAddress) {
         state.withLock { _ = $0.addresses.remove(address) }
     }
 
-    public func setHandler(_ handler: @escaping BackplaneDeliveryHandler) {
+    package func setHandler(_ handler: @escaping BackplaneDeliveryHandler) {
         state.withLock { $0.handler = handler }
     }
 
-    public var handler: BackplaneDeliveryHandler? {
+    package var handler: BackplaneDeliveryHandler? {
         state.withLock { $0.handler }
     }
 
     /// Runs `body` with the wanted addresses and the handler, under the lock: keep it short.
-    public func withAddresses<T>(_ body: (Set<BackplaneAddress>, BackplaneDeliveryHandler?) -> T) -> T {
+    package func withAddresses<T>(_ body: (Set<BackplaneAddress>, BackplaneDeliveryHandler?) -> T) -> T {
         state.withLock { body($0.addresses, $0.handler) }
     }
 }

@@ -7,7 +7,7 @@ public import NIOWebSocket
 ///
 /// It does the opening handshake itself, so a refused handshake reports the HTTP status
 /// (``HandshakeError/refused(status:body:)``), and it can send any frame, including ones
-/// a well-behaved client would not (tests use that). `switchboard bench` and the tests
+/// a well-behaved client would not (tests use that). `switchboard-bench` and the tests
 /// build on it.
 ///
 /// Threading: all methods may be called from any task. Received frames arrive in

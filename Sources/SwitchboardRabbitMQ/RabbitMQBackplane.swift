@@ -54,7 +54,7 @@ public final class RabbitMQBackplane: Backplane {
     public init(configuration: RabbitMQConfiguration, logger: Logger) {
         self.configuration = configuration
         var gatewayLogger = logger
-        gatewayLogger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
+        gatewayLogger[metadataKey: LoggingKeys.gatewayID] = .string(configuration.gatewayID)
         self.logger = gatewayLogger
         let logger = gatewayLogger
         let exchange = configuration.exchange
@@ -73,7 +73,7 @@ public final class RabbitMQBackplane: Backplane {
                 let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
                 try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
                 try setup.consume(queue: queue, noAck: true)
-                logger.info("RabbitMQ queue ready", metadata: ["amqp.queue": .string(queue), "amqp.bindings": .stringConvertible(keys.count)])
+                logger.info("RabbitMQ queue ready", metadata: [LoggingKeys.queue: .string(queue), LoggingKeys.bindings: .stringConvertible(keys.count)])
             },
             onDeliveries: { deliveries in
                 let handler = shared.wanted.handler
@@ -81,7 +81,7 @@ public final class RabbitMQBackplane: Backplane {
                 batch.reserveCapacity(deliveries.count)
                 for delivery in deliveries {
                     guard let address = BackplaneAddress(routingKey: delivery.routingKey) else {
-                        logger.warning("delivery with an unknown routing key dropped", metadata: ["amqp.routing_key": .string(delivery.routingKey)])
+                        logger.warning("delivery with an unknown routing key dropped", metadata: [LoggingKeys.routingKey: .string(delivery.routingKey)])
                         continue
                     }
                     batch.append(BackplaneDelivery(address: address, frame: delivery.body))
@@ -131,7 +131,7 @@ public final class RabbitMQBackplane: Backplane {
     }
 
     public func run() async throws {
-        logger.info("connecting to RabbitMQ", metadata: ["amqp.broker": .string(configuration.amqp.redactedDescription)])
+        logger.info("connecting to RabbitMQ", metadata: [LoggingKeys.broker: .string(configuration.amqp.redactedDescription)])
         consumer.start()
         publisher.start()
         try? await gracefulShutdown()
@@ -165,7 +165,7 @@ public final class RabbitMQBackplane: Backplane {
                 // The queue is exclusive to the consumer connection: if that connection is
                 // down, the queue and all its bindings are gone, and a reconnect restores
                 // only what is still wanted. Either way the binding no longer holds.
-                logger.debug("unbind did not reach the broker", metadata: ["amqp.routing_key": .string(address.routingKey), "error.type": .string("\(error)")])
+                logger.debug("unbind did not reach the broker", metadata: [LoggingKeys.routingKey: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")])
             }
             completion(.success(()))
         }
@@ -204,7 +204,7 @@ extension RabbitMQBackplane {
     /// The sink that copies client messages to ``RabbitMQConfiguration/eventsExchange``, or
     /// nil when none is configured. It shares the publisher connection (and its confirms);
     /// events are persistent and not mandatory: no worker queue bound is not an error.
-    public func makeEventSink() -> (any EventSink)? {
+    public var eventSink: (any EventSink)? {
         guard let exchange = configuration.eventsExchange else { return nil }
         return RabbitMQEventSink(publisher: publisher, exchange: exchange, counters: shared.counters, logger: logger)
     }
@@ -234,7 +234,7 @@ private struct RabbitMQEventSink: EventSink {
                 counters.eventsPublished.add(1, ordering: .relaxed)
             case .failure(let error):
                 counters.eventFailures.add(1, ordering: .relaxed)
-                logger.debug("event not published", metadata: ["amqp.routing_key": .string(key), "error.type": .string("\(error)")])
+                logger.debug("event not published", metadata: [LoggingKeys.routingKey: .string(key), LoggingKeys.errorType: .string("\(error)")])
             }
         }
     }

@@ -53,7 +53,7 @@ public final class RedisBackplane: Backplane {
         let eventLoop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         self.configuration = configuration
         var gatewayLogger = logger
-        gatewayLogger[metadataKey: "switchboard.gateway.id"] = .string(configuration.gatewayID)
+        gatewayLogger[metadataKey: LoggingKeys.gatewayID] = .string(configuration.gatewayID)
         self.logger = gatewayLogger
         let logger = gatewayLogger
         let shared = self.shared
@@ -71,7 +71,7 @@ public final class RedisBackplane: Backplane {
                 // One SUBSCRIBE per channel, pipelined: one confirmation each, in order.
                 let confirmations = channels.map { setUp.send(RedisCommand("SUBSCRIBE", [$0])) }
                 return EventLoopFuture.andAllSucceed(confirmations, on: setUp.channel.eventLoop).map {
-                    logger.info("Redis subscriptions ready", metadata: ["redis.mode": .string(modeName), "redis.channels": .stringConvertible(channels.count)])
+                    logger.info("Redis subscriptions ready", metadata: [LoggingKeys.mode: .string(modeName), LoggingKeys.channels: .stringConvertible(channels.count)])
                 }
             },
             onMessages: { messages in
@@ -115,7 +115,7 @@ public final class RedisBackplane: Backplane {
     public func run() async throws {
         logger.info(
             "connecting to Redis",
-            metadata: ["redis.server": .string(configuration.redis.serverDescription), "redis.mode": .string(configuration.mode.rawValue)]
+            metadata: [LoggingKeys.server: .string(configuration.redis.serverDescription), LoggingKeys.mode: .string(configuration.mode.rawValue)]
         )
         subscriber.start()
         publisher.start()
@@ -162,7 +162,7 @@ public final class RedisBackplane: Backplane {
             if case .failure(let error) = result {
                 // A subscriber that is down holds no subscriptions, and a reconnect restores
                 // only what is still wanted: either way the address is no longer bound.
-                logger.debug("UNSUBSCRIBE did not reach Redis", metadata: ["redis.channel": .string(address.routingKey), "error.type": .string("\(error)")])
+                logger.debug("UNSUBSCRIBE did not reach Redis", metadata: [LoggingKeys.channel: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")])
             }
             completion(.success(()))
         }

@@ -1,4 +1,4 @@
-public import SwitchboardProtocol
+package import SwitchboardProtocol
 import Synchronization
 
 /// Which users, rooms and connections are on this gateway (centrifuge's Hub).
@@ -9,49 +9,49 @@ import Synchronization
 ///
 /// Threading: all methods take one lock briefly and may be called from any thread,
 /// event loops included. `Handle` is what the gateway delivers frames through.
-public final class ConnectionRegistry<Handle: Sendable>: Sendable {
+package final class ConnectionRegistry<Handle: Sendable>: Sendable {
     private let state = Mutex(RegistryState<Handle>())
 
-    public init() {}
+    package init() {}
 
     /// Adds a connection of `user`.
     /// - Returns: `.user(user)` in `becameLocal` when this is the user's first local connection.
     /// - Precondition: `id` is not registered yet.
-    public func add(_ id: ConnectionID, user: UserID, handle: Handle) -> RegistryChange {
+    package func add(_ id: ConnectionID, user: UserID, handle: Handle) -> RegistryChange {
         state.withLock { $0.add(id, user: user, handle: handle) }
     }
 
     /// Removes a connection and every room membership it held.
     /// - Returns: the user and rooms that have no local connection any more; empty if `id` was unknown.
-    public func remove(_ id: ConnectionID) -> RegistryChange {
+    package func remove(_ id: ConnectionID) -> RegistryChange {
         state.withLock { $0.remove(id) }
     }
 
     /// Marks connection `id` as leaving (the gateway is draining it): it still receives
     /// what is delivered to its user and rooms, but no longer counts towards them being local.
     /// - Returns: the user and rooms that have no other, non-leaving local connection.
-    public func markLeaving(_ id: ConnectionID) -> RegistryChange {
+    package func markLeaving(_ id: ConnectionID) -> RegistryChange {
         state.withLock { $0.markLeaving(id) }
     }
 
     /// Makes connection `id` a member of `room`.
-    public func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int = .max) -> JoinResult {
+    package func join(_ id: ConnectionID, room: RoomID, maximumRooms: Int = .max) -> JoinResult {
         state.withLock { $0.join(id, room: room, maximumRooms: maximumRooms) }
     }
 
     /// Ends the membership of connection `id` in `room`.
     /// - Returns: `.room(room)` in `noLongerLocal` when `id` was the room's last local member.
-    public func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
+    package func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
         state.withLock { $0.leave(id, room: room) }
     }
 
     /// Whether connection `id` is a member of `room`.
-    public func isMember(_ id: ConnectionID, of room: RoomID) -> Bool {
+    package func isMember(_ id: ConnectionID, of room: RoomID) -> Bool {
         state.withLock { $0.connections[id]?.rooms.contains(room) ?? false }
     }
 
     /// Whether `address` has at least one local connection.
-    public func isLocal(_ address: LocalAddress) -> Bool {
+    package func isLocal(_ address: LocalAddress) -> Bool {
         state.withLock { state in
             switch address {
             case .user(let user): state.activeUsers[user] != nil
@@ -61,7 +61,7 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
     }
 
     /// The handles of every local connection of `address`.
-    public func handles(for address: LocalAddress) -> [Handle] {
+    package func handles(for address: LocalAddress) -> [Handle] {
         state.withLock { state in
             let ids: Set<ConnectionID>?
             switch address {
@@ -74,40 +74,40 @@ public final class ConnectionRegistry<Handle: Sendable>: Sendable {
     }
 
     /// The handles of every local connection.
-    public func allHandles() -> [Handle] {
+    package func allHandles() -> [Handle] {
         state.withLock { $0.connections.values.map(\.handle) }
     }
 
     /// The ids and handles of every local connection, in id order (oldest first).
-    public func allConnections() -> [(id: ConnectionID, handle: Handle)] {
+    package func allConnections() -> [(id: ConnectionID, handle: Handle)] {
         state.withLock { state in
             state.connections.map { (id: $0.key, handle: $0.value.handle) }.sorted { $0.id.rawValue < $1.id.rawValue }
         }
     }
 
     /// Counts for metrics and tests: connections (leaving ones included), and users and rooms that are local.
-    public var counts: (connections: Int, users: Int, rooms: Int) {
+    package var counts: (connections: Int, users: Int, rooms: Int) {
         state.withLock { ($0.connections.count, $0.activeUsers.count, $0.activeRooms.count) }
     }
 }
 
 /// What a registry mutation changed about which addresses are local.
-public struct RegistryChange: Sendable, Equatable {
+package struct RegistryChange: Sendable, Equatable {
     /// Addresses that had no local connection before and have one now.
-    public var becameLocal: [LocalAddress] = []
+    package var becameLocal: [LocalAddress] = []
     /// Addresses that had a local connection before and have none now.
-    public var noLongerLocal: [LocalAddress] = []
+    package var noLongerLocal: [LocalAddress] = []
 
-    public init(becameLocal: [LocalAddress] = [], noLongerLocal: [LocalAddress] = []) {
+    package init(becameLocal: [LocalAddress] = [], noLongerLocal: [LocalAddress] = []) {
         self.becameLocal = becameLocal
         self.noLongerLocal = noLongerLocal
     }
 
-    public var isEmpty: Bool { becameLocal.isEmpty && noLongerLocal.isEmpty }
+    package var isEmpty: Bool { becameLocal.isEmpty && noLongerLocal.isEmpty }
 }
 
 /// The answer to ``ConnectionRegistry/join(_:room:maximumRooms:)``.
-public enum JoinResult: Sendable, Equatable {
+package enum JoinResult: Sendable, Equatable {
     /// Now a member; `roomBecameLocal` when it is the room's first local member.
     case joined(roomBecameLocal: Bool)
     /// Was a member already; nothing changed.

@@ -1,5 +1,5 @@
 import Logging
-public import ServiceLifecycle
+import ServiceLifecycle
 import SwitchboardBackplane
 import SwitchboardRegistry
 import Synchronization
@@ -24,7 +24,7 @@ extension Gateway {
         let connections = registry.allConnections()
         logger.info(
             "draining: not ready; closing clients",
-            metadata: ["switchboard.drain.connections": .stringConvertible(connections.count)]
+            metadata: [LoggingKeys.drainConnections: .stringConvertible(connections.count)]
         )
         try? await Task.sleep(for: configuration.drainGrace)
 
@@ -45,7 +45,7 @@ extension Gateway {
         while registry.counts.connections > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
-        logger.info("drained", metadata: ["switchboard.drain.left_open": .stringConvertible(registry.counts.connections)])
+        logger.info("drained", metadata: [LoggingKeys.drainLeftOpen: .stringConvertible(registry.counts.connections)])
     }
 
     private func drain(_ batch: [(id: ConnectionID, handle: SessionHandle)]) async {
@@ -99,17 +99,13 @@ struct DrainPlan: Equatable {
     }
 }
 
-/// Runs ``Gateway/drain()`` when graceful shutdown begins. Put it after the application
-/// in the service group: services shut down in reverse order, so the drain finishes
-/// before the HTTP server and the backplane stop.
-public struct GatewayDrainService: Service {
+/// Runs ``Gateway/drain()`` when graceful shutdown begins. ``buildGateway(configuration:backplane:logger:onServerRunning:)``
+/// puts it after the application in a service group: services shut down in reverse
+/// order, so the drain finishes before the HTTP server and the backplane stop.
+struct GatewayDrainService: Service {
     let gateway: Gateway
 
-    public init(gateway: Gateway) {
-        self.gateway = gateway
-    }
-
-    public func run() async throws {
+    func run() async throws {
         do {
             try await gracefulShutdown()
         } catch {

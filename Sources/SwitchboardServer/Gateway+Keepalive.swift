@@ -1,18 +1,18 @@
 import NIOCore
 import SwitchboardRegistry
-public import ServiceLifecycle
+import ServiceLifecycle
 
 /// Pings quiet clients and closes silent ones (RFC 6455 ping/pong), with one sweep over
 /// all sessions every ping interval rather than a timer per connection, so an idle
 /// connection costs no scheduled task.
-public struct GatewayKeepaliveService: Service {
+struct GatewayKeepaliveService: Service {
     let gateway: Gateway
 
-    public init(gateway: Gateway) {
+    init(gateway: Gateway) {
         self.gateway = gateway
     }
 
-    public func run() async throws {
+    func run() async throws {
         let interval = gateway.configuration.pingInterval / 2
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {

@@ -22,7 +22,12 @@ public final class Gateway: Sendable {
     let admission: ConnectionAdmission
 
     /// Creates the gateway and installs it as the backplane's delivery handler.
+    ///
+    /// Without ``GatewayConfiguration/events`` set, the gateway copies client messages to
+    /// the backplane's own ``Backplane/eventSink``, when it offers one.
     public init(configuration: GatewayConfiguration, backplane: any Backplane, logger: Logger) {
+        var configuration = configuration
+        if configuration.events == nil { configuration.events = backplane.eventSink }
         self.configuration = configuration
         self.backplane = backplane
         var logger = logger

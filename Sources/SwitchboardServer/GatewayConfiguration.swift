@@ -83,7 +83,9 @@ public struct GatewayConfiguration: Sendable {
     /// e.g. `/echo`): the `/ws` WebSocket layer echoing every message, with no identity and no
     /// backplane. nil (the default): no such endpoint.
     public var echoPath: String?
-    /// Where client messages are copied for background workers (`--events-exchange`); nil: nowhere.
+    /// Where client messages are copied for background workers (`--events-exchange`); nil:
+    /// the backplane's own ``Backplane/eventSink`` if it offers one (RabbitMQ with an events
+    /// exchange), else nowhere.
     public var events: (any EventSink)?
 
     public init(

@@ -1,11 +1,11 @@
-public import Foundation
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
 /// Why an HTTPS GET (a JWKS fetch) failed; `description` never contains the response body.
-public enum HTTPSGetError: Error, CustomStringConvertible {
+enum HTTPSGetError: Error, CustomStringConvertible {
     /// Not an `https://` URL with a host (plain `http://` is refused on purpose).
     case invalidURL(String)
     /// The trust roots (`--jwks-ca-file`) could not be loaded.
@@ -21,7 +21,7 @@ public enum HTTPSGetError: Error, CustomStringConvertible {
     /// The connection closed before the response was complete.
     case incompleteResponse
 
-    public var description: String {
+    var description: String {
         switch self {
         case .invalidURL(let reason): "invalid URL: \(reason)"
         case .tlsConfiguration(let error): "TLS configuration: \(error)"
@@ -39,19 +39,19 @@ public enum HTTPSGetError: Error, CustomStringConvertible {
 /// Deliberately small: no redirects (a moved key set is an operator's decision), no
 /// cookies, no proxies, one request per connection. The certificate chain and the host
 /// name (or IP address) are always verified; the overall time and the body size are capped.
-public struct HTTPSGet: Sendable {
-    public let url: URL
+struct HTTPSGet: Sendable {
+    let url: URL
     private let host: String
     private let port: Int
     private let requestTarget: String
     private let sslContext: NIOSSLContext
-    public var timeout: Duration
-    public var maximumBodyBytes: Int
+    var timeout: Duration
+    var maximumBodyBytes: Int
 
     /// - Parameters:
     ///   - caFile: PEM file of the CAs to trust; nil: the system trust store.
     /// - Throws: `.invalidURL` for anything but `https://host[:port]/path`, `.tlsConfiguration` when `caFile` cannot be used.
-    public init(url: URL, caFile: String? = nil, timeout: Duration = .seconds(5), maximumBodyBytes: Int = 1 << 20) throws(HTTPSGetError) {
+    init(url: URL, caFile: String? = nil, timeout: Duration = .seconds(5), maximumBodyBytes: Int = 1 << 20) throws(HTTPSGetError) {
         guard let components = URLComponents(url: url, resolvingAgainstBaseURL: false) else {
             throw .invalidURL("cannot parse it")
         }
@@ -86,7 +86,7 @@ public struct HTTPSGet: Sendable {
     }
 
     /// The URL without query or fragment, for logs (a query could carry an access token).
-    public var redactedURL: String {
+    var redactedURL: String {
         var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
         components?.query = nil
         components?.fragment = nil
@@ -94,7 +94,7 @@ public struct HTTPSGet: Sendable {
     }
 
     /// Fetches the body. Never blocks an event loop: connect, handshake and reading are NIO futures.
-    public func fetch() async throws(HTTPSGetError) -> [UInt8] {
+    func fetch() async throws(HTTPSGetError) -> [UInt8] {
         let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
         let promise = eventLoop.makePromise(of: [UInt8].self)
         // One deadline for connect, TLS handshake, request and response together.

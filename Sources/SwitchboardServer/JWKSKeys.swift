@@ -154,7 +154,7 @@ actor RemoteJWKS {
         let remote = RemoteJWKS(getter: getter, endpoint: endpoint, defaultAlgorithm: defaultAlgorithm, logger: logger, keys: keys)
         logger.info(
             "JWKS fetched",
-            metadata: ["switchboard.jwks.url": .string(getter.redactedURL), "switchboard.jwks.kids": .array(keys.keys.sorted().map { .string($0) })]
+            metadata: [LoggingKeys.jwksURL: .string(getter.redactedURL), LoggingKeys.jwksKeyIDs: .array(keys.keys.sorted().map { .string($0) })]
         )
         await remote.startTimer()
         return remote
@@ -217,8 +217,8 @@ actor RemoteJWKS {
                 level: changed ? .info : .debug,
                 "JWKS refreshed",
                 metadata: [
-                    "switchboard.jwks.url": url, "switchboard.jwks.trigger": .string(trigger),
-                    "switchboard.jwks.kids": .array(fresh.keys.sorted().map { .string($0) }),
+                    LoggingKeys.jwksURL: url, LoggingKeys.jwksTrigger: .string(trigger),
+                    LoggingKeys.jwksKeyIDs: .array(fresh.keys.sorted().map { .string($0) }),
                 ]
             )
         case .failure(let error):
@@ -226,8 +226,8 @@ actor RemoteJWKS {
             logger.warning(
                 "JWKS refresh failed; keeping the last good key set",
                 metadata: [
-                    "switchboard.jwks.url": url, "switchboard.jwks.trigger": .string(trigger),
-                    "switchboard.jwks.error": .string(error.reason), "switchboard.jwks.kept": .stringConvertible(keys.count),
+                    LoggingKeys.jwksURL: url, LoggingKeys.jwksTrigger: .string(trigger),
+                    LoggingKeys.jwksError: .string(error.reason), LoggingKeys.jwksKept: .stringConvertible(keys.count),
                 ]
             )
         }

@@ -7,4 +7,14 @@ enum LoggingKeys {
     static let address = "switchboard.backplane.address"
     static let closeCode = "switchboard.close.code"
     static let errorType = "error.type"
+    /// Connections a drain starts with, and those still open when it gave up waiting.
+    static let drainConnections = "switchboard.drain.connections"
+    static let drainLeftOpen = "switchboard.drain.left_open"
+    /// A JWKS fetch: the URL (without credentials), the key ids it holds, what triggered it
+    /// (`interval`, `unknown_kid`), why it failed and how many keys stayed in force.
+    static let jwksURL = "switchboard.jwks.url"
+    static let jwksKeyIDs = "switchboard.jwks.kids"
+    static let jwksTrigger = "switchboard.jwks.trigger"
+    static let jwksError = "switchboard.jwks.error"
+    static let jwksKept = "switchboard.jwks.kept"
 }

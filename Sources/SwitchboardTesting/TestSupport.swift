@@ -80,7 +80,6 @@ public func withGateways<T: Sendable>(
             }
         )
         applications.append(application)
-        applications.append(GatewayDrainService(gateway: gateway))
         gateways.append((gateway, backplane))
         portStreams.append(portStream)
     }

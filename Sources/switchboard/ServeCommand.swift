@@ -1,6 +1,5 @@
 public import ArgumentParser
 import Foundation
-import Hummingbird
 import NIOCore
 import NIOSSL
 public import Logging
@@ -194,14 +193,20 @@ struct ServeCommand: AsyncParsableCommand {
         if let eventLoops { guard (1...256).contains(eventLoops) else { throw ValidationError("--event-loops must be 1…256") } }
         guard (0...600).contains(drainGrace) else { throw ValidationError("--drain-grace must be 0…600 seconds") }
         guard (0...3600).contains(drainWindow) else { throw ValidationError("--drain-window must be 0…3600 seconds") }
-        if let gatewayID { try ValidateGatewayID.check(gatewayID) }
+        if let gatewayID {
+            do {
+                try GatewayConfiguration.validateGatewayID(gatewayID)
+            } catch {
+                throw ValidationError("--gateway-id must be \(InvalidGatewayID.rule)")
+            }
+        }
         guard !exchange.isEmpty, exchange.utf8.count <= 127 else { throw ValidationError("--exchange must be 1…127 bytes") }
         if let eventsExchange {
             guard !eventsExchange.isEmpty, eventsExchange.utf8.count <= 127 else { throw ValidationError("--events-exchange must be 1…127 bytes") }
             guard eventsExchange != exchange else {
                 throw ValidationError("--events-exchange must differ from --exchange: only gateway queues may bind to the main exchange")
             }
-            guard backplane.hasPrefix("amqp://") || backplane.hasPrefix("amqps://") else {
+            guard BackplaneURL.kind(of: backplane) == .rabbitMQ else {
                 throw ValidationError("--events-exchange needs a RabbitMQ backplane (amqp:// or amqps://)")
             }
         }
@@ -273,7 +278,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.trustedProxies = Set(Self.commaSeparated(trustedProxy).filter { !$0.isEmpty })
         configuration.joinRate = joinRate
         configuration.joinBurst = joinBurst
-        let backplane = try BackplaneURL.make(
+        let backplane = try BackplaneFactory.make(
             self.backplane,
             gatewayID: configuration.gatewayID,
             exchange: exchange,
@@ -285,27 +290,26 @@ struct ServeCommand: AsyncParsableCommand {
             ),
             logger: logger
         )
-        configuration.events = (backplane as? RabbitMQBackplane)?.makeEventSink()
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
         if configuration.allowedOrigins.isEmpty {
             logger.notice("no --allowed-origin: pages from any origin may open WebSockets to this gateway")
         }
-        let (application, gateway) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
+        let (application, _) = buildGateway(configuration: configuration, backplane: backplane, logger: logger)
         logger.info(
             "starting gateway",
             metadata: [
-                "switchboard.gateway.id": .string(configuration.gatewayID),
-                "address": .string("\(host):\(port)"),
-                "backplane": .string(CredentialRedaction.redact(self.backplane)),
-                "open_files_limit": .stringConvertible(raised),
+                LoggingKeys.gatewayID: .string(configuration.gatewayID),
+                LoggingKeys.listenAddress: .string("\(host):\(port)"),
+                LoggingKeys.backplane: .string(CredentialRedaction.redact(self.backplane)),
+                LoggingKeys.openFilesLimit: .stringConvertible(raised),
             ]
         )
-        // Graceful shutdown runs in reverse order: the drain first, then the server and the backplane.
+        // The application drains the gateway on SIGTERM before its server and backplane stop.
         let services = ServiceGroup(
             configuration: .init(
-                services: [.init(service: application), .init(service: GatewayDrainService(gateway: gateway))],
+                services: [.init(service: application)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -370,7 +374,7 @@ extension ServeCommand {
             return try WebAssets.load(from: directory)
         } catch {
             // The gateway works without the demo; say why it is missing and go on.
-            logger.notice("/ and /switchboard.js are not served (--web-root sets a folder)", metadata: ["reason": .string("\(error)")])
+            logger.notice("/ and /switchboard.js are not served (--web-root sets a folder)", metadata: [LoggingKeys.reason: .string("\(error)")])
             return nil
         }
     }
@@ -423,41 +427,30 @@ enum AuthOption: String, ExpressibleByArgument, CaseIterable {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Checks `--gateway-id`: it names a queue and appears in frames.
-enum ValidateGatewayID {
-    static func check(_ id: String) throws {
-        let allowed = id.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
-                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
-                || byte == UInt8(ascii: ".")
-        }
-        guard !id.isEmpty, id.utf8.count <= 64, allowed else {
-            throw ValidationError("--gateway-id must be 1…64 characters of [A-Za-z0-9._-]")
-        }
-    }
-}
-
-/// Picks the backplane from `--backplane`.
-enum BackplaneURL {
+/// Maps a `--backplane` URL (``BackplaneURL``) to its concrete backplane: the one place
+/// that knows RabbitMQ and Redis.
+enum BackplaneFactory {
     static func make(
-        _ url: String,
+        _ value: String,
         gatewayID: String,
         exchange: String,
         eventsExchange: String? = nil,
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
         logger: Logger
     ) throws -> any Backplane {
-        if url == "memory" || url == "memory://" {
+        let url: BackplaneURL
+        do {
+            url = try BackplaneURL(parsing: value)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        switch url.kind {
+        case .memory:
             return InMemoryBackplane()
-        }
-        if let problem = CredentialRedaction.reservedCharacterProblem(in: url) {
-            throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(problem)")
-        }
-        if url.hasPrefix("amqp://") || url.hasPrefix("amqps://") {
+        case .rabbitMQ:
             do {
-                let amqp = try AMQPConfiguration(url: url)
                 let configuration = RabbitMQConfiguration(
-                    amqp: amqp,
+                    amqp: try AMQPConfiguration(url: url.url),
                     gatewayID: gatewayID,
                     exchange: exchange,
                     publishLimits: publishLimits,
@@ -465,24 +458,18 @@ enum BackplaneURL {
                 )
                 return RabbitMQBackplane(configuration: configuration, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(error.message)")
+                throw ValidationError(BackplaneURLError.invalid(url.url, reason: error.message).description)
             }
-        }
-        if url.hasPrefix("redis://") || url.hasPrefix("rediss://") {
+        case .redis:
             do {
-                var redis = try RedisBackplaneConfiguration(url: url, gatewayID: gatewayID)
+                var redis = try RedisBackplaneConfiguration(url: url.url, gatewayID: gatewayID)
                 redis.pendingLimits = (publishLimits.maximumPending, publishLimits.maximumPendingBytes)
                 return RedisBackplane(configuration: redis, logger: logger)
             } catch {
-                throw ValidationError("invalid backplane URL '\(CredentialRedaction.redact(url))': \(String(describing: error))")
+                throw ValidationError(BackplaneURLError.invalid(url.url, reason: String(describing: error)).description)
             }
         }
-        let scheme = url.split(separator: ":", maxSplits: 1).first.map(String.init) ?? url
-        throw ValidationError(
-            "unsupported backplane '\(CredentialRedaction.redact(url))' (scheme '\(scheme)'): use 'memory', amqp://, amqps:// or redis://"
-        )
     }
-
 }
 
 /// Process limits the gateway adjusts at start-up.
@@ -508,7 +495,7 @@ enum FileDescriptorLimit {
         var name = [CChar](repeating: 0, count: 256)
         guard gethostname(&name, name.count) == 0 else { return "gateway" }
         let host = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return (try? ValidateGatewayID.check(host)) != nil ? host : "gateway"
+        return (try? GatewayConfiguration.validateGatewayID(host)) != nil ? host : "gateway"
         #else
         return "gateway"
         #endif

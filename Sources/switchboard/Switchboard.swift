@@ -1,13 +1,13 @@
 import ArgumentParser
 import Foundation
 
-/// The `switchboard` command: run a gateway, or load-test one.
+/// The `switchboard` command: run a gateway (the load generator is `switchboard-bench`).
 @main
 struct Switchboard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchboard",
         abstract: "A horizontally scalable WebSocket gateway.",
-        subcommands: [ServeCommand.self, BenchCommand.self],
+        subcommands: [ServeCommand.self],
         defaultSubcommand: ServeCommand.self
     )
 

@@ -18,6 +18,12 @@ final class SwitchableBackplane: Backplane {
     let bindsFail = Atomic<Bool>(false)
     /// Publishes fail as a stalled broker's do (`overloaded`) while the backplane is up.
     let stalled = Atomic<Bool>(false)
+    /// The worker-events sink this backplane offers, as RabbitMQ with `--events-exchange` does.
+    let eventSink: (any EventSink)?
+
+    init(eventSink: (any EventSink)? = nil) {
+        self.eventSink = eventSink
+    }
 
     func setDeliveryHandler(_ handler: @escaping BackplaneDeliveryHandler) { inner.setDeliveryHandler(handler) }
     var isReady: Bool { !isDown.load(ordering: .relaxed) && inner.isReady }

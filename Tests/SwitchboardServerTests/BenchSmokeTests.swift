@@ -2,16 +2,32 @@ import Foundation
 import SwitchboardTesting
 import Testing
 
-/// A seconds-long smoke run of `switchboard bench` against a real `switchboard serve`:
+/// A seconds-long smoke run of `switchboard-bench` against a real `switchboard serve`:
 /// the load generator works and counts right. Speed is measured by bench/run.sh, not here.
-@Suite("switchboard bench (smoke run)", .serialized, .timeLimit(.minutes(1)))
+@Suite("switchboard-bench (smoke run)", .serialized, .timeLimit(.minutes(1)))
 struct BenchSmokeTests {
+    /// `switchboard-bench`, built beside `switchboard` (the same build products folder).
+    static func benchBinary() throws -> URL {
+        let url = try switchboardBinary().deletingLastPathComponent().appendingPathComponent("switchboard-bench")
+        guard FileManager.default.isExecutableFile(atPath: url.path) else { throw TestFailure("\(url.path) not found: run swift build") }
+        return url
+    }
+
     static func bench(_ arguments: [String]) throws -> [String: Any] {
-        let (status, output) = try runProcess(try switchboardBinary().path, ["bench"] + arguments + ["--json"])
+        let (status, output) = try runProcess(try benchBinary().path, arguments + ["--json"])
         guard status == 0, let line = output.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
         else { throw TestFailure("bench \(arguments) failed (\(status)): \(output)") }
         return object
+    }
+
+    @Test("the gateway binary has no bench subcommand, and its target links neither the client library nor HdrHistogram")
+    func gatewayWithoutLoadGenerator() throws {
+        let (status, output) = try runProcess(try switchboardBinary().path, ["bench", "parse", "--iterations", "1"])
+        #expect(status != 0, "\(output)")
+        let manifest = try String(contentsOf: packageRoot.appendingPathComponent("Package.swift"), encoding: .utf8)
+        let gateway = try #require(manifest.firstMatch(of: /\.executableTarget\(\s*name: "switchboard",(?<body>.*?)swiftSettings/.dotMatchesNewlines()))
+        #expect(!gateway.body.contains("SwitchboardClient") && !gateway.body.contains("Histogram"), "\(gateway.body)")
     }
 
     @Test("direct, room, fanout and connect against one gateway: everything sent is delivered once, and counted")

@@ -127,4 +127,18 @@ struct PublishAPITests {
             )
         }
     }
+
+    @Test("without a configured sink the gateway uses the one its backplane offers; the in-memory backplane offers none")
+    func backplaneEventSink() async throws {
+        #expect(InMemoryBackplane().eventSink == nil)
+        let sink = RecordingEventSink()
+        try await withGateway(backplane: SwitchableBackplane(eventSink: sink)) { gateway in
+            let alice = try await gateway.connect("alice")
+            let bob = try await gateway.connect("bob")
+            try await alice.send(#"{"type":"direct","to":"bob","data":1,"id":"1"}"#)
+            _ = try await bob.next()
+            #expect(try await alice.next()["type"] == "ack")
+            #expect(sink.events.withLock { $0 } == [#"user.bob {"type":"direct","from":"alice","to":"bob","data":1}"#])
+        }
+    }
 }

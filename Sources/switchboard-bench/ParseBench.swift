@@ -3,7 +3,7 @@ import Foundation
 import NIOCore
 import SwitchboardProtocol
 
-/// `switchboard bench parse`: the cost on the event loop of decoding client frames,
+/// `switchboard-bench parse`: the cost on the event loop of decoding client frames,
 /// including the worst case the security review found (64 KiB of distinct short member
 /// names, which a quadratic duplicate-key check turned into tens of milliseconds).
 struct ParseBench: AsyncParsableCommand {

@@ -5,22 +5,42 @@ import NIOPosix
 import AMQPClient
 import Logging
 import SwitchboardBackplane
-import SwitchboardClient
 import SwitchboardProtocol
 import SwitchboardRabbitMQ
 import Synchronization
 
-/// `switchboard bench`: load generators for the gateway. Every run is bounded in
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `switchboard-bench`: load generators for the gateway. Every run is bounded in
 /// connections and time and stops by itself.
+///
+/// A separate executable from `switchboard`, so that the gateway links neither the
+/// client library nor HdrHistogram.
+@main
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench",
+        commandName: "switchboard-bench",
         abstract: "Measure a running gateway.",
         subcommands: [
             ConnectBench.self, DirectBench.self, RoomBench.self, FanoutBench.self, IdleBench.self, BindingsBench.self, ConfirmsBench.self,
             ParseBench.self,
         ]
     )
+}
+
+/// The open-files limit of the load generator itself: every connection is a file.
+enum OpenFileLimit {
+    /// Raises the soft limit to the hard one.
+    static func raise() {
+        #if canImport(Glibc)
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        #endif
+    }
 }
 
 /// Reads a process's memory use from /proc.

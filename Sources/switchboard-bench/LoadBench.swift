@@ -61,7 +61,7 @@ struct LoadOptions: ParsableArguments {
     }
 }
 
-/// The only addresses `switchboard bench` sends traffic to.
+/// The only addresses `switchboard-bench` sends traffic to.
 enum Loopback {
     static func contains(_ host: String) -> Bool {
         host.hasPrefix("127.") || host == "::1" || host == "[::1]" || host == "localhost"
@@ -192,7 +192,7 @@ final class Fleet: Sendable {
     /// Opens `options.users` connections, `connectConcurrency` at a time; each counts once
     /// its `welcome` arrived (the user is bound and reachable). At most 120 s.
     static func open(_ options: LoadOptions, onText: @escaping @Sendable (Int, String) -> Void = { _, _ in }) async throws -> Fleet {
-        _ = FileDescriptorLimit.raiseToHardLimit()
+        OpenFileLimit.raise()
         let endpoints = try options.endpoints()
         let group = MultiThreadedEventLoopGroup.singleton
         let started = ContinuousClock.now

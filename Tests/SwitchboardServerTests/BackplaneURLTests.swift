@@ -1,0 +1,65 @@
+import SwitchboardBackplane
+import Testing
+
+/// `--backplane` parsing as far as the library goes: the scheme picks the kind, and
+/// every refusal says why without the password.
+@Suite("BackplaneURL: which backplane a --backplane value names")
+struct BackplaneURLTests {
+    @Test(
+        "each scheme maps to its kind and the URL is kept as given",
+        arguments: [
+            ("memory", BackplaneURL.Kind.memory),
+            ("memory://", .memory),
+            ("amqp://guest:guest@127.0.0.1:5672/", .rabbitMQ),
+            ("amqps://broker.example:5671/vhost", .rabbitMQ),
+            ("redis://:secret@127.0.0.1:6379?mode=broadcast", .redis),
+            ("rediss://cache.example:6380", .redis),
+        ]
+    )
+    func kinds(value: String, kind: BackplaneURL.Kind) throws {
+        let url = try BackplaneURL(parsing: value)
+        #expect(url.kind == kind)
+        #expect(url.url == value)
+        #expect(BackplaneURL.kind(of: value) == kind)
+    }
+
+    @Test("an unknown scheme is refused with the scheme named and the password redacted")
+    func unsupported() {
+        #expect(throws: BackplaneURLError.unsupportedScheme("kafka://guest:secret@127.0.0.1:5672/", scheme: "kafka")) {
+            try BackplaneURL(parsing: "kafka://guest:secret@127.0.0.1:5672/")
+        }
+        let error = BackplaneURLError.unsupportedScheme("kafka://guest:secret@127.0.0.1:5672/", scheme: "kafka")
+        #expect(error.description == "unsupported backplane 'kafka://guest:***@127.0.0.1:5672/' (scheme 'kafka'): use 'memory', amqp://, amqps:// or redis://")
+        for value in ["", "memory:", "AMQP://127.0.0.1/", "nats://127.0.0.1:4222", "127.0.0.1:5672"] {
+            #expect(BackplaneURL.kind(of: value) == nil, "\(value)")
+            #expect(throws: BackplaneURLError.self, "\(value)") { try BackplaneURL(parsing: value) }
+        }
+    }
+
+    @Test("a raw '/', '?' or '#' in the credentials is refused before any backplane parses the URL")
+    func reservedCharacters() throws {
+        for value in ["amqp://guest:se/cret@127.0.0.1:5672/", "redis://:se?cret@127.0.0.1:6379", "rediss://se#cret@127.0.0.1:6380"] {
+            do {
+                _ = try BackplaneURL(parsing: value)
+                Issue.record("\(value) was accepted")
+            } catch {
+                guard case .invalid(let url, let reason) = error else {
+                    Issue.record("\(value): \(error)")
+                    continue
+                }
+                #expect(url == value)
+                #expect(reason.contains("percent-encode"))
+                #expect(error.description.hasPrefix("invalid backplane URL '"))
+                #expect(!error.description.contains("cret"), "\(error)")
+            }
+        }
+        // Percent-encoded, the same credentials are fine.
+        #expect(try BackplaneURL(parsing: "amqp://guest:se%2Fcret@127.0.0.1:5672/").kind == .rabbitMQ)
+    }
+
+    @Test("what a backplane's own parser refuses is reported with the URL redacted")
+    func invalid() {
+        let error = BackplaneURLError.invalid("amqp://guest:secret@127.0.0.1:99999/", reason: "invalid port")
+        #expect(error.description == "invalid backplane URL 'amqp://guest:***@127.0.0.1:99999/': invalid port")
+    }
+}
