@@ -91,7 +91,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                             decision.value = .accepted(identity)
                             return HTTPHeaders()
                         case .failure(let failure):
-                            gateway.logger.info("handshake refused", metadata: ["switchboard.auth.failure": .string(failure.reason)])
+                            gateway.logger.info("handshake refused", metadata: [LoggingKeys.authFailure: .string(failure.reason)])
                             decision.value = .refused(Refusal(status: .unauthorized, message: failure.reason))
                             return nil
                         }

@@ -7,6 +7,8 @@ enum LoggingKeys {
     static let address = "switchboard.backplane.address"
     static let closeCode = "switchboard.close.code"
     static let errorType = "error.type"
+    /// Why a handshake was refused (never the credential itself).
+    static let authFailure = "switchboard.auth.failure"
     /// Connections a drain starts with, and those still open when it gave up waiting.
     static let drainConnections = "switchboard.drain.connections"
     static let drainLeftOpen = "switchboard.drain.left_open"
