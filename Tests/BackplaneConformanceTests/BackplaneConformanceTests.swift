@@ -16,51 +16,46 @@ import Testing
 /// shared broker.
 @Suite("Backplane conformance: in-memory, RabbitMQ, Redis channels, Redis broadcast", .serialized, .timeLimit(.minutes(3)))
 struct BackplaneConformanceTests {
+    static let bob = BackplaneAddress.user(try! UserID(validating: "bob"))  // a valid literal: cannot throw
+    static let carol = BackplaneAddress.user(try! UserID(validating: "carol"))
+    static let lobby = BackplaneAddress.room(try! RoomID(validating: "lobby"))
+
     @Test("a frame published to a bound user, room or broadcast reaches the bound gateway once, byte for byte", arguments: BackplaneKind.allCases)
     func deliveryToBoundAddresses(kind: BackplaneKind) async throws {
         try await BackplanePair.run(kind) { pair in
-            let bob = BackplaneAddress.user(try UserID(validating: "bob"))
-            let lobby = BackplaneAddress.room(try RoomID(validating: "lobby"))
-            try await pair.receiver.bind(bob)
-            try await pair.receiver.bind(lobby)
-            for (address, text) in [(bob, "to bob"), (lobby, "to the lobby"), (.broadcast, "to everyone")] {
-                let outcome = try await pair.publisher.publish(ByteBuffer(string: text), to: address)
-                #expect(outcome == kind.outcome(publishingTo: address, bound: true), "\(address)")
-                try await pair.expectDelivery(text, to: address)
+            try await pair.receiver.bind(Self.bob)
+            try await pair.receiver.bind(Self.lobby)
+            for (address, text) in [(Self.bob, "to bob"), (Self.lobby, "to the lobby"), (.broadcast, "to everyone")] {
+                try await pair.expectDelivered(text, to: address)
             }
             // Each arrived once: the next thing delivered is the next frame published.
-            try await pair.expectNextDelivery(afterPublishing: "fence")
+            try await pair.expectDelivered("fence", to: .broadcast)
         }
     }
 
     @Test("after an unbind nothing more arrives, and the outcome says so where the backplane can tell", arguments: BackplaneKind.allCases)
     func nothingAfterUnbind(kind: BackplaneKind) async throws {
         try await BackplanePair.run(kind) { pair in
-            let bob = BackplaneAddress.user(try UserID(validating: "bob"))
-            let lobby = BackplaneAddress.room(try RoomID(validating: "lobby"))
-            let carol = BackplaneAddress.user(try UserID(validating: "carol"))  // never bound
-            for address in [bob, lobby] {
+            for address in [Self.bob, Self.lobby] {
                 try await pair.receiver.bind(address)
-                #expect(try await pair.publisher.publish(ByteBuffer(string: "before"), to: address) == kind.outcome(publishingTo: address, bound: true))
-                try await pair.expectDelivery("before", to: address)
+                try await pair.expectDelivered("before", to: address)
                 try await pair.receiver.unbind(address)
                 let outcome = try await pair.publisher.publish(ByteBuffer(string: "after"), to: address)
                 #expect(outcome == kind.outcome(publishingTo: address, bound: false), "\(address) after unbind")
             }
-            #expect(try await pair.publisher.publish(ByteBuffer(string: "after"), to: carol) == kind.outcome(publishingTo: carol, bound: false))
+            // Never bound anywhere.
+            #expect(try await pair.publisher.publish(ByteBuffer(string: "after"), to: Self.carol) == kind.outcome(publishingTo: Self.carol, bound: false))
             // Publishes from one publisher arrive in order, so had any "after" arrived it would come before this.
-            try await pair.expectNextDelivery(afterPublishing: "fence")
+            try await pair.expectDelivered("fence", to: .broadcast)
         }
     }
 
     @Test("a lost broker connection: the backplane reconnects by itself, its bindings are restored, delivery resumes", arguments: BackplaneKind.brokered)
     func reconnect(kind: BackplaneKind) async throws {
         try await BackplanePair.run(kind) { pair in
-            let bob = BackplaneAddress.user(try UserID(validating: "bob"))
-            let lobby = BackplaneAddress.room(try RoomID(validating: "lobby"))
-            try await pair.receiver.bind(bob)
-            try await pair.receiver.bind(lobby)
-            try await pair.expectNextDelivery(afterPublishing: "before", to: bob)
+            try await pair.receiver.bind(Self.bob)
+            try await pair.receiver.bind(Self.lobby)
+            try await pair.expectDelivered("before", to: Self.bob)
 
             let before = try kind.brokerConnections()
             #expect(!before.isEmpty)
@@ -73,10 +68,8 @@ struct BackplaneConformanceTests {
             }
             #expect(restored, "new broker connections, ready: before \(before), now \((try? kind.brokerConnections()) ?? [])")
             // No bind again: what was bound before the loss is bound after it.
-            for (address, text) in [(bob, "after, to bob"), (lobby, "after, to the lobby")] {
-                #expect(try await pair.publisher.publish(ByteBuffer(string: text), to: address) == kind.outcome(publishingTo: address, bound: true))
-                try await pair.expectDelivery(text, to: address)
-            }
+            try await pair.expectDelivered("after, to bob", to: Self.bob)
+            try await pair.expectDelivered("after, to the lobby", to: Self.lobby)
         }
     }
 }
@@ -173,6 +166,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
 
 /// A publishing and a receiving backplane, running, and what the receiver was handed.
 struct BackplanePair: Sendable {
+    let kind: BackplaneKind
     let publisher: any Backplane
     let receiver: any Backplane
     let deliveries: EventInbox<BackplaneDelivery>
@@ -187,7 +181,7 @@ struct BackplanePair: Sendable {
         // The in-memory pair is one backplane: its handler is the receiver's.
         if kind != .inMemory { publisher.setDeliveryHandler { _ in } }
         receiver.setDeliveryHandler { batch in batch.forEach(deliveries.append) }
-        let pair = BackplanePair(publisher: publisher, receiver: receiver, deliveries: deliveries)
+        let pair = BackplanePair(kind: kind, publisher: publisher, receiver: receiver, deliveries: deliveries)
         var logger = Logger(label: "test.conformance")
         logger.logLevel = .warning
         let services: [any Service] = kind == .inMemory ? [receiver] : [publisher, receiver]
@@ -210,16 +204,13 @@ struct BackplanePair: Sendable {
         }
     }
 
-    /// The next delivery is `text`, to `address`.
-    func expectDelivery(_ text: String, to address: BackplaneAddress, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    /// Publishes `text` to the bound `address`: the outcome is what the backplane promises
+    /// for a bound address, and the very next delivery is `text`, to `address`.
+    func expectDelivered(_ text: String, to address: BackplaneAddress, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let outcome = try await publisher.publish(ByteBuffer(string: text), to: address)
+        #expect(outcome == kind.outcome(publishingTo: address, bound: true), "\(address)", sourceLocation: sourceLocation)
         let delivery = try await deliveries.next(timeout: .seconds(10))
         #expect(delivery?.address == address, "delivered to \(address)", sourceLocation: sourceLocation)
         #expect(delivery.map { String(buffer: $0.frame) } == text, sourceLocation: sourceLocation)
-    }
-
-    /// Publishes `text` to `address` (broadcast unless given) and expects it to be the very next delivery.
-    func expectNextDelivery(afterPublishing text: String, to address: BackplaneAddress = .broadcast, sourceLocation: SourceLocation = #_sourceLocation) async throws {
-        _ = try await publisher.publish(ByteBuffer(string: text), to: address)
-        try await expectDelivery(text, to: address, sourceLocation: sourceLocation)
     }
 }
