@@ -266,6 +266,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // One suite over the `Backplane` API, run against every backplane (brokers: scripts/test.sh).
+        .testTarget(
+            name: "BackplaneConformanceTests",
+            dependencies: [
+                "SwitchboardBackplane",
+                "SwitchboardRabbitMQ",
+                "SwitchboardRedis",
+                "SwitchboardProtocol",
+                "SwitchboardTesting",
+                "AMQPClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "ClusterTests",
             dependencies: [

@@ -25,6 +25,8 @@ trap cleanup EXIT
 eval "$(./scripts/rabbitmq.sh start "$work/rabbitmq")"
 eval "$(./scripts/redis.sh start "$work/redis")"
 export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDIS_DIR
+# A broker suite that finds no broker fails rather than skipping (Sources/SwitchboardTesting/Brokers.swift).
+export SWITCHBOARD_REQUIRE_BROKERS=1
 
 # Independent clients: Python's websockets library, and headless Chromium driven over
 # the DevTools protocol (a WebSocket page, then the demo chat on two gateways), from a

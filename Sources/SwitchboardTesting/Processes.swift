@@ -1,6 +1,7 @@
 public import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -28,42 +29,69 @@ public func freePort() async throws -> Int {
     return port
 }
 
-/// A child process whose output goes to a log file (a pipe nobody reads would block it).
+/// A program running beside the tests (a `switchboard serve`, HAProxy), started by the
+/// one launcher in this file (``spawn(_:_:environment:output:)``): its output goes to a
+/// log file (a pipe nobody reads would block it), and it inherits no other descriptor.
+///
+/// A thread of its own waits for its exit (`waitpid` blocks), so ``waitForExit(timeout:)``
+/// wakes on the exit itself.
 public final class ChildProcess: Sendable {
     public let name: String
     public let logPath: String
-    private let process: Process
+    public let pid: Int32
+    private let removesLog: Bool
+    /// Set once, by the waiting thread, before it announces the exit in `exits`.
+    private let status = Mutex<Int32?>(nil)
+    private let exits = EventInbox<Int32>()
 
-    public init(name: String, executable: URL, arguments: [String], environment: [String: String] = [:], logDirectory: URL) throws {
+    /// Starts `executable`; its stdout and stderr go to `<logDirectory>/<name>.log`, or,
+    /// without a folder, to a temporary file removed with this object.
+    public init(name: String, executable: URL, arguments: [String], environment: [String: String] = [:], logDirectory: URL? = nil) throws {
         self.name = name
-        logPath = logDirectory.appendingPathComponent("\(name).log").path
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
-        self.process = process
+        removesLog = logDirectory == nil
+        let directory = logDirectory ?? FileManager.default.temporaryDirectory
+        logPath = directory.appendingPathComponent(logDirectory == nil ? "switchboard-\(name)-\(UUID().uuidString).log" : "\(name).log").path
+        let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw TestFailure("cannot create \(logPath): errno \(errno)") }
+        defer { close(log) }
+        pid = try spawn(executable.path, arguments, environment: environment, output: log)
+        // Holds this object until the child exits (its log outlives a test that lets go early).
+        Thread.detachNewThread { [self] in
+            let exitStatus = waitForChild(pid)
+            status.withLock { $0 = exitStatus }
+            exits.append(exitStatus)
+            exits.finish()
+        }
     }
 
-    public var pid: Int32 { process.processIdentifier }
-    public var isRunning: Bool { process.isRunning }
-    public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
+    deinit {
+        if removesLog { try? FileManager.default.removeItem(atPath: logPath) }
+    }
 
+    public var isRunning: Bool { status.withLock { $0 == nil } }
+    /// The exit status (128 + the signal's number when a signal ended it); nil while it runs.
+    public var exitStatus: Int32? { status.withLock { $0 } }
+
+    /// Sends `signal` unless the process has already exited (its PID may be reused then).
     public func signal(_ signal: Int32) {
-        if process.isRunning { kill(process.processIdentifier, signal) }
+        status.withLock { if $0 == nil { _ = kill(pid, signal) } }
+    }
+
+    /// Waits for the exit; returns its status, or nil when it still runs after `timeout`.
+    @discardableResult
+    public func waitForExit(timeout: Duration) async -> Int32? {
+        if let exited = exitStatus { return exited }
+        // One reader gets the exit from the inbox; any other one gets the end: both read `status`.
+        _ = try? await exits.next(timeout: timeout)
+        return exitStatus
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     public func stop(grace: Duration = .seconds(10)) async {
         signal(SIGTERM)
-        let deadline = ContinuousClock.now + grace
-        while process.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        guard await waitForExit(timeout: grace) == nil else { return }
         signal(SIGKILL)
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+        await waitForExit(timeout: .seconds(30))
     }
 
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -77,25 +105,43 @@ public func httpStatus(port: Int, path: String) async -> Int? {
     return (response as? HTTPURLResponse)?.statusCode
 }
 
-/// Runs a program to completion and returns its exit status and its output (stdout and stderr).
+/// Runs a program to completion and returns its exit status and its output (stdout and
+/// stderr, read to the end).
 ///
-/// posix_spawn rather than Foundation's `Process`, whose pipe's write end leaked into a
-/// daemon started by the script (scripts/redis.sh start), so that reading the output
-/// never ended.
+/// It blocks the calling thread until the program exits: for short commands (a script,
+/// `openssl`); use ``ChildProcess`` for anything that keeps running.
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
     var pipeEnds: [Int32] = [0, 0]
     guard pipe(&pipeEnds) == 0 else { throw TestFailure("pipe() failed for \(executable)") }
+    let pid: pid_t
+    do {
+        pid = try spawn(executable, arguments, environment: environment, output: pipeEnds[1])
+    } catch {
+        close(pipeEnds[0])
+        close(pipeEnds[1])
+        throw error
+    }
+    // Only the child holds the write end now, so the read ends when the child (and
+    // anything it started that kept its stdout) has exited.
+    close(pipeEnds[1])
+    let output = FileHandle(fileDescriptor: pipeEnds[0], closeOnDealloc: true).readDataToEndOfFile()
+    return (waitForChild(pid), String(decoding: output, as: UTF8.self))
+}
+
+/// The one launcher of the test helpers: starts `executable` with `output` as its stdout
+/// and stderr and no other descriptor of the test process.
+///
+/// posix_spawn rather than Foundation's `Process`, which let descriptors leak into the
+/// child: a pipe's write end leaked into a daemon that a script started (scripts/redis.sh
+/// start), so reading the output never ended, and an inherited listening socket
+/// (freePort's, a test gateway's) would keep its port busy for as long as the child lives.
+private func spawn(_ executable: String, _ arguments: [String], environment: [String: String], output: Int32) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
-    posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 2)
-    posix_spawn_file_actions_addclose(&actions, pipeEnds[0])
-    // Else a daemon the script starts would inherit the write end and the read below
-    // would never see end-of-file (what made Foundation's Process hang here).
-    posix_spawn_file_actions_addclose(&actions, pipeEnds[1])
-    // Nothing else of the test process either: an inherited listening socket (freePort's,
-    // a test gateway's) would keep its port busy for as long as the child lives.
+    posix_spawn_file_actions_adddup2(&actions, output, 1)
+    posix_spawn_file_actions_adddup2(&actions, output, 2)
+    // After the dup2s: 0, 1 and 2 stay, everything from 3 up (`output` included) goes.
     closeInheritedDescriptors(&actions)
     let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
@@ -103,24 +149,24 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     defer { (argv + envp).forEach { free($0) } }
     var pid: pid_t = 0
     let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-    close(pipeEnds[1])
-    guard spawned == 0 else {
-        close(pipeEnds[0])
-        throw TestFailure("cannot start \(executable): errno \(spawned)")
-    }
-    let output = FileHandle(fileDescriptor: pipeEnds[0], closeOnDealloc: true).readDataToEndOfFile()
+    guard spawned == 0 else { throw TestFailure("cannot start \(executable): errno \(spawned)") }
+    return pid
+}
+
+/// Blocks until child `pid` exits; its exit status, or 128 + the signal that ended it.
+private func waitForChild(_ pid: pid_t) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) == -1, errno == EINTR {}
     // WIFEXITED / WEXITSTATUS, which Swift does not import as macros.
-    let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return (exitStatus, String(decoding: output, as: UTF8.self))
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
 /// An environment variable that `scripts/test.sh` sets (a broker's URL, its folder);
 /// a clear failure when the tests run without it.
 public func requiredEnvironment(_ name: String) throws -> String {
     guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
-        throw TestFailure("\(name) is not set: run ./scripts/test.sh, which starts the brokers the tests use")
+        let why = TestBrokers.areRequired ? " (CI or SWITCHBOARD_REQUIRE_BROKERS=1: the broker suites may not be skipped)" : ""
+        throw TestFailure("\(name) is not set\(why): run ./scripts/test.sh, which starts the brokers the tests use")
     }
     return value
 }

@@ -127,11 +127,14 @@ public struct TestFailure: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// A WebSocket test client: sends JSON, and reads what arrives with a timeout.
+/// A WebSocket test client: sends JSON, and awaits what arrives with a timeout.
+///
+/// Events come from the connection's own stream (fed by its channel handler) into an
+/// ``EventInbox``; a read waits on that inbox, woken by the event itself, until its
+/// deadline: nothing polls.
 public final class TestClient: Sendable {
     public let connection: WebSocketConnection
-    private let inbox = Mutex<[WebSocketConnection.Event]>([])
-    private let finished = Mutex(false)
+    private let inbox = EventInbox<WebSocketConnection.Event>()
 
     private init(connection: WebSocketConnection) {
         self.connection = connection
@@ -140,10 +143,10 @@ public final class TestClient: Sendable {
     public static func connect(port: Int, path: String, headers: [(String, String)] = [], answerPings: Bool = true) async throws -> TestClient {
         let connection = try await WebSocketConnection.connect(host: "127.0.0.1", port: port, path: path, headers: headers, answerPings: answerPings)
         let client = TestClient(connection: connection)
-        // The reader lives as long as the connection; it ends when the stream finishes.
-        Task { [client] in
-            for await event in connection.events { client.inbox.withLock { $0.append(event) } }
-            client.finished.withLock { $0 = true }
+        // The feeder lives as long as the connection; it ends when the stream finishes.
+        Task { [inbox = client.inbox] in
+            for await event in connection.events { inbox.append(event) }
+            inbox.finish()
         }
         return client
     }
@@ -157,15 +160,30 @@ public final class TestClient: Sendable {
     }
 
     /// The next event, waiting up to `timeout`.
+    ///
+    /// - Throws: ``TestClientError/closed`` once the connection ended and every event it
+    ///   received was read; ``TestClientError/timedOut(_:)`` when nothing came in time.
     public func nextEvent(timeout: Duration = .seconds(5)) async throws -> WebSocketConnection.Event {
+        guard let event = try await inbox.next(timeout: timeout) else { throw TestClientError.closed }
+        return event
+    }
+
+    /// The next event, or nil once the connection ended and every event was read.
+    ///
+    /// - Throws: ``TestClientError/timedOut(_:)`` when neither happens within `timeout`.
+    public func nextEventOrEnd(timeout: Duration = .seconds(5)) async throws -> WebSocketConnection.Event? {
+        try await inbox.next(timeout: timeout)
+    }
+
+    /// Reads until the connection ends (the stream finishes) and returns the close code
+    /// it got on the way, nil when the connection ended without a close frame.
+    public func waitForClose(timeout: Duration = .seconds(5)) async throws -> UInt16? {
         let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            let event: WebSocketConnection.Event? = inbox.withLock { $0.isEmpty ? nil : $0.removeFirst() }
-            if let event { return event }
-            if finished.withLock({ $0 }), inbox.withLock({ $0.isEmpty }) { throw TestFailure("connection closed") }
-            try await Task.sleep(for: .milliseconds(2))
+        var code: UInt16?
+        while let event = try await inbox.next(timeout: deadline - .now) {
+            if case .close(let received) = event { code = received }
         }
-        throw TestFailure("nothing arrived within \(timeout)")
+        return code
     }
 
     /// The next text frame, parsed as a JSON object.
@@ -175,6 +193,15 @@ public final class TestClient: Sendable {
             throw TestFailure("not a JSON object: \(text)")
         }
         return ReceivedFrame(text: text, fields: object.mapValues { ($0 as? String) ?? "\($0)" })
+    }
+
+    /// The next text frame whose `type` is `type`, skipping the others (keepalive pongs, acks).
+    public func next(type: String, timeout: Duration = .seconds(5)) async throws -> ReceivedFrame {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let frame = try await next(timeout: deadline - .now)
+            if frame["type"] == type { return frame }
+        }
     }
 
     /// The next text frame, exactly as sent.
@@ -195,8 +222,9 @@ public final class TestClient: Sendable {
 
     /// Asserts nothing arrives for `duration`.
     public func expectSilence(for duration: Duration = .milliseconds(300), sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        // The one sleep that is the point: nothing may arrive during it.
         try await Task.sleep(for: duration)
-        let pending = inbox.withLock { $0 }
+        let pending = inbox.pending
         #expect(pending.isEmpty, "unexpected: \(pending)", sourceLocation: sourceLocation)
     }
 
@@ -228,6 +256,9 @@ public struct ReceivedFrame: Sendable, CustomStringConvertible {
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
+///
+/// Only for states that announce themselves with no event to await (a metric, a broker's
+/// binding list, a child process's exit); wait on the event where there is one.
 public func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
@@ -237,7 +268,8 @@ public func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool)
     return condition()
 }
 
-/// Polls an async `condition` until it holds or `timeout` passes.
+/// Polls an async `condition` until it holds or `timeout` passes (an HTTP probe, say);
+/// as ``eventually(timeout:_:)``, only where there is no event to await.
 public func eventuallyAsync(timeout: Duration = .seconds(5), _ condition: () async -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {

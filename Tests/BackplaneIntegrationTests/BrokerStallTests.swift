@@ -20,7 +20,7 @@ import Glibc
 ///
 /// Serialized, like every suite on the shared test broker: each test takes the broker
 /// away from everyone while it runs, and gives it back in a `defer`.
-@Suite("A stalled broker: bounded memory, every send answered, recovery", .serialized, .timeLimit(.minutes(3)))
+@Suite("A stalled broker: bounded memory, every send answered, recovery", .needsRabbitMQ, .needsRedis, .serialized, .timeLimit(.minutes(3)))
 struct BrokerStallTests {
     /// Publishes that may wait at once in these tests (the default is 5000): below what
     /// arrives within one timeout even at a debug build's pace (about 50 sends/s of 60 KB).

@@ -12,7 +12,7 @@ import Glibc
 private func utf8(_ text: String?) -> [UInt8]? { text.map { Array($0.utf8) } }
 
 /// The security review's defects that involve a real broker (RabbitMQ).
-@Suite("Security hardening on a real RabbitMQ", .serialized, .timeLimit(.minutes(3)))
+@Suite("Security hardening on a real RabbitMQ", .needsRabbitMQ, .serialized, .timeLimit(.minutes(3)))
 struct HardeningIntegrationTests {
     static let pairs: [(String, String)] = [("Kate", "\u{212A}ate"), ("caf\u{E9}", "cafe\u{301}"), ("\u{C5}sa", "\u{212B}sa")]
 

@@ -33,7 +33,7 @@ struct RedisURLTests {
     }
 }
 
-@Suite("Redis client against the real server", .serialized, .timeLimit(.minutes(1)))
+@Suite("Redis client against the real server", .needsRedis, .serialized, .timeLimit(.minutes(1)))
 struct RedisClientTests {
     static func connection(subscriber: Bool = false, onMessages: @escaping @Sendable ([RedisMessage]) -> Void = { _ in }) throws -> RedisConnection {
         var logger = Logger(label: "test.redis")

@@ -8,7 +8,7 @@ import Testing
 /// The same behaviour, from the client's side, on every backplane: gateways on one real
 /// broker each (RabbitMQ, Redis `channels`, Redis `broadcast`). Serialized: the
 /// broker-restart test takes the broker away from every other test while it runs.
-@Suite("Delivery across gateways, on every backplane", .serialized, .timeLimit(.minutes(3)))
+@Suite("Delivery across gateways, on every backplane", .needsRabbitMQ, .needsRedis, .serialized, .timeLimit(.minutes(3)))
 struct RoutedDeliveryTests {
     @Test("alice on gw1 reaches bob on gw2; only gw2 receives it from the broker when routed", arguments: BackplaneKind.allCases)
     func directAcrossGateways(kind: BackplaneKind) async throws {

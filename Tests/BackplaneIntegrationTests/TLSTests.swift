@@ -8,7 +8,7 @@ import Testing
 
 /// `amqps://` through rabbitmq-c's OpenSSL, against the test broker's TLS listener
 /// (scripts/rabbitmq.sh makes a throwaway CA for it).
-@Suite("RabbitMQ over TLS (amqps://)", .serialized, .timeLimit(.minutes(2)))
+@Suite("RabbitMQ over TLS (amqps://)", .needsRabbitMQ, .serialized, .timeLimit(.minutes(2)))
 struct TLSTests {
     static var amqpsURL: String {
         get throws { try requiredEnvironment("SWITCHBOARD_AMQPS_URL") }

@@ -21,10 +21,6 @@ final class LocalCluster: Sendable {
     let haproxy: ChildProcess
     let directory: URL
 
-    static var amqpURL: String {
-        get throws { try requiredEnvironment("SWITCHBOARD_AMQP_URL") }
-    }
-
     private init(haproxyPort: Int, gateways: [GatewayProcess], haproxy: ChildProcess, directory: URL) {
         self.haproxyPort = haproxyPort
         self.gateways = gateways
@@ -37,7 +33,7 @@ final class LocalCluster: Sendable {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-cluster-\(tag)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let url = try amqpURL
+        let url = try Broker.url
         var gateways: [GatewayProcess] = []
         for index in 1...3 {
             let port = try await freePort()
@@ -195,10 +191,16 @@ final class ReconnectingReceiver: Sendable {
                 $0.gateways.append(gateway)
                 $0.reconnectedAt.append(.now)
             }
-            while !state.withLock({ $0.stopped }) {
-                guard let event = try? await client.nextEvent(timeout: .milliseconds(200)) else {
-                    if client.connection.channel.isActive { continue }
-                    break
+            // Until the connection's stream ends: every event it received is read first, so a
+            // close frame that came just before the socket closed is never skipped (checking
+            // `channel.isActive` after a read timed out did skip it now and then).
+            reading: while !state.withLock({ $0.stopped }) {
+                let event: WebSocketConnection.Event
+                do {
+                    guard let next = try await client.nextEventOrEnd(timeout: .milliseconds(200)) else { break reading }
+                    event = next
+                } catch {
+                    continue reading
                 }
                 switch event {
                 case .text(let text):

@@ -6,7 +6,7 @@ import Testing
 
 /// End to end through a real HAProxy (deploy/haproxy/haproxy.cfg) in front of three
 /// `switchboard serve` processes on one RabbitMQ.
-@Suite("Scale-out behind HAProxy", .serialized, .timeLimit(.minutes(3)))
+@Suite("Scale-out behind HAProxy", .needsRabbitMQ, .serialized, .timeLimit(.minutes(3)))
 struct ScaleOutTests {
     @Test("clients land on different gateways (leastconn) and reach each other across them")
     func spreadAndCrossTalk() async throws {
@@ -116,16 +116,25 @@ struct ScaleOutTests {
                     try await Task.sleep(for: .milliseconds(5))
                 }
             }
-            try await Task.sleep(for: .milliseconds(500))
+            // Traffic is flowing to the victim's clients before it is stopped.
+            #expect(try await eventually(timeout: .seconds(10)) { onVictim.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []].count } >= 5 } })
             victim.process.signal(SIGTERM)
-            #expect(try await eventually(timeout: .seconds(20)) { !victim.process.isRunning })
-            #expect(victim.process.exitStatus == 0)
+            #expect(await victim.process.waitForExit(timeout: .seconds(20)) == 0)
             // Everyone is reachable again on the other gateways.
             #expect(try await eventually(timeout: .seconds(10)) { receivers.allSatisfy { $0.currentGateway != victimName } })
-            try await Task.sleep(for: .seconds(1))
+            // ...and traffic flows to them there.
+            let afterReconnect = acked.withLock { $0 }.mapValues(\.count)
+            #expect(
+                try await eventually(timeout: .seconds(10)) {
+                    onVictim.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []].count } >= afterReconnect[receiver.user, default: 0] + 5 }
+                }
+            )
             stopSending.store(true, ordering: .relaxed)
             try await sending.value
-            try await Task.sleep(for: .milliseconds(500))
+            // Every acked message on its way arrives (or the loss check below says which did not).
+            _ = try await eventually(timeout: .seconds(5)) {
+                receivers.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []] }.isSubset(of: receiver.received) }
+            }
             for receiver in receivers { receiver.stop() }
             for reader in readers { await reader.value }
 

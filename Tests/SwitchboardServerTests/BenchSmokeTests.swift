@@ -33,12 +33,12 @@ struct BenchSmokeTests {
     @Test("direct, room, fanout and connect against one gateway: everything sent is delivered once, and counted")
     func scenarios() async throws {
         let port = try await freePort()
-        let (process, _) = try ServeCommandTests.run([
+        let process = try ServeCommandTests.run([
             "serve", "--port", "\(port)", "--backplane", "memory", "--auth", "none", "--gateway-id", "gw-bench", "--log-level", "error",
         ])
-        defer { if process.isRunning { process.terminate() } }
+        defer { process.signal(SIGKILL) }
         #expect(try await RunningGatewayAddress(port: port).waitUntilHealthy(timeout: .seconds(20)))
-        let common = ["--gateway", "ws://127.0.0.1:\(port)/ws", "--gateway-pid", "\(process.processIdentifier)"]
+        let common = ["--gateway", "ws://127.0.0.1:\(port)/ws", "--gateway-pid", "\(process.pid)"]
 
         let direct = try Self.bench(["direct"] + common + ["--users", "20", "--rate", "100", "--duration", "1"])
         let sent = direct["sent"] as? Int ?? 0
@@ -58,6 +58,6 @@ struct BenchSmokeTests {
         let connect = try Self.bench(["connect"] + common + ["--users", "100"])
         #expect(connect["connected"] as? Int == 100)
         #expect((connect["subscriptions_per_s"] as? Double ?? 0) > 0)
-        process.terminate()
+        await process.stop()
     }
 }

@@ -453,7 +453,8 @@ struct Disconnect: Equatable {
 /// Reads a client's events in the background, so that a test can wait for the one it expects.
 final class EventLog: Sendable {
     private let recorded = Mutex<[GatewayClient.Event]>([])
-    private let cursor = Mutex(0)
+    /// The same events, for `next`: each read wakes on the event itself.
+    private let unread = EventInbox<GatewayClient.Event>()
 
     private init() {}
 
@@ -461,7 +462,11 @@ final class EventLog: Sendable {
         let log = EventLog()
         // Ends when the client is deallocated and its event stream finishes.
         Task {
-            for await event in client.events { log.recorded.withLock { $0.append(event) } }
+            for await event in client.events {
+                log.recorded.withLock { $0.append(event) }
+                log.unread.append(event)
+            }
+            log.unread.finish()
         }
         return log
     }
@@ -482,20 +487,14 @@ final class EventLog: Sendable {
     /// Waits for the first event after the last one matched for which `match` returns a value.
     func next<T>(within timeout: Duration = .seconds(5), _ match: (GatewayClient.Event) -> T?) async throws -> T {
         let deadline = ContinuousClock.now + timeout
-        while true {
-            let events = all
-            let start = cursor.withLock { $0 }
-            for index in start..<events.count {
-                if let value = match(events[index]) {
-                    cursor.withLock { $0 = index + 1 }
-                    return value
-                }
+        var skipped: [GatewayClient.Event] = []
+        do {
+            while let event = try await unread.next(timeout: deadline - .now) {
+                if let value = match(event) { return value }
+                skipped.append(event)
             }
-            guard ContinuousClock.now < deadline else {
-                throw TestFailure("no matching event within \(timeout); got \(events.dropFirst(start))")
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        } catch TestClientError.timedOut {}
+        throw TestFailure("no matching event within \(timeout); got \(skipped)")
     }
 }
 

@@ -9,28 +9,18 @@ struct RedactionBinaryTests {
     /// Runs `serve` until it logs that it started or exits; returns everything it printed.
     static func output(backplane: String) async throws -> (exited: Bool, text: String) {
         let port = try await freePort()
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-redaction-\(UUID().uuidString).log")
-        guard FileManager.default.createFile(atPath: log.path, contents: nil) else { throw TestFailure("cannot create \(log.path)") }
-        defer { try? FileManager.default.removeItem(at: log) }
-        let process = Process()
-        process.executableURL = try switchboardBinary()
-        process.arguments = ["serve", "--auth", "none", "--port", "\(port)", "--gateway-id", "gw-redaction", "--backplane", backplane, "--web-root", "off"]
-        let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
-        let started = try await eventually(timeout: .seconds(20)) {
-            !process.isRunning || ((try? String(contentsOf: log, encoding: .utf8))?.contains("starting gateway") ?? false)
-        }
+        let process = try ChildProcess(
+            name: "redaction",
+            executable: try switchboardBinary(),
+            arguments: ["serve", "--auth", "none", "--port", "\(port)", "--gateway-id", "gw-redaction", "--backplane", backplane, "--web-root", "off"]
+        )
+        defer { process.signal(SIGKILL) }
+        // Its exit is awaited; a start has no event but its log line, so that is polled.
+        let started = try await eventually(timeout: .seconds(20)) { !process.isRunning || process.log.contains("starting gateway") }
         #expect(started, "serve neither started nor exited")
         let exited = !process.isRunning
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        try handle.close()
-        return (exited, try String(contentsOf: log, encoding: .utf8))
+        await process.stop()
+        return (exited, process.log)
     }
 
     @Test(

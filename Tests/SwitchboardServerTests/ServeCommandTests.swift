@@ -8,22 +8,24 @@ import Testing
 /// `switchboard serve` as a user runs it: the real binary, a real port, real signals.
 @Suite("switchboard serve (the executable)", .serialized, .timeLimit(.minutes(1)))
 struct ServeCommandTests {
-    static func run(_ arguments: [String]) throws -> (process: Process, output: Pipe) {
-        let process = Process()
-        process.executableURL = try switchboardBinary()
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        return (process, output)
+    /// Starts `switchboard ARGUMENTS`; what it prints goes to a log file (``ChildProcess/log``).
+    static func run(_ arguments: [String]) throws -> ChildProcess {
+        try ChildProcess(name: "serve", executable: try switchboardBinary(), arguments: arguments)
+    }
+
+    /// Runs `switchboard ARGUMENTS`, which is expected to exit by itself; its status and output.
+    static func exited(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
+        let process = try run(arguments)
+        defer { process.signal(SIGKILL) }
+        let status = await process.waitForExit(timeout: .seconds(20))
+        return (status, process.log)
     }
 
     @Test("serve --port --backplane memory --auth none --gateway-id: healthz, a chat, and a clean exit on SIGTERM")
     func serveAndStop() async throws {
         let port = try await freePort()
-        let (process, output) = try Self.run(["serve", "--port", "\(port)", "--backplane", "memory", "--auth", "none", "--gateway-id", "gw-1"])
-        defer { if process.isRunning { process.terminate() } }
+        let process = try Self.run(["serve", "--port", "\(port)", "--backplane", "memory", "--auth", "none", "--gateway-id", "gw-1"])
+        defer { process.signal(SIGKILL) }
         let gateway = RunningGatewayAddress(port: port)
         #expect(try await gateway.waitUntilHealthy(timeout: .seconds(20)))
 
@@ -37,26 +39,21 @@ struct ServeCommandTests {
         await alice.close()
         await bob.close()
 
-        process.terminate()  // SIGTERM
-        #expect(try await eventually(timeout: .seconds(15)) { !process.isRunning })
-        #expect(process.terminationStatus == 0)
-        let log = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.signal(SIGTERM)
+        #expect(await process.waitForExit(timeout: .seconds(15)) == 0)
+        let log = process.log
         #expect(log.contains("--auth none"), "the development-mode warning is logged")
     }
 
     @Test("an unsupported or malformed backplane URL, or JWT auth without a key, fails at once with a clear message")
     func badFlags() async throws {
-        let (amqp, amqpOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "kafka://guest:secret@127.0.0.1:5672/"])
-        amqp.waitUntilExit()
-        let amqpLog = String(decoding: amqpOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(amqp.terminationStatus != 0)
+        let (amqpStatus, amqpLog) = try await Self.exited(["serve", "--auth", "none", "--backplane", "kafka://guest:secret@127.0.0.1:5672/"])
+        #expect(amqpStatus != nil && amqpStatus != 0)
         #expect(amqpLog.contains("unsupported backplane"))
         #expect(!amqpLog.contains("secret"), "the password is never printed")
 
-        let (badAMQP, badAMQPOutput) = try Self.run(["serve", "--auth", "none", "--backplane", "amqp://guest:secret@127.0.0.1:99999/"])
-        badAMQP.waitUntilExit()
-        let badAMQPLog = String(decoding: badAMQPOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(badAMQP.terminationStatus != 0)
+        let (badAMQPStatus, badAMQPLog) = try await Self.exited(["serve", "--auth", "none", "--backplane", "amqp://guest:secret@127.0.0.1:99999/"])
+        #expect(badAMQPStatus != nil && badAMQPStatus != 0)
         #expect(badAMQPLog.contains("invalid port"))
         #expect(!badAMQPLog.contains("secret"))
 
@@ -66,27 +63,21 @@ struct ServeCommandTests {
             (["--backplane", "amqp://127.0.0.1/", "--events-exchange", "switchboard"], "must differ from --exchange"),
             (["--api-key", "short"], "at least 16 bytes"),
         ] {
-            let (process, output) = try Self.run(["serve", "--auth", "none"] + arguments)
-            process.waitUntilExit()
-            #expect(process.terminationStatus != 0)
-            #expect(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains(message), "\(arguments)")
+            let (status, output) = try await Self.exited(["serve", "--auth", "none"] + arguments)
+            #expect(status != nil && status != 0)
+            #expect(output.contains(message), "\(arguments)")
         }
 
         // JWT is the default; without a key the gateway refuses to start rather than accept anyone.
-        let (noKey, noKeyOutput) = try Self.run(["serve", "--port", "1"])
-        noKey.waitUntilExit()
-        #expect(noKey.terminationStatus != 0)
-        #expect(String(decoding: noKeyOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("--auth jwt needs"))
+        let (noKeyStatus, noKeyOutput) = try await Self.exited(["serve", "--port", "1"])
+        #expect(noKeyStatus != nil && noKeyStatus != 0)
+        #expect(noKeyOutput.contains("--auth jwt needs"))
     }
 }
 
 /// `switchboard serve` refuses settings that would expose a gateway, and reads the JWT options.
 @Suite("switchboard serve: insecure auth and JWT flags (the executable)", .serialized, .timeLimit(.minutes(1)))
 struct ServeCommandAuthFlagTests {
-    static func output(_ process: Process, _ pipe: Pipe) -> String {
-        String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    }
-
     /// `switchboard ARGUMENTS` expected to refuse to start: under timeout(1), so that a
     /// regression that lets it start (as root, even on port 1) fails the test instead of hanging it.
     static func refusedStart(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
@@ -105,12 +96,11 @@ struct ServeCommandAuthFlagTests {
 
         // With the override (as a flag, then as a variable) it starts; 0.0.0.0 includes loopback.
         let port = try await freePort()
-        let (process, pipe) = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "0.0.0.0", "--port", "\(port)", "--allow-insecure-auth-none"])
-        defer { if process.isRunning { process.terminate() } }
+        let process = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "0.0.0.0", "--port", "\(port)", "--allow-insecure-auth-none"])
+        defer { process.signal(SIGKILL) }
         #expect(try await RunningGatewayAddress(port: port).waitUntilHealthy(timeout: .seconds(20)))
-        process.terminate()
-        process.waitUntilExit()
-        #expect(Self.output(process, pipe).contains("--auth none"))
+        await process.stop()
+        #expect(process.log.contains("--auth none"))
 
         let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-insecure-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -128,12 +118,13 @@ struct ServeCommandAuthFlagTests {
 
         // A loopback address other than 127.0.0.1 needs no override.
         let thirdPort = try await freePort()
-        let (loopback, loopbackPipe) = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "127.0.0.2", "--port", "\(thirdPort)"])
-        defer { if loopback.isRunning { loopback.terminate() } }
-        try await Task.sleep(for: .milliseconds(500))
-        if !loopback.isRunning {
-            Issue.record("127.0.0.2 was refused: \(Self.output(loopback, loopbackPipe))")
-        }
+        let loopback = try ServeCommandTests.run(["serve", "--auth", "none", "--host", "127.0.0.2", "--port", "\(thirdPort)"])
+        defer { loopback.signal(SIGKILL) }
+        #expect(
+            try await RunningGatewayAddress(host: "127.0.0.2", port: thirdPort).waitUntilHealthy(timeout: .seconds(20)),
+            "127.0.0.2 was refused: \(loopback.log)"
+        )
+        await loopback.stop()
     }
 
     @Test("JWT flags: http:// --jwks, an out-of-range leeway, an unreachable https:// --jwks and a key without alg stop the start with a clear message")
@@ -195,11 +186,12 @@ struct ServeCommandAuthFlagTests {
 
 /// Health probe for a gateway in another process.
 struct RunningGatewayAddress {
+    var host = "127.0.0.1"
     let port: Int
 
     /// Polls `/healthz` until it answers 200 or `timeout` passes.
     func waitUntilHealthy(timeout: Duration) async throws -> Bool {
-        let url = URL(string: "http://127.0.0.1:\(port)/healthz")!
+        let url = URL(string: "http://\(host):\(port)/healthz")!
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let (_, response) = try? await URLSession.shared.data(from: url), (response as? HTTPURLResponse)?.statusCode == 200 {

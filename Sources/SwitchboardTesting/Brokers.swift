@@ -1,0 +1,133 @@
+import Foundation
+public import Testing
+
+/// Whether the suites that need a broker may be skipped when it is not configured.
+///
+/// `swift test` alone runs the unit suites and skips the broker ones with a message that
+/// says what to set. On CI (`CI` set) or with `SWITCHBOARD_REQUIRE_BROKERS=1` (which
+/// `scripts/test.sh` exports) a broker suite runs anyway and fails on the missing URL: a
+/// run that should cover the brokers never passes by skipping them.
+public enum TestBrokers {
+    public static var areRequired: Bool {
+        let environment = ProcessInfo.processInfo.environment
+        return environment["SWITCHBOARD_REQUIRE_BROKERS"] == "1" || !(environment["CI"] ?? "").isEmpty
+    }
+
+    /// Why a RabbitMQ suite was skipped.
+    public static let rabbitMQMissing = "needs RabbitMQ: set SWITCHBOARD_AMQP_URL and SWITCHBOARD_RABBITMQ_DIR (scripts/test.sh starts one)"
+    /// Why a Redis suite was skipped.
+    public static let redisMissing = "needs Redis: set SWITCHBOARD_REDIS_URL and SWITCHBOARD_REDIS_DIR (scripts/test.sh starts one)"
+
+    /// Ends the current test (or the current case of a parameterized one) as cancelled,
+    /// with `message`, when `isConfigured` is false and brokers are not required; for
+    /// tests that need a broker only for some of their arguments.
+    public static func skipUnless(_ isConfigured: Bool, _ message: String) throws {
+        guard !isConfigured, !areRequired else { return }
+        // The console does not print why a case was cancelled; a warning (which fails
+        // nothing) shows the message next to the case.
+        Issue.record(Comment(rawValue: "skipped: " + message), severity: .warning)
+        try Test.cancel(Comment(rawValue: message))
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// The suite talks to the test RabbitMQ (``Broker``).
+    public static var needsRabbitMQ: Self {
+        .enabled(if: Broker.isConfigured || TestBrokers.areRequired, Comment(rawValue: TestBrokers.rabbitMQMissing))
+    }
+
+    /// The suite talks to the test Redis (``RedisServer``).
+    public static var needsRedis: Self {
+        .enabled(if: RedisServer.isConfigured || TestBrokers.areRequired, Comment(rawValue: TestBrokers.redisMissing))
+    }
+}
+
+/// The throwaway RabbitMQ that `scripts/test.sh` starts (scripts/rabbitmq.sh), found
+/// through `SWITCHBOARD_AMQP_URL` and `SWITCHBOARD_RABBITMQ_DIR`.
+public enum Broker {
+    public static var isConfigured: Bool { isSet("SWITCHBOARD_AMQP_URL") && isSet("SWITCHBOARD_RABBITMQ_DIR") }
+
+    public static var url: String {
+        get throws { try requiredEnvironment("SWITCHBOARD_AMQP_URL") }
+    }
+
+    /// Runs `rabbitmqctl ARGS` against the test broker and returns its output.
+    @discardableResult
+    public static func ctl(_ arguments: [String]) throws -> String {
+        let dir = try requiredEnvironment("SWITCHBOARD_RABBITMQ_DIR")
+        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/rabbitmq.sh").path, ["ctl", dir] + arguments)
+        guard status == 0 else { throw TestFailure("rabbitmqctl \(arguments) failed: \(text)") }
+        return text
+    }
+
+    /// The broker's own view: (queue, routing key) of every binding on `exchange`.
+    public static func bindings(exchange: String) throws -> Set<Binding> {
+        let text = try ctl(["list_bindings", "source_name", "destination_name", "routing_key", "--quiet", "--no-table-headers"])
+        var result: Set<Binding> = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard fields.count == 3, fields[0] == exchange else { continue }
+            result.insert(Binding(queue: fields[1], key: fields[2]))
+        }
+        return result
+    }
+
+    /// One binding of an exchange, as `rabbitmqctl list_bindings` shows it.
+    public struct Binding: Hashable, Sendable, CustomStringConvertible {
+        public let queue: String
+        public let key: String
+        public init(queue: String, key: String) {
+            self.queue = queue
+            self.key = key
+        }
+        public var description: String { "\(queue)←\(key)" }
+    }
+}
+
+/// The throwaway Redis that `scripts/test.sh` starts (scripts/redis.sh), found through
+/// `SWITCHBOARD_REDIS_URL` and `SWITCHBOARD_REDIS_DIR`.
+public enum RedisServer {
+    public static var isConfigured: Bool { isSet("SWITCHBOARD_REDIS_URL") && isSet("SWITCHBOARD_REDIS_DIR") }
+
+    public static var url: String {
+        get throws { try requiredEnvironment("SWITCHBOARD_REDIS_URL") }
+    }
+
+    /// Runs `redis-cli ARGS` against the test server and returns its output.
+    @discardableResult
+    public static func cli(_ arguments: [String]) throws -> String {
+        try script(["cli", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")] + arguments)
+    }
+
+    /// Subscribers of `channel`, as the server counts them (`PUBSUB NUMSUB`).
+    public static func subscribers(_ channel: String) throws -> Int {
+        let lines = try cli(["PUBSUB", "NUMSUB", channel]).split(separator: "\n")
+        guard lines.count == 2, let count = Int(lines[1].trimmingCharacters(in: .whitespaces)) else {
+            throw TestFailure("unexpected PUBSUB NUMSUB output: \(lines)")
+        }
+        return count
+    }
+
+    /// Stops the server (its PID, from its folder).
+    public static func stop() throws {
+        try script(["stop", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")])
+    }
+
+    /// Starts it again on the same port and folder.
+    public static func start() throws {
+        let dir = try requiredEnvironment("SWITCHBOARD_REDIS_DIR")
+        let port = try String(contentsOfFile: dir + "/port", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try script(["start", dir, port])
+    }
+
+    @discardableResult
+    private static func script(_ arguments: [String]) throws -> String {
+        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/redis.sh").path, arguments)
+        guard status == 0 else { throw TestFailure("scripts/redis.sh \(arguments) failed: \(text)") }
+        return text
+    }
+}
+
+private func isSet(_ name: String) -> Bool {
+    !(ProcessInfo.processInfo.environment[name] ?? "").isEmpty
+}
