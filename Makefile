@@ -1,11 +1,14 @@
 # Shortcuts for the scripts in scripts/ (which are what the README and CI call).
-.PHONY: run test build release bench bench-quick bench-idle cluster cluster-stop
+.PHONY: run test lint build release bench bench-quick bench-idle cluster cluster-stop
 
 run:
 	./scripts/run.sh
 
 test:
 	./scripts/test.sh
+
+lint:
+	./scripts/lint.sh
 
 build:
 	swift build

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Formatting, C imports only in their client targets, unsafe-Sendable comments (make lint).
+./scripts/lint.sh
 swift build --build-tests
 
 # A short libFuzzer run over the frame decoder and routing words (scripts/fuzz.sh 3600 for a long one).

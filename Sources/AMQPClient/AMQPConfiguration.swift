@@ -132,8 +132,14 @@ public struct AMQPConfiguration: Sendable, Equatable {
             default:
                 // Quoted only when it looks like a parameter name: with a raw '?' in a password,
                 // the "parameter" is the password's tail.
-                let looksLikeName = !key.isEmpty && key.utf8.count <= 32 && key.utf8.allSatisfy { $0 == UInt8(ascii: "_") || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) }
-                throw AMQPError(.invalidConfiguration, looksLikeName ? "unknown URL parameter '\(key)'" : "unknown URL parameter (not shown; percent-encode '?', '/' and '#' in passwords)")
+                let looksLikeName =
+                    !key.isEmpty && key.utf8.count <= 32
+                    && key.utf8.allSatisfy { $0 == UInt8(ascii: "_") || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) }
+                throw AMQPError(
+                    .invalidConfiguration,
+                    looksLikeName
+                        ? "unknown URL parameter '\(key)'" : "unknown URL parameter (not shown; percent-encode '?', '/' and '#' in passwords)"
+                )
             }
         }
         self.init(

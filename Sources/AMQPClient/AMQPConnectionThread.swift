@@ -465,7 +465,10 @@ final class AMQPConnectionThread {
             blocked = false
             logger.info("the broker unblocked publishing")
         default:
-            logger.trace("ignored AMQP method", metadata: [LoggingKeys.method: .stringConvertible(method.id), LoggingKeys.channel: .stringConvertible(channel)])
+            logger.trace(
+                "ignored AMQP method",
+                metadata: [LoggingKeys.method: .stringConvertible(method.id), LoggingKeys.channel: .stringConvertible(channel)]
+            )
         }
     }
 

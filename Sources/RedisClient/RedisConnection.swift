@@ -36,7 +36,10 @@ public final class RedisConnection: Sendable {
         /// Sends `command`; the future fails on an error reply or a lost connection.
         public func send(_ command: RedisCommand) -> EventLoopFuture<RedisValue> {
             let promise = channel.eventLoop.makePromise(of: RedisValue.self)
-            channel.writeAndFlush(RedisOutbound(command: command) { result in promise.completeWith(result.mapError { $0 as any Error }) }, promise: nil)
+            channel.writeAndFlush(
+                RedisOutbound(command: command) { result in promise.completeWith(result.mapError { $0 as any Error }) },
+                promise: nil
+            )
             return promise.futureResult
         }
     }
@@ -290,7 +293,10 @@ public final class RedisConnection: Sendable {
             )
         }
         if let waited, waited > TimeAmount(configuration.commandTimeout) {
-            logger.warning("Redis command timed out; closing the connection", metadata: [LoggingKeys.pending: .stringConvertible(handler.pendingCount)])
+            logger.warning(
+                "Redis command timed out; closing the connection",
+                metadata: [LoggingKeys.pending: .stringConvertible(handler.pendingCount)]
+            )
             channel.close(promise: nil)
             return
         }
@@ -311,4 +317,3 @@ public struct RedisMessage: Sendable {
     public var channel: ByteBuffer
     public var payload: ByteBuffer
 }
-

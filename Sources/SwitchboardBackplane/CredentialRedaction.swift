@@ -39,11 +39,12 @@ package enum CredentialRedaction {
         let trimmed = text.drop { $0 == " " }
         guard let end = trimmed.firstRange(of: "://") else { return false }
         let scheme = trimmed[..<end.lowerBound]
-        return !scheme.isEmpty && scheme.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
-                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "+") || byte == UInt8(ascii: ".")
-                || byte == UInt8(ascii: "-")
-        }
+        return !scheme.isEmpty
+            && scheme.utf8.allSatisfy { byte in
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "+") || byte == UInt8(ascii: ".")
+                    || byte == UInt8(ascii: "-")
+            }
     }
 
     private static func redactOne(_ url: String) -> String {

@@ -1,9 +1,10 @@
+import SwitchboardProtocol
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
 import Foundation
 #endif
-import SwitchboardProtocol
 
 /// A frame from the gateway, as ``GatewayClient`` reads it.
 ///
@@ -39,20 +40,32 @@ enum IncomingFrame: Equatable {
         }
         switch string("type") {
         case "welcome":
-            guard let user = string("user"), let gateway = string("gateway") else { self = .unknown; return }
+            guard let user = string("user"), let gateway = string("gateway") else {
+                self = .unknown
+                return
+            }
             self = .welcome(user: user, gateway: gateway)
         case "ack", "pong":
             self = .reply(id: id())
         case "error":
             self = .error(id: id(), code: string("code") ?? SwitchboardClientError.Code.internal.rawValue, message: string("message") ?? "")
         case "direct":
-            guard let from = string("from"), let to = string("to"), let data = rawText("data") else { self = .unknown; return }
+            guard let from = string("from"), let to = string("to"), let data = rawText("data") else {
+                self = .unknown
+                return
+            }
             self = .direct(from: from, to: to, data: data)
         case "room":
-            guard let room = string("room"), let from = string("from"), let data = rawText("data") else { self = .unknown; return }
+            guard let room = string("room"), let from = string("from"), let data = rawText("data") else {
+                self = .unknown
+                return
+            }
             self = .room(room: room, from: from, data: data)
         case "broadcast":
-            guard let from = string("from"), let data = rawText("data") else { self = .unknown; return }
+            guard let from = string("from"), let data = rawText("data") else {
+                self = .unknown
+                return
+            }
             self = .broadcast(from: from, data: data)
         default:
             self = .unknown

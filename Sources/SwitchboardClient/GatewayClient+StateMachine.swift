@@ -295,7 +295,9 @@ extension GatewayClient {
             // A sleep may end a little early; the armed instant has passed by definition.
             let now = max(now, armedAt)
             var actions: [Action] = []
-            let expired = pending.filter { $0.value.deadline <= now }.sorted { ($0.value.deadline, $0.value.sequence) < ($1.value.deadline, $1.value.sequence) }
+            let expired = pending.filter { $0.value.deadline <= now }.sorted {
+                ($0.value.deadline, $0.value.sequence) < ($1.value.deadline, $1.value.sequence)
+            }
             for (id, request) in expired {
                 pending[id] = nil
                 let error = SwitchboardClientError(code: .timeout, message: "no answer to \(request.request.type) within \(configuration.ackTimeout)")
@@ -382,7 +384,11 @@ extension GatewayClient {
             var actions: [Action] = [.emit(.disconnected(closeCode: closeCode, willReconnect: willReconnect))]
             actions += failAllPending(SwitchboardClientError(code: .connectionClosed, message: "the connection closed (\(closeCode))", cause: cause))
             if willReconnect { return actions + scheduleRetry(now: now) }
-            let error = SwitchboardClientError(code: .connectionClosed, message: "the connection closed (\(closeCode)) and will not be reopened", cause: cause)
+            let error = SwitchboardClientError(
+                code: .connectionClosed,
+                message: "the connection closed (\(closeCode)) and will not be reopened",
+                cause: cause
+            )
             return actions + stop(in: closeCode == Self.policyClose ? .stopped : .idle, error)
         }
 

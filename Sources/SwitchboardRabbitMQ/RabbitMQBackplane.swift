@@ -73,7 +73,10 @@ public final class RabbitMQBackplane: Backplane {
                 let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
                 try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
                 try setup.consume(queue: queue, noAck: true)
-                logger.info("RabbitMQ queue ready", metadata: [LoggingKeys.queue: .string(queue), LoggingKeys.bindings: .stringConvertible(keys.count)])
+                logger.info(
+                    "RabbitMQ queue ready",
+                    metadata: [LoggingKeys.queue: .string(queue), LoggingKeys.bindings: .stringConvertible(keys.count)]
+                )
             },
             onDeliveries: { deliveries in
                 let handler = shared.wanted.handler
@@ -81,7 +84,10 @@ public final class RabbitMQBackplane: Backplane {
                 batch.reserveCapacity(deliveries.count)
                 for delivery in deliveries {
                     guard let address = BackplaneAddress(routingKey: delivery.routingKey) else {
-                        logger.warning("delivery with an unknown routing key dropped", metadata: [LoggingKeys.routingKey: .string(delivery.routingKey)])
+                        logger.warning(
+                            "delivery with an unknown routing key dropped",
+                            metadata: [LoggingKeys.routingKey: .string(delivery.routingKey)]
+                        )
                         continue
                     }
                     batch.append(BackplaneDelivery(address: address, frame: delivery.body))
@@ -165,13 +171,20 @@ public final class RabbitMQBackplane: Backplane {
                 // The queue is exclusive to the consumer connection: if that connection is
                 // down, the queue and all its bindings are gone, and a reconnect restores
                 // only what is still wanted. Either way the binding no longer holds.
-                logger.debug("unbind did not reach the broker", metadata: [LoggingKeys.routingKey: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")])
+                logger.debug(
+                    "unbind did not reach the broker",
+                    metadata: [LoggingKeys.routingKey: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")]
+                )
             }
             completion(.success(()))
         }
     }
 
-    public func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+    public func publish(
+        _ frame: ByteBuffer,
+        to address: BackplaneAddress,
+        completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void
+    ) {
         let shared = self.shared
         publisher.publish(exchange: configuration.exchange, routingKey: address.routingKey, body: frame, mandatory: true) { result in
             let outcome: Result<PublishOutcome, BackplaneError>
@@ -239,4 +252,3 @@ private struct RabbitMQEventSink: EventSink {
         }
     }
 }
-

@@ -71,7 +71,10 @@ public final class RedisBackplane: Backplane {
                 // One SUBSCRIBE per channel, pipelined: one confirmation each, in order.
                 let confirmations = channels.map { setUp.send(RedisCommand("SUBSCRIBE", [$0])) }
                 return EventLoopFuture.andAllSucceed(confirmations, on: setUp.channel.eventLoop).map {
-                    logger.info("Redis subscriptions ready", metadata: [LoggingKeys.mode: .string(modeName), LoggingKeys.channels: .stringConvertible(channels.count)])
+                    logger.info(
+                        "Redis subscriptions ready",
+                        metadata: [LoggingKeys.mode: .string(modeName), LoggingKeys.channels: .stringConvertible(channels.count)]
+                    )
                 }
             },
             onMessages: { messages in
@@ -162,13 +165,20 @@ public final class RedisBackplane: Backplane {
             if case .failure(let error) = result {
                 // A subscriber that is down holds no subscriptions, and a reconnect restores
                 // only what is still wanted: either way the address is no longer bound.
-                logger.debug("UNSUBSCRIBE did not reach Redis", metadata: [LoggingKeys.channel: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")])
+                logger.debug(
+                    "UNSUBSCRIBE did not reach Redis",
+                    metadata: [LoggingKeys.channel: .string(address.routingKey), LoggingKeys.errorType: .string("\(error)")]
+                )
             }
             completion(.success(()))
         }
     }
 
-    public func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+    public func publish(
+        _ frame: ByteBuffer,
+        to address: BackplaneAddress,
+        completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void
+    ) {
         let counters = shared.counters
         let mode = configuration.mode
         let (channel, payload) = naming.publication(of: frame, to: address)

@@ -1,6 +1,6 @@
 import NIOCore
-import SwitchboardRegistry
 import ServiceLifecycle
+import SwitchboardRegistry
 
 /// Pings quiet clients and closes silent ones (RFC 6455 ping/pong), with one sweep over
 /// all sessions every ping interval rather than a timer per connection, so an idle

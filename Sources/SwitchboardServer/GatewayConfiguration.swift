@@ -1,5 +1,5 @@
-public import SwitchboardBackplane
 public import NIOSSL
+public import SwitchboardBackplane
 
 /// Everything a gateway is told at start-up; defaults are the documented ones.
 public struct GatewayConfiguration: Sendable {

@@ -73,13 +73,27 @@ final class GatewayMetrics: Sendable {
         func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
 
         opened = counter("switchboard_connections_opened_total")
-        closed = Dictionary(uniqueKeysWithValues: CloseReason.allCases.map { ($0, counter("switchboard_connections_closed_total", [("reason", $0.rawValue)])) })
-        inbound = Dictionary(uniqueKeysWithValues: InboundKind.allCases.map { ($0, counter("switchboard_messages_in_total", [("type", $0.rawValue)])) })
-        outbound = Dictionary(uniqueKeysWithValues: OutboundKind.allCases.map { ($0, counter("switchboard_messages_out_total", [("type", $0.rawValue)])) })
+        closed = Dictionary(
+            uniqueKeysWithValues: CloseReason.allCases.map { ($0, counter("switchboard_connections_closed_total", [("reason", $0.rawValue)])) }
+        )
+        inbound = Dictionary(
+            uniqueKeysWithValues: InboundKind.allCases.map { ($0, counter("switchboard_messages_in_total", [("type", $0.rawValue)])) }
+        )
+        outbound = Dictionary(
+            uniqueKeysWithValues: OutboundKind.allCases.map { ($0, counter("switchboard_messages_out_total", [("type", $0.rawValue)])) }
+        )
         slowConsumerCloses = counter("switchboard_slow_consumer_closes_total")
-        refusals = Dictionary(uniqueKeysWithValues: [401, 403, 404, 429, 503].map { ($0, counter("switchboard_handshake_refusals_total", [("status", "\($0)")])) })
-        authFailures = Dictionary(uniqueKeysWithValues: ["credentials", "origin", "api_key"].map { ($0, counter("switchboard_auth_failures_total", [("reason", $0)])) })
-        apiPublishes = Dictionary(uniqueKeysWithValues: ["routed", "recipient_offline", "unknown", "rejected"].map { ($0, counter("switchboard_api_publishes_total", [("outcome", $0)])) })
+        refusals = Dictionary(
+            uniqueKeysWithValues: [401, 403, 404, 429, 503].map { ($0, counter("switchboard_handshake_refusals_total", [("status", "\($0)")])) }
+        )
+        authFailures = Dictionary(
+            uniqueKeysWithValues: ["credentials", "origin", "api_key"].map { ($0, counter("switchboard_auth_failures_total", [("reason", $0)])) }
+        )
+        apiPublishes = Dictionary(
+            uniqueKeysWithValues: ["routed", "recipient_offline", "unknown", "rejected"].map {
+                ($0, counter("switchboard_api_publishes_total", [("outcome", $0)]))
+            }
+        )
         publishDuration = CoreMetrics.Timer(label: "switchboard_backplane_publish_duration_seconds", dimensions: [], factory: factory)
         connections = gauge("switchboard_connections")
         users = gauge("switchboard_users")

@@ -76,7 +76,11 @@ enum JWKSDocument {
     /// one junk token could choose the algorithm for everyone after it.
     ///
     /// - Parameter source: how errors name the document (`--jwks FILE`, a URL).
-    static func keys(json: some DataProtocol, defaultAlgorithm: JWK.Algorithm?, source: String) async throws(JWTConfigurationError) -> [String: PinnedKey] {
+    static func keys(
+        json: some DataProtocol,
+        defaultAlgorithm: JWK.Algorithm?,
+        source: String
+    ) async throws(JWTConfigurationError) -> [String: PinnedKey] {
         let document: JWKS
         do {
             document = try JSONDecoder().decode(JWKS.self, from: Data(json))

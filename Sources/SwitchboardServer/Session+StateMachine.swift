@@ -297,7 +297,9 @@ struct SessionStateMachine {
         }
         switch result {
         case .tooManyRooms:
-            return reject(ProtocolError(.forbidden, "a connection may be in at most \(limits.maximumRoomsPerConnection) rooms", correlationID: correlationID))
+            return reject(
+                ProtocolError(.forbidden, "a connection may be in at most \(limits.maximumRoomsPerConnection) rooms", correlationID: correlationID)
+            )
         case .unknownConnection:
             return []
         case .connectionLeaving:
@@ -315,7 +317,8 @@ struct SessionStateMachine {
         case .failure:
             // Undo the membership: the room is not reachable through this gateway.
             rooms.remove(room)
-            return [.leave(room)] + reject(ProtocolError(.backplaneUnavailable, "the backplane cannot bind the room now", correlationID: correlationID))
+            return [.leave(room)]
+                + reject(ProtocolError(.backplaneUnavailable, "the backplane cannot bind the room now", correlationID: correlationID))
         }
     }
 
@@ -330,7 +333,11 @@ struct SessionStateMachine {
         case .success:
             return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
         case .failure(let failure) where failure.code == .overloaded:
-            error = ProtocolError(.backplaneUnavailable, "the backplane is stalled; the message may not have been sent, try again later", correlationID: correlationID)
+            error = ProtocolError(
+                .backplaneUnavailable,
+                "the backplane is stalled; the message may not have been sent, try again later",
+                correlationID: correlationID
+            )
         case .failure(let failure) where failure.code == .unavailable || failure.code == .closed:
             error = ProtocolError(.backplaneUnavailable, "the backplane is unavailable; the message was not sent", correlationID: correlationID)
         case .failure(let failure):
@@ -390,7 +397,8 @@ struct SessionStateMachine {
         case .allowed:
             break
         case .limited:
-            return [.received(.rateLimited)] + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.messageRate)) messages per second"))
+            return [.received(.rateLimited)]
+                + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.messageRate)) messages per second"))
         case .abusive:
             return [.log(.rateLimitAbuse)] + close(CloseCode.policyViolation, reason: .policy, message: "rate limit exceeded")
         }

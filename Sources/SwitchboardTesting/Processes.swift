@@ -146,7 +146,7 @@ private func spawn(_ executable: String, _ arguments: [String], environment: [St
     let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
+    defer { for pointer in argv + envp { free(pointer) } }
     var pid: pid_t = 0
     let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
     guard spawned == 0 else { throw TestFailure("cannot start \(executable): errno \(spawned)") }
@@ -185,4 +185,3 @@ private func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions
         posix_spawn_file_actions_addclose(&actions, descriptor)
     }
 }
-

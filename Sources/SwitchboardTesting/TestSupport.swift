@@ -56,7 +56,8 @@ public func withGateways<T: Sendable>(
     _ body: @Sendable ([RunningGateway]) async throws -> T
 ) async throws -> T {
     var logger = logs.map { logs in Logger(label: "test") { _ in CapturingLogHandler(logs: logs) } } ?? Logger(label: "test")
-    logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? (logs == nil ? .warning : .trace)
+    logger.logLevel =
+        ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? (logs == nil ? .warning : .trace)
     var applications: [any Service] = []
     var gateways: [(Gateway, any Backplane)] = []
     var portStreams: [AsyncStream<Int>] = []

@@ -1,9 +1,9 @@
+import AMQPClient
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 import NIOPosix
-import AMQPClient
-import Logging
 import SwitchboardBackplane
 import SwitchboardProtocol
 import SwitchboardRabbitMQ
@@ -204,7 +204,9 @@ struct ConfirmsBench: AsyncParsableCommand {
         }
         let all = samples.withLock { $0.values.flatMap { $0 } }.sorted()
         if !all.isEmpty {
-            print("all: \(all.count) confirmed, p50 \(ms(all[all.count / 2])) ms, p99 \(ms(all[all.count * 99 / 100])) ms, max \(ms(all[all.count - 1])) ms, failed \(failures.load(ordering: .relaxed))")
+            print(
+                "all: \(all.count) confirmed, p50 \(ms(all[all.count / 2])) ms, p99 \(ms(all[all.count * 99 / 100])) ms, max \(ms(all[all.count - 1])) ms, failed \(failures.load(ordering: .relaxed))"
+            )
         }
         service.cancel()
         _ = try? await service.value

@@ -70,8 +70,17 @@ enum Loopback {
 
 /// One scenario's figures; printed as text, and as one JSON line with `--json`.
 struct LoadResult: Encodable {
-    struct Latency: Encodable { var p50: Double; var p90: Double; var p99: Double; var max: Double }
-    struct CPU: Encodable { var gateways: Double; var brokers: Double; var total: Double }
+    struct Latency: Encodable {
+        var p50: Double
+        var p90: Double
+        var p99: Double
+        var max: Double
+    }
+    struct CPU: Encodable {
+        var gateways: Double
+        var brokers: Double
+        var total: Double
+    }
     struct Connect: Encodable {
         var accepted_per_s: Double
         var all_reachable_s: Double
@@ -110,19 +119,37 @@ struct LoadResult: Encodable {
     func report(json: Bool) {
         var lines = ["\(scenario) [\(label.isEmpty ? "-" : label)] on \(gateways) gateway(s), \(connected)/\(users) connected"]
         if let sent, let delivered, let expected {
-            lines.append("sent \(sent) (\(String(format: "%.0f", achieved_rate ?? 0))/s), delivered \(delivered) of \(expected), lost \(lost ?? 0), duplicated \(duplicated ?? 0)")
+            lines.append(
+                "sent \(sent) (\(String(format: "%.0f", achieved_rate ?? 0))/s), delivered \(delivered) of \(expected), lost \(lost ?? 0), duplicated \(duplicated ?? 0)"
+            )
         }
         if let latency_ms {
-            lines.append(String(format: "latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f", latency_ms.p50, latency_ms.p90, latency_ms.p99, latency_ms.max))
+            lines.append(
+                String(format: "latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f", latency_ms.p50, latency_ms.p90, latency_ms.p99, latency_ms.max)
+            )
         }
         if let cpu_us_per_msg {
-            lines.append(String(format: "CPU µs per delivered message: gateways %.1f + brokers %.1f = %.1f", cpu_us_per_msg.gateways, cpu_us_per_msg.brokers, cpu_us_per_msg.total))
+            lines.append(
+                String(
+                    format: "CPU µs per delivered message: gateways %.1f + brokers %.1f = %.1f",
+                    cpu_us_per_msg.gateways,
+                    cpu_us_per_msg.brokers,
+                    cpu_us_per_msg.total
+                )
+            )
         }
         if let amplification, let backplane_received {
             lines.append(String(format: "backplane: gateways received %d messages, %.2f per message sent", backplane_received, amplification))
         }
         if let connect {
-            lines.append(String(format: "connect: %.0f accepted/s, all reachable after %.2f s, %d failed", connect.accepted_per_s, connect.all_reachable_s, connect.failed))
+            lines.append(
+                String(
+                    format: "connect: %.0f accepted/s, all reachable after %.2f s, %d failed",
+                    connect.accepted_per_s,
+                    connect.all_reachable_s,
+                    connect.failed
+                )
+            )
         }
         if let subscriptions_per_s { lines.append(String(format: "binds/subscribes: %.0f/s", subscriptions_per_s)) }
         if let rss_kb_per_connection { lines.append(String(format: "gateway RSS per connection: %.2f KiB", rss_kb_per_connection)) }

@@ -91,7 +91,9 @@ struct DirectBench: AsyncParsableCommand {
     func run() async throws {
         let users = load.users
         let gateways = load.gateways.count
-        let result = try await TrafficRun.run(scenario: "direct", load: load, traffic: traffic, expectedPerMessage: 1, setUp: { _, _ in nil }) { _, payload in
+        let result = try await TrafficRun.run(scenario: "direct", load: load, traffic: traffic, expectedPerMessage: 1, setUp: { _, _ in nil }) {
+            _,
+            payload in
             // The next user is on the next gateway (users are spread round-robin).
             var sender = Int.random(in: 0..<users)
             if gateways > 1, Fleet.gateway(of: sender, gateways: gateways) == Fleet.gateway(of: (sender + 1) % users, gateways: gateways) {

@@ -22,7 +22,10 @@ struct ParseBench: AsyncParsableCommand {
     func run() async throws {
         let frames: [(String, ByteBuffer)] = [
             ("direct, 60 B", ByteBuffer(string: #"{"type":"direct","to":"bob","data":{"text":"hi"},"id":"c1"}"#)),
-            ("direct, 64 KiB string data", ByteBuffer(string: #"{"type":"direct","to":"bob","data":""# + String(repeating: "x", count: 65_400) + #"","id":"c1"}"#)),
+            (
+                "direct, 64 KiB string data",
+                ByteBuffer(string: #"{"type":"direct","to":"bob","data":""# + String(repeating: "x", count: 65_400) + #"","id":"c1"}"#)
+            ),
             ("64 KiB, \(Self.manyKeysCount) distinct member names", ByteBuffer(bytes: Self.manyKeys)),
         ]
         print("kind | bytes | µs per frame (median of 5 rounds of \(iterations))")

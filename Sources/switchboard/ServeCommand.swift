@@ -1,15 +1,15 @@
+import AMQPClient
 public import ArgumentParser
 import Foundation
+public import Logging
 import NIOCore
 import NIOSSL
-public import Logging
 import ServiceLifecycle
-import UnixSignals
-import AMQPClient
 import SwitchboardBackplane
 import SwitchboardRabbitMQ
 import SwitchboardRedis
 import SwitchboardServer
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -34,7 +34,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on.")
     var port = 8080
 
-    @Option(help: "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS), or redis://[:pass@]host:6379?mode=channels|broadcast.")
+    @Option(
+        help:
+            "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS), or redis://[:pass@]host:6379?mode=channels|broadcast."
+    )
     var backplane = "memory"
 
     @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
@@ -49,13 +52,22 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Bytes of message bodies that may wait for a stalled broker; past it, the same.")
     var maxPendingPublishBytes = 32 * 1024 * 1024
 
-    @Option(help: "Seconds a publish may wait for the broker's confirm before it gets backplane_unavailable (amqp backplane; Redis uses its URL's timeout). It may still be delivered.")
+    @Option(
+        help:
+            "Seconds a publish may wait for the broker's confirm before it gets backplane_unavailable (amqp backplane; Redis uses its URL's timeout). It may still be delivered."
+    )
     var publishTimeout = 5.0
 
-    @Option(help: "Key for POST /v1/publish (repeat, or separate with commas); none turns the API off. Prefer SWITCHBOARD_API_KEY: arguments are visible to other users.")
+    @Option(
+        help:
+            "Key for POST /v1/publish (repeat, or separate with commas); none turns the API off. Prefer SWITCHBOARD_API_KEY: arguments are visible to other users."
+    )
     var apiKey: [String] = []
 
-    @Option(help: "How clients authenticate: 'jwt' (a token in Authorization: Bearer or ?token=), or 'none' (development only: the user id comes from ?user=).")
+    @Option(
+        help:
+            "How clients authenticate: 'jwt' (a token in Authorization: Bearer or ?token=), or 'none' (development only: the user id comes from ?user=)."
+    )
     var auth: AuthOption = .jwt
 
     @Option(help: "HS256 secret (at least 32 bytes). Prefer SWITCHBOARD_JWT_SECRET or --jwt-secret-file: arguments are visible to other users.")
@@ -91,13 +103,18 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Allow --auth none on an address other than loopback (anyone who can reach it may connect as any user).")
     var allowInsecureAuthNone = false
 
-    @Option(help: "Serve an echo WebSocket endpoint at this path (e.g. /echo) for outside RFC 6455 conformance suites such as Autobahn: the /ws WebSocket layer, echoing every message, with no identity and no backplane. Off by default; loopback --host only, unless --allow-echo-on-any-host.")
+    @Option(
+        help:
+            "Serve an echo WebSocket endpoint at this path (e.g. /echo) for outside RFC 6455 conformance suites such as Autobahn: the /ws WebSocket layer, echoing every message, with no identity and no backplane. Off by default; loopback --host only, unless --allow-echo-on-any-host."
+    )
     var echoPath: String?
 
     @Flag(help: "Allow --echo-path on an address other than loopback.")
     var allowEchoOnAnyHost = false
 
-    @Option(help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed.")
+    @Option(
+        help: "Origin allowed to open a WebSocket (repeat, or separate with commas); none: any. Handshakes without Origin (non-browsers) are allowed."
+    )
     var allowedOrigin: [String] = []
 
     @Option(help: "PEM certificate chain: serve wss:// and https:// (with --tls-key).")
@@ -109,7 +126,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Connections one user may hold on this gateway; more get HTTP 429.")
     var maxConnectionsPerUser = 16
 
-    @Option(help: "WebSocket connections this gateway holds at once; more get HTTP 503 and /readyz answers 503 while full. Default: the open-files limit less a reserve.")
+    @Option(
+        help:
+            "WebSocket connections this gateway holds at once; more get HTTP 503 and /readyz answers 503 while full. Default: the open-files limit less a reserve."
+    )
     var maxConnections: Int?
 
     @Option(help: "WebSocket connections from one client address at once; more get HTTP 429. Behind a proxy, see --trusted-proxy. Default: no cap.")
@@ -151,16 +171,24 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Rooms one connection may be in at once.")
     var maxRoomsPerConnection = 100
 
-    @Option(help: "Folder with index.html and switchboard.js, served at / and /switchboard.js; default: the copy shipped beside the executable. 'off' serves neither.")
+    @Option(
+        help:
+            "Folder with index.html and switchboard.js, served at / and /switchboard.js; default: the copy shipped beside the executable. 'off' serves neither."
+    )
     var webRoot: String?
 
-    @Option(help: "SwiftNIO event-loop threads for sockets and the Redis connections; default: one per CPU core. Fewer threads mean fewer cross-thread hops when gateways share a small machine.")
+    @Option(
+        help:
+            "SwiftNIO event-loop threads for sockets and the Redis connections; default: one per CPU core. Fewer threads mean fewer cross-thread hops when gateways share a small machine."
+    )
     var eventLoops: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    @Option(help: "Seconds /readyz answers 503 after SIGTERM before clients are closed (longer than the load balancer's health checks take to notice).")
+    @Option(
+        help: "Seconds /readyz answers 503 after SIGTERM before clients are closed (longer than the load balancer's health checks take to notice)."
+    )
     var drainGrace = 3.0
 
     @Option(help: "Seconds over which clients are closed with 1012 after the grace, spread evenly.")
@@ -227,7 +255,9 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ValidationError("--echo-path must be a path such as /echo, other than /ws")
             }
             guard allowEchoOnAnyHost || LoopbackHost.contains(host) else {
-                throw ValidationError("--echo-path on --host \(host): the echo endpoint is for conformance suites on this machine; listen on loopback or give --allow-echo-on-any-host")
+                throw ValidationError(
+                    "--echo-path on --host \(host): the echo endpoint is for conformance suites on this machine; listen on loopback or give --allow-echo-on-any-host"
+                )
             }
         }
         if auth == .none, !allowInsecureAuthNone, !LoopbackHost.contains(host) {
@@ -341,7 +371,9 @@ extension ServeCommand {
                 }
             }
             guard !keys.isEmpty else {
-                throw ValidationError("--auth jwt needs --jwt-secret (or SWITCHBOARD_JWT_SECRET), --jwt-secret-file, --jwt-public-key or --jwks; --auth none is for development only")
+                throw ValidationError(
+                    "--auth jwt needs --jwt-secret (or SWITCHBOARD_JWT_SECRET), --jwt-secret-file, --jwt-public-key or --jwks; --auth none is for development only"
+                )
             }
             let policy = JWTAuthenticator.Policy(
                 audiences: Set(Self.commaSeparated(jwtAudience).filter { !$0.isEmpty }),

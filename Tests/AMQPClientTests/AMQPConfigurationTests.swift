@@ -1,6 +1,7 @@
-@testable import AMQPClient
 import Synchronization
 import Testing
+
+@testable import AMQPClient
 
 @Suite("AMQP URLs and the confirm window")
 struct AMQPConfigurationTests {
@@ -34,7 +35,10 @@ struct AMQPConfigurationTests {
 
     @Test("bad URLs are refused, and the error never shows the password")
     func rejectsBadURLs() {
-        for url in ["http://h/", "amqp://u:secret@h:0/", "amqp://u:secret@h:70000/", "amqp://u:secret@h:x/", "amqp://h/?heartbeat=-1", "amqp://h/?bogus=1", "amqp://[::1/"] {
+        for url in [
+            "http://h/", "amqp://u:secret@h:0/", "amqp://u:secret@h:70000/", "amqp://u:secret@h:x/", "amqp://h/?heartbeat=-1", "amqp://h/?bogus=1",
+            "amqp://[::1/",
+        ] {
             do {
                 _ = try AMQPConfiguration(url: url)
                 Issue.record("\(url) was accepted")

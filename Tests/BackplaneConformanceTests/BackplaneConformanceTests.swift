@@ -44,13 +44,18 @@ struct BackplaneConformanceTests {
                 #expect(outcome == kind.outcome(publishingTo: address, bound: false), "\(address) after unbind")
             }
             // Never bound anywhere.
-            #expect(try await pair.publisher.publish(ByteBuffer(string: "after"), to: Self.carol) == kind.outcome(publishingTo: Self.carol, bound: false))
+            #expect(
+                try await pair.publisher.publish(ByteBuffer(string: "after"), to: Self.carol) == kind.outcome(publishingTo: Self.carol, bound: false)
+            )
             // Publishes from one publisher arrive in order, so had any "after" arrived it would come before this.
             try await pair.expectDelivered("fence", to: .broadcast)
         }
     }
 
-    @Test("a lost broker connection: the backplane reconnects by itself, its bindings are restored, delivery resumes", arguments: BackplaneKind.brokered)
+    @Test(
+        "a lost broker connection: the backplane reconnects by itself, its bindings are restored, delivery resumes",
+        arguments: BackplaneKind.brokered
+    )
     func reconnect(kind: BackplaneKind) async throws {
         try await BackplanePair.run(kind) { pair in
             try await pair.receiver.bind(Self.bob)
@@ -122,7 +127,10 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         case .rabbitmq:
             let amqp = try AMQPConfiguration(url: try Broker.url)
             let make = { (id: String) in
-                RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)"), logger: logger)
+                RabbitMQBackplane(
+                    configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)"),
+                    logger: logger
+                )
             }
             return (make("pub"), make("recv"))
         case .redisChannels, .redisBroadcast:

@@ -68,10 +68,13 @@ struct BackplaneCluster: Sendable {
     ) async throws -> T {
         let backplanes = self.backplanes
         let ids = gatewayIDs
-        return try await withGateways(backplanes, configure: { configuration, index in
-            configuration.gatewayID = ids[index]
-            configure(&configuration)
-        }) { gateways in
+        return try await withGateways(
+            backplanes,
+            configure: { configuration, index in
+                configuration.gatewayID = ids[index]
+                configure(&configuration)
+            }
+        ) { gateways in
             guard try await eventually(timeout: .seconds(20), { backplanes.allSatisfy(\.isReady) }) else {
                 throw TestFailure("the \(kind.rawValue) backplanes did not become ready")
             }

@@ -33,7 +33,9 @@ struct BrokerStallTests {
     /// Allowed RSS growth of the test process (the in-process gateway and its client).
     static let allowedGrowth = 50 * 1024 * 1024
 
-    @Test("RabbitMQ memory alarm: sends get an answer each (backplane_unavailable past the bound), RSS stays flat, /readyz 503, recovery after the alarm")
+    @Test(
+        "RabbitMQ memory alarm: sends get an answer each (backplane_unavailable past the bound), RSS stays flat, /readyz 503, recovery after the alarm"
+    )
     func rabbitMQMemoryAlarm() async throws {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let backplane = RabbitMQBackplane(
@@ -127,7 +129,9 @@ struct BrokerStallTests {
         #expect(took < .seconds(10), "shutdown took \(took)")
     }
 
-    @Test("RabbitMQ stopped with SIGSTOP (no blocked notice, a full socket, no heartbeats): sends are answered, the loss is noticed by heartbeat, recovery after SIGCONT")
+    @Test(
+        "RabbitMQ stopped with SIGSTOP (no blocked notice, a full socket, no heartbeats): sends are answered, the loss is noticed by heartbeat, recovery after SIGCONT"
+    )
     func rabbitMQStopped() async throws {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         // Heartbeats every 2 s: a silent broker is noticed within 5 s.
@@ -177,10 +181,13 @@ struct BrokerStallTests {
 
     /// A gateway on `backplane` whose clients may send far faster than the default rate limit.
     static func withStallGateway<T: Sendable>(_ backplane: any Backplane, _ body: @Sendable (RunningGateway) async throws -> T) async throws -> T {
-        try await withGateway(backplane: backplane, configure: { configuration in
-            configuration.messageRate = 1_000_000
-            configuration.messageBurst = 1_000_000
-        }) { gateway in
+        try await withGateway(
+            backplane: backplane,
+            configure: { configuration in
+                configuration.messageRate = 1_000_000
+                configuration.messageBurst = 1_000_000
+            }
+        ) { gateway in
             guard try await eventually(timeout: .seconds(20), { backplane.isReady }) else {
                 throw TestFailure("the backplane did not become ready")
             }
@@ -224,7 +231,9 @@ struct BrokerStallTests {
         #expect(other.isEmpty, "unexpected answers: \(Set(other))")
         #expect(unavailable >= sends - 2 * bound, "most sends were refused or timed out: \(unavailable)")
         let growth = rssAfter - rssBefore
-        print("[\(label)] RSS before \(rssBefore / 1024) KiB, after \(rssAfter / 1024) KiB, growth \(growth / 1024) KiB; backplane_unavailable \(unavailable) of \(sends)")
+        print(
+            "[\(label)] RSS before \(rssBefore / 1024) KiB, after \(rssAfter / 1024) KiB, growth \(growth / 1024) KiB; backplane_unavailable \(unavailable) of \(sends)"
+        )
         #expect(growth < allowedGrowth, "RSS grew by \(growth / 1024 / 1024) MiB")
     }
 

@@ -120,9 +120,11 @@ struct HardeningIntegrationTests {
             #expect(Double(binds) <= 10 + 10 * seconds, "\(binds) binds in \(seconds) s for 400 joins")
             #expect(binds == acked)
             // Nothing of the churn is left on the broker once the grace is over.
-            #expect(try await eventually(timeout: .seconds(10)) {
-                ((try? Broker.bindings(exchange: cluster.namespace)) ?? []).allSatisfy { !$0.key.hasPrefix("room.churn") }
-            })
+            #expect(
+                try await eventually(timeout: .seconds(10)) {
+                    ((try? Broker.bindings(exchange: cluster.namespace)) ?? []).allSatisfy { !$0.key.hasPrefix("room.churn") }
+                }
+            )
             await churner.close()
         }
     }

@@ -11,7 +11,10 @@ import Testing
 struct RedisURLTests {
     @Test("host, port, password, user, timeout and mode come from the URL; errors never show the password")
     func parsing() throws {
-        let full = try RedisBackplaneConfiguration(url: "redis://app:s%40cret@10.0.0.5:6380/0?mode=broadcast&prefix=chat&timeout=2500", gatewayID: "gw")
+        let full = try RedisBackplaneConfiguration(
+            url: "redis://app:s%40cret@10.0.0.5:6380/0?mode=broadcast&prefix=chat&timeout=2500",
+            gatewayID: "gw"
+        )
         #expect(full.redis.host == "10.0.0.5" && full.redis.port == 6380)
         #expect(full.redis.username == "app" && full.redis.password == "s@cret")
         #expect(full.redis.commandTimeout == .milliseconds(2500))
@@ -21,7 +24,10 @@ struct RedisURLTests {
         #expect(plain.redis.port == 6379 && plain.redis.password == "pw" && plain.redis.username == nil)
         #expect(plain.mode == .channels, "channels is the default mode")
 
-        for bad in ["redis://:topsecret@h?mode=fanout", "redis://:topsecret@h?colour=blue", "rediss://:topsecret@h", "redis://:topsecret@h/notadb", "http://h"] {
+        for bad in [
+            "redis://:topsecret@h?mode=fanout", "redis://:topsecret@h?colour=blue", "rediss://:topsecret@h", "redis://:topsecret@h/notadb",
+            "http://h",
+        ] {
             do {
                 _ = try RedisBackplaneConfiguration(url: bad, gatewayID: "gw")
                 Issue.record("\(bad) was accepted")

@@ -100,7 +100,10 @@ struct RoutedDeliveryTests {
         }
     }
 
-    @Test("direct to a user no gateway hosts: recipient_offline where the backplane can tell, also after the user left", arguments: BackplaneKind.allCases)
+    @Test(
+        "direct to a user no gateway hosts: recipient_offline where the backplane can tell, also after the user left",
+        arguments: BackplaneKind.allCases
+    )
     func recipientOffline(kind: BackplaneKind) async throws {
         let cluster = try BackplaneCluster(kind, gateways: 2)
         try await cluster.run { gateways in
@@ -163,7 +166,10 @@ struct RoutedDeliveryTests {
         }
     }
 
-    @Test("broker restart: sockets stay open, sends get backplane_unavailable, /readyz is 503, then bindings come back by themselves", arguments: BackplaneKind.allCases)
+    @Test(
+        "broker restart: sockets stay open, sends get backplane_unavailable, /readyz is 503, then bindings come back by themselves",
+        arguments: BackplaneKind.allCases
+    )
     func brokerRestart(kind: BackplaneKind) async throws {
         let cluster = try BackplaneCluster(kind, gateways: 2)
         try await cluster.run { gateways in

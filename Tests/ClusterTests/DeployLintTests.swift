@@ -32,7 +32,10 @@ struct DeployLintTests {
     func manifestsMatchTheBinary() throws {
         let files = ["docker-compose.yml", "kubernetes/deployment.yaml", "kubernetes/service.yaml", "kubernetes/poddisruptionbudget.yaml"]
         for file in files {
-            let parse = try runProcess("/usr/bin/env", ["python3", "-c", "import sys, yaml; list(yaml.safe_load_all(open(sys.argv[1])))", Self.deploy(file)])
+            let parse = try runProcess(
+                "/usr/bin/env",
+                ["python3", "-c", "import sys, yaml; list(yaml.safe_load_all(open(sys.argv[1])))", Self.deploy(file)]
+            )
             #expect(parse.status == 0, "\(file): \(parse.output)")
         }
         let help = try runProcess(try switchboardBinary().path, ["serve", "--help"]).output
@@ -68,7 +71,8 @@ struct DeployLintTests {
         #expect(active.contains(#"SWITCHBOARD_JWT_SECRET: "${SWITCHBOARD_JWT_SECRET:?"#), "the JWT secret is a required variable")
         #expect(!active.lowercased().contains("guest"), "no guest user or guest/guest credentials")
         // Every broker password is a variable compose requires (`${NAME:?message}`), never a literal.
-        let passwords = active.matches(of: /RABBITMQ_DEFAULT_PASS:\s*"?([^"\n]*)/).map { String($0.1) }
+        let passwords =
+            active.matches(of: /RABBITMQ_DEFAULT_PASS:\s*"?([^"\n]*)/).map { String($0.1) }
             + active.matches(of: #/amqps?://[^:@/\s]+:([^@\n]+)@/#).map { String($0.1) }
         #expect(passwords.count >= 2, "the broker's own password and the gateways' backplane URL")
         for password in passwords {

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SwitchboardClient
 import SwitchboardTesting
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -219,5 +220,3 @@ final class ReconnectingReceiver: Sendable {
         }
     }
 }
-
-import Synchronization

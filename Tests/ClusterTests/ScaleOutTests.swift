@@ -41,7 +41,10 @@ struct ScaleOutTests {
                 #expect(rawHTTPStatus(port: cluster.gateways[0].port, target: target) == 200, "\(target) on a gateway")
             }
             // ...and HAProxy answers 404 for them and for what normalizes to them.
-            let normalizedToMetrics = ["/%6Detrics", "/%6detrics", "/./metrics", "/x/../metrics", "/../metrics", "/%2E/metrics", "/METRICS", "/Metrics/", "/%2Fmetrics", "/metrics/."]
+            let normalizedToMetrics = [
+                "/%6Detrics", "/%6detrics", "/./metrics", "/x/../metrics", "/../metrics", "/%2E/metrics", "/METRICS", "/Metrics/", "/%2Fmetrics",
+                "/metrics/.",
+            ]
             for target in servedByGateways + normalizedToMetrics {
                 #expect(rawHTTPStatus(port: cluster.haproxyPort, target: target) == 404, "\(target) through HAProxy")
             }
@@ -117,7 +120,11 @@ struct ScaleOutTests {
                 }
             }
             // Traffic is flowing to the victim's clients before it is stopped.
-            #expect(try await eventually(timeout: .seconds(10)) { onVictim.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []].count } >= 5 } })
+            #expect(
+                try await eventually(timeout: .seconds(10)) {
+                    onVictim.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []].count } >= 5 }
+                }
+            )
             victim.process.signal(SIGTERM)
             #expect(await victim.process.waitForExit(timeout: .seconds(20)) == 0)
             // Everyone is reachable again on the other gateways.
@@ -126,7 +133,9 @@ struct ScaleOutTests {
             let afterReconnect = acked.withLock { $0 }.mapValues(\.count)
             #expect(
                 try await eventually(timeout: .seconds(10)) {
-                    onVictim.allSatisfy { receiver in acked.withLock { $0[receiver.user, default: []].count } >= afterReconnect[receiver.user, default: 0] + 5 }
+                    onVictim.allSatisfy { receiver in
+                        acked.withLock { $0[receiver.user, default: []].count } >= afterReconnect[receiver.user, default: 0] + 5
+                    }
                 }
             )
             stopSending.store(true, ordering: .relaxed)

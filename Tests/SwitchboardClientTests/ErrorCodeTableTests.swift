@@ -1,6 +1,7 @@
-@testable import SwitchboardClient
 import SwitchboardProtocol
 import Testing
+
+@testable import SwitchboardClient
 
 /// The client's gateway error codes come from the server's one table, `ErrorCode`.
 @Suite("SwitchboardClientError.Code and the wire error table")

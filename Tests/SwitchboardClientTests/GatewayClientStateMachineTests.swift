@@ -1,5 +1,6 @@
-@testable import SwitchboardClient
 import Testing
+
+@testable import SwitchboardClient
 
 /// `GatewayClient.StateMachine` driven with made-up instants and no sockets: connections
 /// are strings, replies and `connect()` waiters are numbers, and every action is read back
@@ -56,9 +57,11 @@ struct GatewayClientStateMachineTests {
         script.bringUp()
         _ = script.request(.ping, reply: 1, at: 100)
         _ = script.request(.direct(to: "bob", data: #""hi""#), reply: 2, at: 200)
-        #expect(script.closed(code: 1011, at: 300) == [
-            "disconnected 1011 reconnect", "reply 1 connection_closed", "reply 2 connection_closed", "reconnecting 1 after 50ms", "arm 350ms",
-        ])
+        #expect(
+            script.closed(code: 1011, at: 300) == [
+                "disconnected 1011 reconnect", "reply 1 connection_closed", "reply 2 connection_closed", "reconnecting 1 after 50ms", "arm 350ms",
+            ]
+        )
         #expect(script.machine.state == .reconnecting)
         #expect(script.request(.ping, reply: 3, at: 310) == ["reply 3 not_connected"])
 
@@ -91,8 +94,14 @@ struct GatewayClientStateMachineTests {
         }
         #expect(delays == ["reconnecting 1 after 50ms", "reconnecting 2 after 100ms", "reconnecting 3 after 200ms", "reconnecting 4 after 200ms"])
         #expect(script.opened("conn5", generation: 5, at: now) == ["arm \(now + 5000)ms"])
-        #expect(script.frame(.welcome(user: "alice", gateway: "gw1"), generation: 5, at: now) == ["waiters [1] welcome alice@gw1", "welcome alice@gw1"])
-        #expect(script.closed(code: 1012, generation: 5, at: now + 10) == ["disconnected 1012 reconnect", "reconnecting 1 after 50ms", "arm \(now + 60)ms"])
+        #expect(
+            script.frame(.welcome(user: "alice", gateway: "gw1"), generation: 5, at: now) == ["waiters [1] welcome alice@gw1", "welcome alice@gw1"]
+        )
+        #expect(
+            script.closed(code: 1012, generation: 5, at: now + 10) == [
+                "disconnected 1012 reconnect", "reconnecting 1 after 50ms", "arm \(now + 60)ms",
+            ]
+        )
     }
 
     @Test("after a reconnect's welcome only acked rooms are joined again, before anything else; the outcome is reported")
@@ -114,9 +123,11 @@ struct GatewayClientStateMachineTests {
 
         #expect(script.fire(250) == ["open #2 /ws?user=alice"])
         _ = script.opened("conn2", generation: 2, at: 260)
-        #expect(script.frame(.welcome(user: "alice", gateway: "gw2"), generation: 2, at: 270) == [
-            #"write conn2 {"type":"join","room":"acked","id":"c6"}"#, "arm 1270ms", "welcome alice@gw2",
-        ])
+        #expect(
+            script.frame(.welcome(user: "alice", gateway: "gw2"), generation: 2, at: 270) == [
+                #"write conn2 {"type":"join","room":"acked","id":"c6"}"#, "arm 1270ms", "welcome alice@gw2",
+            ]
+        )
         #expect(script.frame(.reply(id: "c6"), generation: 2, at: 280) == ["rejoined [acked] failed []"])
         #expect(script.machine.rooms == ["acked"])
     }
@@ -164,9 +175,11 @@ struct GatewayClientStateMachineTests {
         #expect(provider.closed(code: 1008, at: 100) == ["disconnected 1008 reconnect", "reconnecting 1 after 50ms", "arm 150ms"])
         #expect(provider.fire(5010) == [])  // the welcome deadline's timer was replaced
         #expect(provider.fire(150) == ["fetch token #2"])
-        #expect(describe(provider.machine.tokenFailed(generation: 2, error: TestError(), now: provider.at(160)), provider.t0) == [
-            "error token_unavailable", "reconnecting 2 after 100ms", "arm 260ms",
-        ])
+        #expect(
+            describe(provider.machine.tokenFailed(generation: 2, error: TestError(), now: provider.at(160)), provider.t0) == [
+                "error token_unavailable", "reconnecting 2 after 100ms", "arm 260ms",
+            ]
+        )
     }
 
     @Test("with reconnects off, a failed attempt ends connect() with connection_closed and its cause")
@@ -253,15 +266,17 @@ struct Script {
 
     /// Backoff 100 ms…400 ms with jitter 0.5, ack timeout 1 s, connect timeout 5 s.
     init(identity: GatewayClient.Identity = .user("alice"), reconnects: Bool = true) {
-        machine = Machine(configuration: .init(
-            port: 9,
-            identity: identity,
-            backoff: ReconnectBackoff(minimum: .milliseconds(100), maximum: .milliseconds(400)),
-            ackTimeout: .seconds(1),
-            connectTimeout: .seconds(5),
-            reconnects: reconnects,
-            unitRandom: { 0.5 }
-        ))
+        machine = Machine(
+            configuration: .init(
+                port: 9,
+                identity: identity,
+                backoff: ReconnectBackoff(minimum: .milliseconds(100), maximum: .milliseconds(400)),
+                ackTimeout: .seconds(1),
+                connectTimeout: .seconds(5),
+                reconnects: reconnects,
+                unitRandom: { 0.5 }
+            )
+        )
     }
 
     func at(_ milliseconds: Int) -> ContinuousClock.Instant { t0 + .milliseconds(milliseconds) }

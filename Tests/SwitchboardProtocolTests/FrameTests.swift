@@ -24,7 +24,10 @@ struct FrameTests {
         #expect(String(buffer: data) == #"{"x": 1.50}"#)
         #expect(id?.jsonText == #""c1""#)
         #expect(try decode(#"{"type":"join","room":"lobby"}"#).get() == .join(room: try RoomID(validating: "lobby"), correlationID: nil))
-        #expect(try decode(#"{"type":"leave","room":"lobby","id":7}"#).get() == .leave(room: try RoomID(validating: "lobby"), correlationID: CorrelationID(jsonText: "7")))
+        #expect(
+            try decode(#"{"type":"leave","room":"lobby","id":7}"#).get()
+                == .leave(room: try RoomID(validating: "lobby"), correlationID: CorrelationID(jsonText: "7"))
+        )
         #expect(try decode(#"{"type":"ping","extra":[1]}"#).get() == .ping(correlationID: nil))
         guard case .success(.publish(let room, let payload, _)) = decode(#"{"type":"publish","room":"r","data":null}"#) else {
             Issue.record("publish did not decode")

@@ -45,7 +45,10 @@ struct JSONScannerWorstCaseTests {
     func manyDistinctKeys() throws {
         #expect(throws: JSONScanError.tooManyMembers) { try JSONScanner.topLevelMembers(of: Self.manyKeys(duplicateAtEnd: false)) }
         let decoded = ClientFrame.decode(ByteBuffer(bytes: Self.manyKeys(duplicateAtEnd: false)))
-        guard case .failure(let error) = decoded else { Issue.record("decoded: \(decoded)"); return }
+        guard case .failure(let error) = decoded else {
+            Issue.record("decoded: \(decoded)")
+            return
+        }
         #expect(error.code == .invalidMessage)
     }
 
@@ -56,7 +59,9 @@ struct JSONScannerWorstCaseTests {
         #expect(try JSONScanner.topLevelMembers(of: frame(names)).count == 64)
         #expect(throws: JSONScanError.tooManyMembers) { try JSONScanner.topLevelMembers(of: frame(names + ["k64"])) }
         for count in [2, 3, 8, 9, 10, 40, 63] {
-            #expect(throws: JSONScanError.duplicateKey("k0"), "at \(count)") { try JSONScanner.topLevelMembers(of: frame(Array(names.prefix(count)) + ["k0"])) }
+            #expect(throws: JSONScanError.duplicateKey("k0"), "at \(count)") {
+                try JSONScanner.topLevelMembers(of: frame(Array(names.prefix(count)) + ["k0"]))
+            }
         }
     }
 

@@ -30,7 +30,12 @@ enum Tokens {
     }
 
     static func claims(_ user: String, expiresIn: TimeInterval = 600, rooms: [String]? = nil, notBefore: Date? = nil) -> IssuedClaims {
-        IssuedClaims(sub: SubjectClaim(value: user), exp: ExpirationClaim(value: Date().addingTimeInterval(expiresIn)), nbf: notBefore.map { NotBeforeClaim(value: $0) }, rooms: rooms)
+        IssuedClaims(
+            sub: SubjectClaim(value: user),
+            exp: ExpirationClaim(value: Date().addingTimeInterval(expiresIn)),
+            nbf: notBefore.map { NotBeforeClaim(value: $0) },
+            rooms: rooms
+        )
     }
 }
 
@@ -44,10 +49,14 @@ func withJWTGateway(
 ) async throws {
     let logger = logs?.logger(label: "test.jwt") ?? Logger(label: "test.jwt")
     let authenticator = try await JWTAuthenticator.make(keys: keys, policy: policy, logger: logger)
-    try await withGateway(logs: logs, configure: { configuration in
-        configuration.auth = .jwt(authenticator)
-        configure(&configuration)
-    }, body)
+    try await withGateway(
+        logs: logs,
+        configure: { configuration in
+            configuration.auth = .jwt(authenticator)
+            configure(&configuration)
+        },
+        body
+    )
 }
 
 func refusal(port: Int, path: String, headers: [(String, String)] = []) async -> Int? {
@@ -115,7 +124,9 @@ struct AuthenticationTests {
             let token = try await Tokens.hs256(Tokens.claims("alice", rooms: ["lobby", "team-42:*"]))
             let alice = try await TestClient.connect(port: gateway.port, path: "/ws?token=\(token)")
             _ = try await alice.next()
-            for (room, allowed) in [("lobby", true), ("team-42:general", true), ("team-42:", true), ("lobby2", false), ("team-43:general", false), ("LOBBY", false)] {
+            for (room, allowed) in [
+                ("lobby", true), ("team-42:general", true), ("team-42:", true), ("lobby2", false), ("team-43:general", false), ("LOBBY", false),
+            ] {
                 try await alice.send(#"{"type":"join","room":"\#(room)","id":"j"}"#)
                 let reply = try await alice.next()
                 #expect(reply["type"] == (allowed ? "ack" : "error"), "\(room)")
@@ -204,6 +215,9 @@ struct AuthenticationTests {
 
 extension Data {
     var base64URL: String {
-        base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(
+            of: "=",
+            with: ""
+        )
     }
 }

@@ -1,8 +1,8 @@
 import NIOCore
 import ServiceLifecycle
 import SwitchboardBackplane
-import SwitchboardProtocol
 import SwitchboardClient
+import SwitchboardProtocol
 import SwitchboardServer
 import SwitchboardTesting
 import Synchronization
@@ -45,7 +45,8 @@ final class SwitchableBackplane: Backplane {
         inner.unbind(address, completion: completion)
     }
 
-    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void)
+    {
         if let error = failure() { return completion(.failure(error)) }
         if stalled.load(ordering: .relaxed) { return completion(.failure(BackplaneError(.overloaded, "broker stalled (test)"))) }
         inner.publish(frame, to: address, completion: completion)

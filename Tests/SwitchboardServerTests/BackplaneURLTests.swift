@@ -29,7 +29,10 @@ struct BackplaneURLTests {
             try BackplaneURL(parsing: "kafka://guest:secret@127.0.0.1:5672/")
         }
         let error = BackplaneURLError.unsupportedScheme("kafka://guest:secret@127.0.0.1:5672/", scheme: "kafka")
-        #expect(error.description == "unsupported backplane 'kafka://guest:***@127.0.0.1:5672/' (scheme 'kafka'): use 'memory', amqp://, amqps:// or redis://")
+        #expect(
+            error.description
+                == "unsupported backplane 'kafka://guest:***@127.0.0.1:5672/' (scheme 'kafka'): use 'memory', amqp://, amqps:// or redis://"
+        )
         for value in ["", "memory:", "AMQP://127.0.0.1/", "nats://127.0.0.1:4222", "127.0.0.1:5672"] {
             #expect(BackplaneURL.kind(of: value) == nil, "\(value)")
             #expect(throws: BackplaneURLError.self, "\(value)") { try BackplaneURL(parsing: value) }

@@ -97,7 +97,12 @@ struct BadInputTests {
             for index in 0..<4 {
                 let slice = text[(index * quarter)..<(index == 3 ? text.count : (index + 1) * quarter)]
                 try await alice.send(
-                    frame: WebSocketFrame(fin: index == 3, opcode: index == 0 ? .text : .continuation, maskKey: .random(), data: ByteBuffer(bytes: slice))
+                    frame: WebSocketFrame(
+                        fin: index == 3,
+                        opcode: index == 0 ? .text : .continuation,
+                        maskKey: .random(),
+                        data: ByteBuffer(bytes: slice)
+                    )
                 )
             }
             #expect(try await alice.next()["code"] == "too_large")
@@ -179,7 +184,9 @@ struct BadInputTests {
             case "rsv":
                 try await alice.send(frame: WebSocketFrame(fin: true, rsv1: true, opcode: .text, maskKey: .random(), data: data))
             case "opcode":
-                try await alice.send(frame: WebSocketFrame(fin: true, opcode: WebSocketOpcode(encodedWebSocketOpcode: 0x3)!, maskKey: .random(), data: data))
+                try await alice.send(
+                    frame: WebSocketFrame(fin: true, opcode: WebSocketOpcode(encodedWebSocketOpcode: 0x3)!, maskKey: .random(), data: data)
+                )
             case "continuation":
                 try await alice.send(frame: WebSocketFrame(fin: true, opcode: .continuation, maskKey: .random(), data: data))
             default:

@@ -26,7 +26,9 @@ struct BenchSmokeTests {
         let (status, output) = try runProcess(try switchboardBinary().path, ["bench", "parse", "--iterations", "1"])
         #expect(status != 0, "\(output)")
         let manifest = try String(contentsOf: packageRoot.appendingPathComponent("Package.swift"), encoding: .utf8)
-        let gateway = try #require(manifest.firstMatch(of: /\.executableTarget\(\s*name: "switchboard",(?<body>.*?)swiftSettings/.dotMatchesNewlines()))
+        let gateway = try #require(
+            manifest.firstMatch(of: /\.executableTarget\(\s*name: "switchboard",(?<body>.*?)swiftSettings/.dotMatchesNewlines())
+        )
         #expect(!gateway.body.contains("SwitchboardClient") && !gateway.body.contains("Histogram"), "\(gateway.body)")
     }
 
@@ -48,7 +50,9 @@ struct BenchSmokeTests {
         #expect((direct["latency_ms"] as? [String: Double])?["p50"] != nil)
         #expect((direct["cpu_us_per_msg"] as? [String: Double])?["gateways"] != nil)
 
-        let room = try Self.bench(["room"] + common + ["--users", "20", "--rooms", "2", "--members-per-room", "10", "--rate", "20", "--duration", "1"])
+        let room = try Self.bench(
+            ["room"] + common + ["--users", "20", "--rooms", "2", "--members-per-room", "10", "--rate", "20", "--duration", "1"]
+        )
         let roomSent = room["sent"] as? Int ?? 0
         #expect(roomSent >= 15 && room["delivered"] as? Int == roomSent * 10 && room["lost"] as? Int == 0)
 

@@ -2,11 +2,12 @@ import Foundation
 import NIOCore
 import NIOPosix
 import SwitchboardBackplane
-@testable import SwitchboardClient
 import SwitchboardServer
 import SwitchboardTesting
 import Synchronization
 import Testing
+
+@testable import SwitchboardClient
 
 /// The Swift client library (`GatewayClient`) against real in-process gateways: acks,
 /// typed errors, events with exact data, ack timeout, reconnect with re-join, close(),
@@ -141,14 +142,19 @@ struct ClientLibraryTests {
         let port = try await freePort()
         // An attempt that lands on the gateway being stopped can be accepted and never
         // answered: connectTimeout abandons it.
-        let bob = GatewayClient(configuration: .init(
-            port: port,
-            identity: .user("bob"),
-            backoff: ReconnectBackoff(minimum: .milliseconds(50), maximum: .milliseconds(200)),
-            connectTimeout: .seconds(1)
-        ))
+        let bob = GatewayClient(
+            configuration: .init(
+                port: port,
+                identity: .user("bob"),
+                backoff: ReconnectBackoff(minimum: .milliseconds(50), maximum: .milliseconds(200)),
+                connectTimeout: .seconds(1)
+            )
+        )
         let bobEvents = EventLog.recording(bob)
-        try await withGateway(configure: { $0.port = port; $0.gatewayID = "gw-first" }) { _ in
+        try await withGateway(configure: {
+            $0.port = port
+            $0.gatewayID = "gw-first"
+        }) { _ in
             #expect(try await bob.connect().gateway == "gw-first")
             try await bob.join("lobby")
         }
@@ -157,7 +163,10 @@ struct ClientLibraryTests {
         #expect(close == Disconnect(code: 1012, willReconnect: true))
         #expect(try await bobEvents.nextReconnectAttempt() == 1)
 
-        try await withGateway(configure: { $0.port = port; $0.gatewayID = "gw-second" }) { _ in
+        try await withGateway(configure: {
+            $0.port = port
+            $0.gatewayID = "gw-second"
+        }) { _ in
             let welcome = try await bobEvents.next(within: .seconds(10)) { event -> [String]? in
                 if case .welcome(let user, let gateway) = event { [user, gateway] } else { nil }
             }
@@ -191,11 +200,13 @@ struct ClientLibraryTests {
     @Test("close() stops reconnecting, also while a reconnect is scheduled")
     func closeStopsReconnecting() async throws {
         let port = try await freePort()
-        let carol = GatewayClient(configuration: .init(
-            port: port,
-            identity: .user("carol"),
-            backoff: ReconnectBackoff(minimum: .milliseconds(100), maximum: .milliseconds(100))
-        ))
+        let carol = GatewayClient(
+            configuration: .init(
+                port: port,
+                identity: .user("carol"),
+                backoff: ReconnectBackoff(minimum: .milliseconds(100), maximum: .milliseconds(100))
+            )
+        )
         let carolEvents = EventLog.recording(carol)
         try await withGateway(configure: { $0.port = port }) { _ in
             try await carol.connect()
@@ -224,11 +235,13 @@ struct ClientLibraryTests {
             configuration.messageBurst = 1
             configuration.rateLimitedCloseAfter = 3
         }) { gateway in
-            let alice = GatewayClient(configuration: .init(
-                port: gateway.port,
-                identity: .user("alice"),
-                backoff: ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))
-            ))
+            let alice = GatewayClient(
+                configuration: .init(
+                    port: gateway.port,
+                    identity: .user("alice"),
+                    backoff: ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))
+                )
+            )
             let aliceEvents = EventLog.recording(alice)
             try await alice.connect()
             try await alice.ping()  // the one message the bucket holds
@@ -257,15 +270,23 @@ struct ClientLibraryTests {
         }) { gateway in
             let tokensFetched = Counter()
             let backoff = ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))
-            let alice = GatewayClient(configuration: .init(port: gateway.port, identity: .token {
-                tokensFetched.increment()
-                return try await Tokens.hs256(Tokens.claims("alice"))
-            }, backoff: backoff))
-            let bob = GatewayClient(configuration: .init(
-                port: gateway.port,
-                identity: .fixedToken(try await Tokens.hs256(Tokens.claims("bob"))),
-                backoff: backoff
-            ))
+            let alice = GatewayClient(
+                configuration: .init(
+                    port: gateway.port,
+                    identity: .token {
+                        tokensFetched.increment()
+                        return try await Tokens.hs256(Tokens.claims("alice"))
+                    },
+                    backoff: backoff
+                )
+            )
+            let bob = GatewayClient(
+                configuration: .init(
+                    port: gateway.port,
+                    identity: .fixedToken(try await Tokens.hs256(Tokens.claims("bob"))),
+                    backoff: backoff
+                )
+            )
             let aliceEvents = EventLog.recording(alice)
             let bobEvents = EventLog.recording(bob)
             #expect(try await alice.connect().user == "alice")
@@ -297,12 +318,14 @@ struct ClientLibraryTests {
     @Test("reconnect attempts wait the jittered backoff of the injected random source; reconnects: false gives up")
     func backoffDelaysOfTheClient() async throws {
         let port = try await freePort()  // nothing listens there
-        let client = GatewayClient(configuration: .init(
-            port: port,
-            identity: .user("dave"),
-            backoff: ReconnectBackoff(minimum: .milliseconds(40), maximum: .milliseconds(100)),
-            unitRandom: { 0.5 }
-        ))
+        let client = GatewayClient(
+            configuration: .init(
+                port: port,
+                identity: .user("dave"),
+                backoff: ReconnectBackoff(minimum: .milliseconds(40), maximum: .milliseconds(100)),
+                unitRandom: { 0.5 }
+            )
+        )
         let events = EventLog.recording(client)
         let connecting = Task { await caught { try await client.connect() } }
         var attempts: [Int] = []
@@ -335,7 +358,9 @@ struct ClientLibraryTests {
             .bind(host: "127.0.0.1", port: 0).get()
         let silentPort = silentServer.localAddress?.port ?? 0
         let quick = ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))
-        let hanging = GatewayClient(configuration: .init(port: silentPort, identity: .user("erin"), backoff: quick, connectTimeout: .milliseconds(300)))
+        let hanging = GatewayClient(
+            configuration: .init(port: silentPort, identity: .user("erin"), backoff: quick, connectTimeout: .milliseconds(300))
+        )
         let hangingEvents = EventLog.recording(hanging)
         let waiting = Task { await caught { try await hanging.connect() } }
         let started = ContinuousClock.now
@@ -354,7 +379,9 @@ struct ClientLibraryTests {
         let backplane = HoldingBackplane()
         try await withGateway(backplane: backplane) { gateway in
             backplane.holdsBinds.store(true, ordering: .relaxed)
-            let client = GatewayClient(configuration: .init(port: gateway.port, identity: .user("erin"), backoff: quick, connectTimeout: .milliseconds(300)))
+            let client = GatewayClient(
+                configuration: .init(port: gateway.port, identity: .user("erin"), backoff: quick, connectTimeout: .milliseconds(300))
+            )
             let events = EventLog.recording(client)
             let connecting = Task { await caught { try await client.connect() } }
             let noWelcome = try await events.next { event -> String? in
@@ -373,7 +400,13 @@ struct ClientLibraryTests {
     @Test("cancelling the task waiting in connect() throws cancelled; close() then stops the attempts")
     func connectCancellation() async throws {
         let port = try await freePort()  // nothing listens there
-        let client = GatewayClient(configuration: .init(port: port, identity: .user("erin"), backoff: ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))))
+        let client = GatewayClient(
+            configuration: .init(
+                port: port,
+                identity: .user("erin"),
+                backoff: ReconnectBackoff(minimum: .milliseconds(20), maximum: .milliseconds(20))
+            )
+        )
         let waiting = Task { await caught { try await client.connect() } }
         try await Task.sleep(for: .milliseconds(100))
         waiting.cancel()
@@ -388,7 +421,11 @@ struct ClientLibraryTests {
         let backoff = ReconnectBackoff()
         #expect(backoff.minimum == .milliseconds(500) && backoff.maximum == .seconds(30))
         let ceilings = (0..<9).map { backoff.ceiling(forRetry: $0) }
-        #expect(ceilings == [.milliseconds(500), .seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(16), .seconds(30), .seconds(30), .seconds(30)])
+        #expect(
+            ceilings == [
+                .milliseconds(500), .seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(16), .seconds(30), .seconds(30), .seconds(30),
+            ]
+        )
         for retry in [0, 1, 2, 5, 6, 40, 1000, Int.max] {
             let ceiling = backoff.ceiling(forRetry: retry)
             var previous = Duration.zero
@@ -410,10 +447,15 @@ struct ClientLibraryTests {
     @Test("server frames: data is the exact JSON text of the member; broadcast, ack, error and unknown frames")
     func frameReading() {
         #expect(IncomingFrame(text: #"{"type":"broadcast","from":"ops","data": {"a" : 1.0} }"#) == .broadcast(from: "ops", data: #"{"a" : 1.0}"#))
-        #expect(IncomingFrame(text: #"{"type":"room","room":"l\u00e9","from":"a","data":"\u00e9"}"#) == .room(room: "lé", from: "a", data: #""\u00e9""#))
+        #expect(
+            IncomingFrame(text: #"{"type":"room","room":"l\u00e9","from":"a","data":"\u00e9"}"#) == .room(room: "lé", from: "a", data: #""\u00e9""#)
+        )
         #expect(IncomingFrame(text: #"{"type":"ack","id":"c7"}"#) == .reply(id: "c7"))
         #expect(IncomingFrame(text: #"{"type":"pong","id":12}"#) == .reply(id: "12"))
-        #expect(IncomingFrame(text: #"{"type":"error","code":"rate_limited","message":"slow down"}"#) == .error(id: nil, code: "rate_limited", message: "slow down"))
+        #expect(
+            IncomingFrame(text: #"{"type":"error","code":"rate_limited","message":"slow down"}"#)
+                == .error(id: nil, code: "rate_limited", message: "slow down")
+        )
         #expect(IncomingFrame(text: #"{"type":"future","x":1}"#) == .unknown)
         #expect(IncomingFrame(text: #"{"type":"direct","from":"a"}"#) == .unknown)
         #expect(IncomingFrame(text: "not json") == nil)
@@ -476,7 +518,9 @@ final class EventLog: Sendable {
 
     /// The next `.disconnected` event.
     func nextDisconnect() async throws -> Disconnect {
-        try await next { if case .disconnected(let code, let willReconnect) = $0 { Disconnect(code: code, willReconnect: willReconnect) } else { nil } }
+        try await next {
+            if case .disconnected(let code, let willReconnect) = $0 { Disconnect(code: code, willReconnect: willReconnect) } else { nil }
+        }
     }
 
     /// The attempt number of the next `.reconnecting` event.
@@ -534,7 +578,8 @@ final class HoldingBackplane: Backplane {
         inner.unbind(address, completion: completion)
     }
 
-    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void)
+    {
         guard holdsPublishes.load(ordering: .relaxed) else { return inner.publish(frame, to: address, completion: completion) }
         let inner = self.inner
         held.withLock { $0.append { inner.publish(frame, to: address, completion: completion) } }

@@ -55,10 +55,13 @@ struct ConformanceTests {
         }
     }
 
-    @Test("7.x: close codes: valid ones are echoed, invalid ones (0, 999, 1004, 1005, 1006, 1015, 5000) get 1002", arguments: [
-        (UInt16(1000), UInt16(1000)), (1001, 1001), (1011, 1011), (3000, 3000), (4999, 4999),
-        (0, 1002), (999, 1002), (1004, 1002), (1005, 1002), (1006, 1002), (1015, 1002), (5000, 1002),
-    ])
+    @Test(
+        "7.x: close codes: valid ones are echoed, invalid ones (0, 999, 1004, 1005, 1006, 1015, 5000) get 1002",
+        arguments: [
+            (UInt16(1000), UInt16(1000)), (1001, 1001), (1011, 1011), (3000, 3000), (4999, 4999),
+            (0, 1002), (999, 1002), (1004, 1002), (1005, 1002), (1006, 1002), (1015, 1002), (5000, 1002),
+        ]
+    )
     func closeCodes(sent: UInt16, expected: UInt16) async throws {
         try await withGateway { gateway in
             let client = try await gateway.connect("a")

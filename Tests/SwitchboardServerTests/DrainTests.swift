@@ -11,10 +11,13 @@ struct DrainTests {
     @Test("drain: readiness false first, then every client closed with 1012, spread over the window; bindings gone")
     func drainSpreadsCloses() async throws {
         let backplane = InMemoryBackplane()
-        try await withGateway(backplane: backplane, configure: { configuration in
-            configuration.drainGrace = .milliseconds(400)
-            configuration.drainWindow = .seconds(1)
-        }) { gateway in
+        try await withGateway(
+            backplane: backplane,
+            configure: { configuration in
+                configuration.drainGrace = .milliseconds(400)
+                configuration.drainWindow = .seconds(1)
+            }
+        ) { gateway in
             var clients: [TestClient] = []
             for index in 0..<20 {
                 let client = try await gateway.connect("user-\(index)")

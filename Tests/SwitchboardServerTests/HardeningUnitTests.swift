@@ -1,10 +1,11 @@
 import Foundation
 import SwitchboardBackplane
 import SwitchboardProtocol
-@testable import SwitchboardServer
 import SwitchboardTesting
 import Synchronization
 import Testing
+
+@testable import SwitchboardServer
 
 @Suite("Connection admission (caps decided in one step)")
 struct AdmissionStateTests {

@@ -32,8 +32,14 @@ struct TestPKI {
         let request = directory.appendingPathComponent("\(name).csr").path
         let certificate = directory.appendingPathComponent("\(name).pem").path
         let extensions = directory.appendingPathComponent("\(name).ext")
-        try "subjectAltName=\(subjectAltName)\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n".write(to: extensions, atomically: true, encoding: .utf8)
-        try Self.openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=jwks"])
+        try "subjectAltName=\(subjectAltName)\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n".write(
+            to: extensions,
+            atomically: true,
+            encoding: .utf8
+        )
+        try Self.openssl([
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", request, "-subj", "/CN=jwks",
+        ])
         try Self.openssl([
             "x509", "-req", "-in", request, "-CA", caFile, "-CAkey", directory.appendingPathComponent("ca.key").path,
             "-CAcreateserial", "-out", certificate, "-days", "1", "-extfile", extensions.path,
@@ -138,7 +144,8 @@ private final class RawHTTPResponder: ChannelInboundHandler {
         case .status(let code): (status, body) = (code, "nope")
         case .stall: return
         }
-        let response = "HTTP/1.1 \(status) X\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        let response =
+            "HTTP/1.1 \(status) X\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: response)), promise: nil)
         context.close(promise: nil)
     }
@@ -163,7 +170,9 @@ func expectAccepted(_ token: String, as user: String, port: Int, sourceLocation:
 
 @Suite("JWKS over HTTPS: fetched, refreshed, rotated, verified", .serialized, .timeLimit(.minutes(2)))
 struct JWKSTests {
-    @Test("keys rotate: a token with a new kid is accepted after an unknown-kid refresh; a retired kid is refused; junk kids fetch at most once per 10 s")
+    @Test(
+        "keys rotate: a token with a new kid is accepted after an unknown-kid refresh; a retired kid is refused; junk kids fetch at most once per 10 s"
+    )
     func rotation() async throws {
         let pki = try TestPKI.make()
         defer { pki.remove() }
@@ -191,7 +200,9 @@ struct JWKSTests {
         }
     }
 
-    @Test("a failing refresh (HTTP 500, a stall, not JSON, a key without alg, no keys, 2 MiB, no answer on an unknown kid) keeps the last good keys, and is logged without key material")
+    @Test(
+        "a failing refresh (HTTP 500, a stall, not JSON, a key without alg, no keys, 2 MiB, no answer on an unknown kid) keeps the last good keys, and is logged without key material"
+    )
     func failedRefreshKeepsKeys() async throws {
         let pki = try TestPKI.make()
         defer { pki.remove() }
@@ -232,7 +243,10 @@ struct JWKSTests {
         }
         let lines = logs.all
         let failuresLogged = lines.filter { $0.contains("JWKS refresh failed") }
-        for reason in ["HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no signature keys", "larger than 1048576 bytes", "HTTP status 503"] {
+        for reason in [
+            "HTTP status 500", "no complete response", "not a JWKS document", "has no \"alg\"", "has no signature keys", "larger than 1048576 bytes",
+            "HTTP status 503",
+        ] {
             #expect(failuresLogged.contains { $0.contains(reason) }, "\(reason) is logged")
         }
         let parameters = try #require(signing.publicKey.parameters)
@@ -240,7 +254,9 @@ struct JWKSTests {
         #expect(!lines.contains { $0.contains(token) || $0.contains(String(token.split(separator: ".").last!)) }, "no token in the logs")
     }
 
-    @Test("the fetch verifies the certificate and the host name: another CA, the system store, a certificate for another name, http:// and an unreachable URL all stop the start")
+    @Test(
+        "the fetch verifies the certificate and the host name: another CA, the system store, a certificate for another name, http:// and an unreachable URL all stop the start"
+    )
     func tlsIsVerified() async throws {
         let pki = try TestPKI.make()
         let otherPKI = try TestPKI.make()
@@ -263,7 +279,9 @@ struct JWKSTests {
 
         // The positive control: the right CA, by IP address and by name.
         _ = try await JWTAuthenticator.make(keys: [.jwksURL(JWKSEndpoint(url: url, caFile: pki.caFile))])
-        _ = try await JWTAuthenticator.make(keys: [.jwksURL(JWKSEndpoint(url: URL(string: "https://localhost:\(server.port)/jwks")!, caFile: pki.caFile))])
+        _ = try await JWTAuthenticator.make(keys: [
+            .jwksURL(JWKSEndpoint(url: URL(string: "https://localhost:\(server.port)/jwks")!, caFile: pki.caFile))
+        ])
         #expect(server.requests == 2)
 
         let refused: [(JWKSEndpoint, String)] = [
@@ -291,7 +309,9 @@ struct JWKSTests {
 struct JWKSAlgorithmPinningTests {
     /// An RSA key (openssl) and its JWKS entry without `alg`.
     static func rsaKey(kid: String) throws -> (key: Insecure.RSA.PrivateKey, jwks: String) {
-        let key = try Insecure.RSA.PrivateKey(pem: try AuthenticationTests.openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]))
+        let key = try Insecure.RSA.PrivateKey(
+            pem: try AuthenticationTests.openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        )
         let (modulus, exponent) = try key.publicKey.getKeyPrimitives()
         return (key, #"{"keys":[{"kty":"RSA","kid":"\#(kid)","use":"sig","n":"\#(modulus.base64URL)","e":"\#(exponent.base64URL)"}]}"#)
     }
@@ -303,7 +323,9 @@ struct JWKSAlgorithmPinningTests {
         return "\(header).\(payload).\(Data(repeating: 0x42, count: 256).base64URL)"
     }
 
-    @Test("tokens claiming another alg (PS512, RS512, ES256, HS256, none) with a junk signature cannot poison the key: a valid RS256 token for the same kid is accepted afterwards")
+    @Test(
+        "tokens claiming another alg (PS512, RS512, ES256, HS256, none) with a junk signature cannot poison the key: a valid RS256 token for the same kid is accepted afterwards"
+    )
     func poisoningAttempt() async throws {
         let (key, jwks) = try Self.rsaKey(kid: "r1")
         let signer = JWTKeyCollection()

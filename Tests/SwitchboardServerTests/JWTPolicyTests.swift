@@ -6,7 +6,13 @@ import Testing
 
 @Suite("JWT authentication policy: audience, issuer, leeway", .serialized, .timeLimit(.minutes(1)))
 struct JWTAuthenticationPolicyTests {
-    static func token(_ user: String, aud: [String]? = nil, iss: String? = nil, expiresIn: TimeInterval = 600, notBefore: Date? = nil) async throws -> String {
+    static func token(
+        _ user: String,
+        aud: [String]? = nil,
+        iss: String? = nil,
+        expiresIn: TimeInterval = 600,
+        notBefore: Date? = nil
+    ) async throws -> String {
         var claims = Tokens.claims(user, expiresIn: expiresIn, notBefore: notBefore)
         claims.aud = aud.map { AudienceClaim(value: $0) }
         claims.iss = iss.map { IssuerClaim(value: $0) }

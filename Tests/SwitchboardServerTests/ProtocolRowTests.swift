@@ -206,7 +206,10 @@ struct ProtocolRowTests {
         }
     }
 
-    @Test("handshakes without a valid identity get HTTP 401 and no WebSocket", arguments: ["/ws", "/ws?user=", "/ws?user=a%00b", "/ws?user=" + String(repeating: "x", count: 129)])
+    @Test(
+        "handshakes without a valid identity get HTTP 401 and no WebSocket",
+        arguments: ["/ws", "/ws?user=", "/ws?user=a%00b", "/ws?user=" + String(repeating: "x", count: 129)]
+    )
     func unauthorized(path: String) async throws {
         try await withGateway { gateway in
             await #expect(throws: HandshakeError.self) {

@@ -83,7 +83,13 @@ struct PublishAPITests {
     @Test("400 for a bad body, 413 for a big one, 503 while the backplane is down")
     func refusals() async throws {
         let backplane = SwitchableBackplane()
-        try await withGateway(backplane: backplane, configure: { $0.apiKeys = [Self.key]; $0.maximumMessageSize = 256 }) { gateway in
+        try await withGateway(
+            backplane: backplane,
+            configure: {
+                $0.apiKeys = [Self.key]
+                $0.maximumMessageSize = 256
+            }
+        ) { gateway in
             for body in [
                 "not json", "[1]", #"{"data":1}"#, #"{"user":"bob"}"#, #"{"user":"bob","room":"r","data":1}"#,
                 #"{"broadcast":false,"data":1}"#, #"{"user":"","data":1}"#, #"{"user":5,"data":1}"#, #"{"user":"bob","from":"\u0001","data":1}"#,
@@ -102,7 +108,10 @@ struct PublishAPITests {
     @Test("client messages are copied to the events sink, undelivered ones twice; API publishes are not")
     func eventsSink() async throws {
         let sink = RecordingEventSink()
-        try await withGateway(configure: { $0.apiKeys = [Self.key]; $0.events = sink }) { gateway in
+        try await withGateway(configure: {
+            $0.apiKeys = [Self.key]
+            $0.events = sink
+        }) { gateway in
             let alice = try await gateway.connect("alice")
             let bob = try await gateway.connect("bob")
             try await alice.send(#"{"type":"direct","to":"bob","data":1}"#)

@@ -12,7 +12,9 @@ struct RedactionBinaryTests {
         let process = try ChildProcess(
             name: "redaction",
             executable: try switchboardBinary(),
-            arguments: ["serve", "--auth", "none", "--port", "\(port)", "--gateway-id", "gw-redaction", "--backplane", backplane, "--web-root", "off"]
+            arguments: [
+                "serve", "--auth", "none", "--port", "\(port)", "--gateway-id", "gw-redaction", "--backplane", backplane, "--web-root", "off",
+            ]
         )
         defer { process.signal(SIGKILL) }
         // Its exit is awaited; a start has no event but its log line, so that is polled.

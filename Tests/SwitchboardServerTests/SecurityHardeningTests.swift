@@ -96,7 +96,9 @@ struct SecurityHardeningTests {
             let token = try await Tokens.hs256(Tokens.claims("alice", rooms: ["r-\(equivalent)", "p-\(equivalent)*"]))
             let alice = try await TestClient.connect(port: gateway.port, path: "/ws?token=\(token)")
             #expect(try await alice.next()["type"] == "welcome")
-            for (room, expected) in [("r-\(plain)", "forbidden"), ("p-\(plain)-1", "forbidden"), ("r-\(equivalent)", "ack"), ("p-\(equivalent)-1", "ack")] {
+            for (room, expected) in [
+                ("r-\(plain)", "forbidden"), ("p-\(plain)-1", "forbidden"), ("r-\(equivalent)", "ack"), ("p-\(equivalent)-1", "ack"),
+            ] {
                 try await alice.send(#"{"type":"join","room":"\#(room)","id":"j"}"#)
                 let answer = try await alice.next()
                 #expect((answer["code"] ?? answer["type"]) == expected, "join \(Array(room.unicodeScalars))")
@@ -157,7 +159,14 @@ struct SecurityHardeningTests {
                 for _ in 0..<20 {
                     group.addTask {
                         do {
-                            return .success(try await WebSocketConnection.connect(host: "127.0.0.1", port: port, path: "/ws", headers: [("Authorization", "Bearer \(token)")]))
+                            return .success(
+                                try await WebSocketConnection.connect(
+                                    host: "127.0.0.1",
+                                    port: port,
+                                    path: "/ws",
+                                    headers: [("Authorization", "Bearer \(token)")]
+                                )
+                            )
                         } catch let HandshakeError.refused(status, _) {
                             return .failure(HandshakeFailure(status: status))
                         } catch {
@@ -239,7 +248,8 @@ struct SecurityHardeningTests {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connect(host: "127.0.0.1", port: gateway.port).get()
             let started = ContinuousClock.now
-            let head = "POST /v1/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer an-api-key-of-16-bytes-or-more\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
+            let head =
+                "POST /v1/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer an-api-key-of-16-bytes-or-more\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
             try await channel.writeAndFlush(ByteBuffer(string: head))
             // A byte every 200 ms: each restarts an idle timer of 1 s, so only a deadline
             // on the whole request ends this before the 8 s the trickle would take.

@@ -91,7 +91,10 @@ struct ServeCommandAuthFlagTests {
             #expect(result.status != 0, "\(host)")
             #expect(result.output.contains("--allow-insecure-auth-none"), "\(host): \(result.output)")
         }
-        let fromEnvironment = try Self.refusedStart(["serve", "--port", "1"], environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0"])
+        let fromEnvironment = try Self.refusedStart(
+            ["serve", "--port", "1"],
+            environment: ["SWITCHBOARD_AUTH": "none", "SWITCHBOARD_HOST": "0.0.0.0"]
+        )
         #expect(fromEnvironment.status != 0 && fromEnvironment.output.contains("--allow-insecure-auth-none"), "\(fromEnvironment.output)")
 
         // With the override (as a flag, then as a variable) it starts; 0.0.0.0 includes loopback.
@@ -127,14 +130,20 @@ struct ServeCommandAuthFlagTests {
         await loopback.stop()
     }
 
-    @Test("JWT flags: http:// --jwks, an out-of-range leeway, an unreachable https:// --jwks and a key without alg stop the start with a clear message")
+    @Test(
+        "JWT flags: http:// --jwks, an out-of-range leeway, an unreachable https:// --jwks and a key without alg stop the start with a clear message"
+    )
     func badJWTFlags() async throws {
         let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("sb-jwks-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let noAlg = directory.appendingPathComponent("jwks.json")
         let key = try #require(ES256PrivateKey().publicKey.parameters)
-        try #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k-without-alg","x":"\#(key.x)","y":"\#(key.y)"}]}"#.write(to: noAlg, atomically: true, encoding: .utf8)
+        try #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k-without-alg","x":"\#(key.x)","y":"\#(key.y)"}]}"#.write(
+            to: noAlg,
+            atomically: true,
+            encoding: .utf8
+        )
         for (arguments, message) in [
             (["--jwks", "http://127.0.0.1:1/jwks.json"], "plain http:// is refused"),
             (["--jwt-secret", Tokens.secret, "--jwt-leeway", "301"], "--jwt-leeway must be 0…300"),

@@ -2,8 +2,8 @@ import Foundation
 import NIOCore
 import ServiceLifecycle
 import SwitchboardBackplane
-import SwitchboardProtocol
 import SwitchboardClient
+import SwitchboardProtocol
 import SwitchboardServer
 import SwitchboardTesting
 import Synchronization
@@ -27,7 +27,8 @@ final class HeldBindBackplane: Backplane {
         inner.unbind(address, completion: completion)
     }
 
-    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void) {
+    func publish(_ frame: ByteBuffer, to address: BackplaneAddress, completion: @escaping @Sendable (Result<PublishOutcome, BackplaneError>) -> Void)
+    {
         inner.publish(frame, to: address, completion: completion)
     }
 
@@ -37,7 +38,10 @@ final class HeldBindBackplane: Backplane {
 
     /// Completes every bind held so far.
     func release() {
-        for bind in held.withLock({ held in defer { held = [] }; return held }) { bind() }
+        for bind in held.withLock({ held in
+            defer { held = [] }
+            return held
+        }) { bind() }
     }
 
     func run() async throws { try await inner.run() }
@@ -48,11 +52,14 @@ struct SessionCloseDefectTests {
     @Test("a drain closes a session whose user binding is still pending with 1012, and it never gets welcome")
     func drainClosesPendingSessions() async throws {
         let backplane = HeldBindBackplane()
-        try await withGateway(backplane: backplane, configure: {
-            $0.drainGrace = .zero
-            $0.drainWindow = .zero
-            $0.userBindTimeout = .seconds(30)
-        }) { gateway in
+        try await withGateway(
+            backplane: backplane,
+            configure: {
+                $0.drainGrace = .zero
+                $0.drainWindow = .zero
+                $0.userBindTimeout = .seconds(30)
+            }
+        ) { gateway in
             let pending = try await TestClient.connect(port: gateway.port, path: "/ws?user=pending")
             #expect(try await eventually { backplane.heldBinds == 1 })
             await gateway.gateway.drain()
@@ -94,7 +101,10 @@ struct GatewayCloseHandshakeTests {
             try await polite.send(text: #"{"type":"ping"}"#)
             let answered = await Self.closeAndLinger(polite)
             #expect(answered.code == 1008)
-            #expect(answered.lingered < .seconds(1), "the gateway closed TCP when the client's close arrived, not at the deadline: \(answered.lingered)")
+            #expect(
+                answered.lingered < .seconds(1),
+                "the gateway closed TCP when the client's close arrived, not at the deadline: \(answered.lingered)"
+            )
 
             let silent = try await WebSocketConnection.connect(host: "127.0.0.1", port: gateway.port, path: "/ws?user=silent", answerPings: false)
             try await silent.send(text: #"{"type":"ping"}"#)

@@ -3,9 +3,10 @@ import NIOCore
 import NIOWebSocket
 import SwitchboardBackplane
 import SwitchboardProtocol
-@testable import SwitchboardServer
 import SwitchboardRegistry
 import Testing
+
+@testable import SwitchboardServer
 
 /// The session's decisions, driven without sockets and with made-up instants.
 @Suite("Session state machine")
@@ -19,7 +20,14 @@ struct SessionStateMachineTests {
         rooms: RoomRules = .unrestricted,
         configure: (inout GatewayConfiguration) -> Void = { _ in }
     ) throws -> SessionStateMachine {
-        var configuration = GatewayConfiguration(gatewayID: "gw-test", auth: .none, maximumMessageSize: 1000, messageRate: 10, messageBurst: 5, rateLimitedCloseAfter: 3)
+        var configuration = GatewayConfiguration(
+            gatewayID: "gw-test",
+            auth: .none,
+            maximumMessageSize: 1000,
+            messageRate: 10,
+            messageBurst: 5,
+            rateLimitedCloseAfter: 3
+        )
         configure(&configuration)
         let identity = Identity(user: try UserID(validating: "alice"), rooms: rooms, expiresAt: expiresAt)
         return SessionStateMachine(identity: identity, gatewayID: configuration.gatewayID, limits: .init(configuration), now: start)
@@ -104,7 +112,9 @@ struct SessionStateMachineTests {
         var machine = try Self.open()
         #expect(machine.frameReceived(Self.text(#"{"type":"#, fin: false), now: Self.start).isEmpty)
         let pong = machine.frameReceived(Self.frame(.ping, [7]), now: Self.start)
-        #expect(pong.contains { if case .writeControl(let frame) = $0 { frame.opcode == .pong && frame.data == ByteBuffer(bytes: [7]) } else { false } })
+        #expect(
+            pong.contains { if case .writeControl(let frame) = $0 { frame.opcode == .pong && frame.data == ByteBuffer(bytes: [7]) } else { false } }
+        )
         let done = machine.frameReceived(Self.frame(.continuation, Array(#""ping","id":1}"#.utf8)), now: Self.start)
         #expect(Self.texts(done) == [#"{"type":"pong","id":1}"#])
 
@@ -207,7 +217,9 @@ struct SessionStateMachineTests {
         #expect(machine.frameReceived(Self.text(#"{"type":"ping","id":1}"#), now: Self.start).isEmpty)
         #expect(machine.deliver(ByteBuffer(string: #"{"type":"direct"}"#)).isEmpty)
         let welcome = machine.userBindCompleted(.success(()))
-        #expect(Self.texts(welcome) == [#"{"type":"welcome","user":"alice","gateway":"gw-test"}"#, #"{"type":"direct"}"#, #"{"type":"pong","id":1}"#])
+        #expect(
+            Self.texts(welcome) == [#"{"type":"welcome","user":"alice","gateway":"gw-test"}"#, #"{"type":"direct"}"#, #"{"type":"pong","id":1}"#]
+        )
 
         var flooded = try Self.machine()
         _ = flooded.started(wallClock: 0)
@@ -222,7 +234,8 @@ struct SessionStateMachineTests {
     func heldJoinThenPublish() throws {
         var machine = try Self.machine { $0.joinBurst = 1 }
         _ = machine.started(wallClock: 0)
-        for text in [#"{"type":"join","room":"r","id":1}"#, #"{"type":"join","room":"r","id":2}"#, #"{"type":"publish","room":"r","data":1,"id":3}"#] {
+        for text in [#"{"type":"join","room":"r","id":1}"#, #"{"type":"join","room":"r","id":2}"#, #"{"type":"publish","room":"r","data":1,"id":3}"#]
+        {
             _ = machine.frameReceived(Self.text(text), now: Self.start)
         }
         let actions = machine.userBindCompleted(.success(()))
@@ -257,7 +270,9 @@ struct SessionStateMachineTests {
         #expect(Self.endReason(refused) == .backplane)
     }
 
-    @Test("the rate limiter by the injected clock: the burst passes, then rate_limited, refilled with time; sustained abuse closes with 1008 and the handshake")
+    @Test(
+        "the rate limiter by the injected clock: the burst passes, then rate_limited, refilled with time; sustained abuse closes with 1008 and the handshake"
+    )
     func rateLimit() throws {
         var machine = try Self.open()
         let ping = Self.text(#"{"type":"ping"}"#)
@@ -279,7 +294,11 @@ struct SessionStateMachineTests {
 
     @Test("joins of new rooms are rate limited; re-joining a room is free")
     func joinLimit() throws {
-        var machine = try Self.open { $0.joinRate = 1; $0.joinBurst = 2; $0.messageBurst = 100 }
+        var machine = try Self.open {
+            $0.joinRate = 1
+            $0.joinBurst = 2
+            $0.messageBurst = 100
+        }
         for room in ["a", "b"] {
             let actions = machine.frameReceived(Self.text(#"{"type":"join","room":"\#(room)"}"#), now: Self.start)
             #expect(actions.contains { if case .register(join: let joined, _, _) = $0 { joined.description == room } else { false } })
@@ -288,7 +307,11 @@ struct SessionStateMachineTests {
         #expect(Self.errorCodes(machine.frameReceived(Self.text(#"{"type":"join","room":"c"}"#), now: Self.start)) == ["rate_limited"])
         let again = machine.frameReceived(Self.text(#"{"type":"join","room":"a"}"#), now: Self.start)
         #expect(again.contains { if case .register = $0 { true } else { false } })
-        #expect(machine.frameReceived(Self.text(#"{"type":"join","room":"c"}"#), now: Self.start + .seconds(1)).contains { if case .register = $0 { true } else { false } })
+        #expect(
+            machine.frameReceived(Self.text(#"{"type":"join","room":"c"}"#), now: Self.start + .seconds(1)).contains {
+                if case .register = $0 { true } else { false }
+            }
+        )
     }
 
     @Test("publish needs membership; a failed room bind undoes it; leave acks")
@@ -297,8 +320,16 @@ struct SessionStateMachineTests {
         #expect(Self.errorCodes(machine.frameReceived(Self.text(#"{"type":"publish","room":"r","data":1}"#), now: Self.start)) == ["not_member"])
         let room = try RoomID(validating: "r")
         _ = machine.frameReceived(Self.text(#"{"type":"join","room":"r"}"#), now: Self.start)
-        #expect(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true)).contains { if case .bindRoom = $0 { true } else { false } })
-        #expect(machine.frameReceived(Self.text(#"{"type":"publish","room":"r","data":1}"#), now: Self.start).contains { if case .publish = $0 { true } else { false } })
+        #expect(
+            machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true)).contains {
+                if case .bindRoom = $0 { true } else { false }
+            }
+        )
+        #expect(
+            machine.frameReceived(Self.text(#"{"type":"publish","room":"r","data":1}"#), now: Self.start).contains {
+                if case .publish = $0 { true } else { false }
+            }
+        )
         let failed = machine.roomBindCompleted(room, correlationID: nil, result: .failure(BackplaneError(.unavailable, "down")))
         #expect(failed.contains { if case .leave = $0 { true } else { false } })
         #expect(Self.errorCodes(failed) == ["backplane_unavailable"])
@@ -306,14 +337,28 @@ struct SessionStateMachineTests {
         _ = machine.frameReceived(Self.text(#"{"type":"join","room":"r"}"#), now: Self.start)
         #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .tooManyRooms)) == ["forbidden"])
         #expect(!machine.rooms.contains(room), "a refused join is taken back")
-        #expect(Self.errorCodes(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .connectionLeaving)) == ["backplane_unavailable"])
+        #expect(
+            Self.errorCodes(machine.joinRegistered(room, correlationID: nil, wasMember: false, result: .connectionLeaving)) == [
+                "backplane_unavailable"
+            ]
+        )
     }
 
     @Test("publish outcomes: routed acks, no recipient of a direct is recipient_offline and reported, broker errors map to codes")
     func publishOutcomes() throws {
         var machine = try Self.open()
-        let direct = SessionStateMachine.PublishRequest(frame: ByteBuffer(string: "{}"), address: .user(try UserID(validating: "bob")), correlationID: nil, noRecipient: .recipientOffline)
-        let room = SessionStateMachine.PublishRequest(frame: ByteBuffer(string: "{}"), address: .room(try RoomID(validating: "r")), correlationID: nil, noRecipient: nil)
+        let direct = SessionStateMachine.PublishRequest(
+            frame: ByteBuffer(string: "{}"),
+            address: .user(try UserID(validating: "bob")),
+            correlationID: nil,
+            noRecipient: .recipientOffline
+        )
+        let room = SessionStateMachine.PublishRequest(
+            frame: ByteBuffer(string: "{}"),
+            address: .room(try RoomID(validating: "r")),
+            correlationID: nil,
+            noRecipient: nil
+        )
         #expect(Self.texts(machine.publishCompleted(.success(.routed), request: direct)) == [#"{"type":"ack"}"#])
         let offline = machine.publishCompleted(.success(.noRecipient), request: direct)
         #expect(Self.errorCodes(offline) == ["recipient_offline"])
@@ -396,12 +441,19 @@ struct SessionStateMachineTests {
         #expect(Self.sentClose(later.expiryCheck(wallClock: 100.5))?.code == 1008)
 
         var far = try Self.machine(expiresAt: Date(timeIntervalSince1970: 1e300))
-        #expect(far.started(wallClock: 0).contains { if case .scheduleExpiryCheck(let delay) = $0 { delay == TimeAmount(TokenLifetime.longestTimer) } else { false } })
+        #expect(
+            far.started(wallClock: 0).contains {
+                if case .scheduleExpiryCheck(let delay) = $0 { delay == TimeAmount(TokenLifetime.longestTimer) } else { false }
+            }
+        )
     }
 
     @Test("keepalive by the injected clock: quiet clients are pinged, silent ones closed with 1001")
     func keepalive() throws {
-        var machine = try Self.open { $0.pingInterval = .seconds(30); $0.idleTimeout = .seconds(75) }
+        var machine = try Self.open {
+            $0.pingInterval = .seconds(30)
+            $0.idleTimeout = .seconds(75)
+        }
         #expect(machine.keepaliveTick(now: Self.start + .seconds(29)).isEmpty)
         let ping = machine.keepaliveTick(now: Self.start + .seconds(31))
         #expect(ping.contains { if case .writeControl(let frame) = $0 { frame.opcode == .ping } else { false } })

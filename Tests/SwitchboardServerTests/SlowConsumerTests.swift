@@ -57,7 +57,10 @@ struct SlowConsumerTests {
         let sentMiB = 1500 * 60_000 / 1_048_576
         #expect(offline > 0, "the slow reader was closed and then counted offline (acked \(acked), offline \(offline))")
         #expect(acked < 600, "it was closed long before everything was queued for it (acked \(acked))")
-        #expect(after - before < 32 * 1024, "gateway RSS grew \((after - before) / 1024) MiB while \(sentMiB) MiB were sent to a client that does not read")
+        #expect(
+            after - before < 32 * 1024,
+            "gateway RSS grew \((after - before) / 1024) MiB while \(sentMiB) MiB were sent to a client that does not read"
+        )
         try await sender.expectAlive()
         try await warm.expectAlive()
         #expect(gateway.log.contains("slow consumer"))

@@ -14,10 +14,13 @@ struct TLSServerTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let certificate = directory.appendingPathComponent("cert.pem").path
         let key = directory.appendingPathComponent("key.pem").path
-        let result = try runProcess("/usr/bin/openssl", [
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ])
+        let result = try runProcess(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "1",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ]
+        )
         guard result.status == 0 else { throw TestFailure("openssl failed: \(result.output)") }
         return (certificate, key, directory)
     }
@@ -46,7 +49,12 @@ struct TLSServerTests {
 
             // The system trust store does not know this certificate.
             await #expect(throws: (any Error).self) {
-                _ = try await WebSocketConnection.connect(host: "localhost", port: gateway.port, path: "/ws?user=bob", tls: .makeClientConfiguration())
+                _ = try await WebSocketConnection.connect(
+                    host: "localhost",
+                    port: gateway.port,
+                    path: "/ws?user=bob",
+                    tls: .makeClientConfiguration()
+                )
             }
             await #expect(throws: (any Error).self) {
                 _ = try await WebSocketConnection.connect(host: "127.0.0.1", port: gateway.port, path: "/ws?user=carol")
