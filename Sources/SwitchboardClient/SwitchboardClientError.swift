@@ -41,6 +41,12 @@ public struct SwitchboardClientError: Error, CustomStringConvertible {
         public static let backplaneUnavailable = Code(ErrorCode.backplaneUnavailable)
         /// Anything else on the gateway's side.
         public static let `internal` = Code(ErrorCode.internal)
+        /// `resume` or `join` with `since` on a gateway without history.
+        public static let historyDisabled = Code(ErrorCode.historyDisabled)
+        /// A second `resume` on one connection (or `since` twice for one room).
+        public static let alreadyResumed = Code(ErrorCode.alreadyResumed)
+        /// The gateway's history store is down: try again.
+        public static let historyUnavailable = Code(ErrorCode.historyUnavailable)
 
         // The client's own codes.
 

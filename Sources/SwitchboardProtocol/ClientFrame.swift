@@ -6,7 +6,10 @@ public import NIOCore
 /// not a copy), already checked to be valid JSON.
 public enum ClientFrame: Sendable, Equatable {
     case direct(to: UserID, data: ByteBuffer, correlationID: CorrelationID?)
-    case join(room: RoomID, correlationID: CorrelationID?)
+    /// With `since`, the gateway replays the room's messages after that position first.
+    case join(room: RoomID, since: StreamPosition? = nil, correlationID: CorrelationID?)
+    /// Replays the connection's own user stream after `since`.
+    case resume(since: StreamPosition, correlationID: CorrelationID?)
     case leave(room: RoomID, correlationID: CorrelationID?)
     case publish(room: RoomID, data: ByteBuffer, correlationID: CorrelationID?)
     case ping(correlationID: CorrelationID?)
@@ -14,7 +17,7 @@ public enum ClientFrame: Sendable, Equatable {
     /// The client's `id` for this frame, if it gave one.
     public var correlationID: CorrelationID? {
         switch self {
-        case .direct(_, _, let id), .join(_, let id), .leave(_, let id), .publish(_, _, let id), .ping(let id):
+        case .direct(_, _, let id), .join(_, _, let id), .leave(_, let id), .publish(_, _, let id), .ping(let id), .resume(_, let id):
             id
         }
     }
@@ -65,7 +68,13 @@ public enum ClientFrame: Sendable, Equatable {
                 let to = try fields.userID("to")
                 return .success(.direct(to: to, data: try fields.data(), correlationID: correlationID))
             case "join":
-                return .success(.join(room: try fields.roomID("room"), correlationID: correlationID))
+                let room = try fields.roomID("room")
+                return .success(.join(room: room, since: try fields.position("since", required: false), correlationID: correlationID))
+            case "resume":
+                guard let since = try fields.position("since", required: true) else {
+                    throw ProtocolError(.invalidMessage, "missing field \"since\"", correlationID: correlationID)
+                }
+                return .success(.resume(since: since, correlationID: correlationID))
             case "leave":
                 return .success(.leave(room: try fields.roomID("room"), correlationID: correlationID))
             case "publish":
@@ -137,6 +146,47 @@ struct Fields {
         } catch {
             throw ProtocolError(.invalidID, "field \"\(key)\": \(error.explanation)", correlationID: correlationIDForErrors)
         }
+    }
+
+    /// The largest offset accepted: JSON numbers above 2^53 are not exact in most clients.
+    static let maximumOffset: UInt64 = (1 << 53) - 1
+
+    /// `{"epoch":"E","offset":N}`: the epoch a string a store could have made, the offset
+    /// an integer from 0 to 2^53 − 1 written without sign, fraction or exponent.
+    func position(_ key: String, required: Bool) throws(ProtocolError) -> StreamPosition? {
+        guard let member = member(key) else {
+            if required { throw ProtocolError(.invalidMessage, "missing field \"\(key)\"", correlationID: correlationIDForErrors) }
+            return nil
+        }
+        let shape = "field \"\(key)\" must be {\"epoch\": string, \"offset\": integer}"
+        guard member.kind == .object, let bytes = message.getBytes(at: message.readerIndex + member.range.lowerBound, length: member.range.count),
+            let inner = try? JSONScanner.topLevelMembers(of: bytes)
+        else {
+            throw ProtocolError(.invalidMessage, shape, correlationID: correlationIDForErrors)
+        }
+        guard let epochMember = inner.first(where: { ExactUTF8.equal($0.key, "epoch") }), let epoch = epochMember.stringValue,
+            let offsetMember = inner.first(where: { ExactUTF8.equal($0.key, "offset") }), offsetMember.kind == .number
+        else {
+            throw ProtocolError(.invalidMessage, shape, correlationID: correlationIDForErrors)
+        }
+        guard StreamPosition.isValidEpoch(epoch) else {
+            throw ProtocolError(
+                .invalidMessage,
+                "\(key).epoch must be 1…\(StreamPosition.maximumEpochLength) characters of A-Z a-z 0-9 - _",
+                correlationID: correlationIDForErrors
+            )
+        }
+        let digits = bytes[offsetMember.range]
+        let isPlain =
+            digits.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) } && (digits.count == 1 || digits.first != UInt8(ascii: "0"))
+        guard isPlain, digits.count <= 16, let offset = UInt64(String(decoding: digits, as: UTF8.self)), offset <= Self.maximumOffset else {
+            throw ProtocolError(
+                .invalidMessage,
+                "\(key).offset must be an integer from 0 to \(Self.maximumOffset)",
+                correlationID: correlationIDForErrors
+            )
+        }
+        return StreamPosition(epoch: epoch, offset: offset)
     }
 
     func data() throws(ProtocolError) -> ByteBuffer {

@@ -20,6 +20,13 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     /// was sent; a message whose broker connection dropped, or that timed out waiting for
     /// the broker's confirm, may still be delivered.
     case backplaneUnavailable = "backplane_unavailable"
+    /// `resume`, or `join` with `since`, on a gateway that keeps no history.
+    case historyDisabled = "history_disabled"
+    /// A second `resume` on one connection, or a second `join` with `since` for one room.
+    case alreadyResumed = "already_resumed"
+    /// The history store cannot be reached now: the message was not sent, or the stream
+    /// cannot be read; try again.
+    case historyUnavailable = "history_unavailable"
     /// Anything else that went wrong on the server's side.
     case `internal` = "internal"
 }

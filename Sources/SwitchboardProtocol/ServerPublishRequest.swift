@@ -17,6 +17,16 @@ public struct ServerPublishRequest: Sendable {
     /// The exact bytes of `data`, never re-encoded.
     public var data: ByteBuffer
 
+    /// ``frame`` without its closing brace, for a history store to complete; nil for `broadcast`
+    /// (not kept in history).
+    public var head: ByteBuffer? {
+        switch target {
+        case .user(let user): ServerFrame.directHead(from: from, to: user, data: data)
+        case .room(let room): ServerFrame.roomHead(room, from: from, data: data)
+        case .everyone: nil
+        }
+    }
+
     /// The frame recipients get: `direct`, `room` or `broadcast`.
     public var frame: ByteBuffer {
         switch target {

@@ -14,6 +14,8 @@ public final class Gateway: Sendable {
     public let configuration: GatewayConfiguration
     let registry = ConnectionRegistry<SessionHandle>()
     let backplane: any Backplane
+    /// ``GatewayConfiguration/history``.
+    let history: (any HistoryStore)?
     let bindings: BindingReconciler
     let logger: Logger
     let draining = Atomic<Bool>(false)
@@ -30,6 +32,7 @@ public final class Gateway: Sendable {
         if configuration.events == nil { configuration.events = backplane.eventSink }
         self.configuration = configuration
         self.backplane = backplane
+        self.history = configuration.history
         var logger = logger
         logger[metadataKey: LoggingKeys.gatewayID] = .string(configuration.gatewayID)
         self.logger = logger
@@ -56,7 +59,7 @@ public final class Gateway: Sendable {
     /// Ready for new connections: the backplane is connected, the gateway is not draining,
     /// and it is below its connection cap (so a load balancer sends new clients elsewhere).
     public var isReady: Bool {
-        !draining.load(ordering: .relaxed) && backplane.isReady && !admission.isFull
+        !draining.load(ordering: .relaxed) && backplane.isReady && (history?.isReady ?? true) && !admission.isFull
     }
 
     /// Whether the gateway holds ``GatewayConfiguration/maximumConnections`` connections.
@@ -89,7 +92,10 @@ public final class Gateway: Sendable {
             case .room(let room): (handles, kind) = (registry.handles(for: .room(room)), .room)
             case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
             }
-            for handle in handles { handle.deliver(delivery.frame) }
+            guard !handles.isEmpty else { continue }
+            // Parsed once for all local recipients; frames from a gateway without history have none.
+            let position = kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
+            for handle in handles { handle.deliver(delivery.frame, address: delivery.address, position: position) }
             if !handles.isEmpty { metrics.sent(kind, count: handles.count) }
         }
     }

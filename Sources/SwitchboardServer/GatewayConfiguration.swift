@@ -87,6 +87,15 @@ public struct GatewayConfiguration: Sendable {
     /// the backplane's own ``Backplane/eventSink`` if it offers one (RabbitMQ with an events
     /// exchange), else nowhere.
     public var events: (any EventSink)?
+    /// Where every user and room stream keeps its recent messages (`--history`); nil: no
+    /// history, no offsets, no `resume` (docs/recovery.md). The gateway runs it as a service.
+    public var history: (any HistoryStore)?
+    /// The most messages a `resume` or a `join` with `since` replays (`--recovery-limit`);
+    /// more missing is answered `recovered: false`.
+    public var recoveryLimit: Int = 1_000
+    /// How long a message waits for a missing predecessor before the gateway reads the gap
+    /// from history (messages from two gateways can arrive out of order).
+    public var historyGapWait: Duration = .milliseconds(500)
 
     public init(
         gatewayID: String,

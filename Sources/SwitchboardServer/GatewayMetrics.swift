@@ -27,12 +27,15 @@ final class GatewayMetrics: Sendable {
         case drain
         /// The backplane could not make the user reachable at connect (1013).
         case backplane
+        /// A stream could not go on in order (a gap history could not fill, a new epoch) or
+        /// the history store was down at connect (1013).
+        case history
         case serverError = "server_error"
     }
 
     /// Client frames, by `type` label.
     enum InboundKind: String, CaseIterable, Sendable {
-        case direct, publish, join, leave, ping, invalid, binary
+        case direct, publish, join, leave, ping, resume, invalid, binary
         case rateLimited = "rate_limited"
     }
 
@@ -52,6 +55,12 @@ final class GatewayMetrics: Sendable {
     let apiPublishes: [String: CoreMetrics.Counter]
     /// Time from handing a message to the backplane to its outcome (confirm, return, error).
     let publishDuration: CoreMetrics.Timer
+    /// Time from handing a message to the history store to its offset.
+    let historyWriteDuration: CoreMetrics.Timer
+    private let historyWrites: [Bool: CoreMetrics.Counter]
+    /// `resume` and `join` with `since`, by outcome: `recovered` or why not.
+    private let recoveries: [String: CoreMetrics.Counter]
+    private let replayed: CoreMetrics.Counter
     private let connections: CoreMetrics.Gauge
     private let users: CoreMetrics.Gauge
     private let rooms: CoreMetrics.Gauge
@@ -95,6 +104,17 @@ final class GatewayMetrics: Sendable {
             }
         )
         publishDuration = CoreMetrics.Timer(label: "switchboard_backplane_publish_duration_seconds", dimensions: [], factory: factory)
+        historyWriteDuration = CoreMetrics.Timer(label: "switchboard_history_write_duration_seconds", dimensions: [], factory: factory)
+        historyWrites = [
+            true: counter("switchboard_history_writes_total", [("outcome", "written")]),
+            false: counter("switchboard_history_writes_total", [("outcome", "failed")]),
+        ]
+        recoveries = Dictionary(
+            uniqueKeysWithValues: (["recovered", "failed"] + RecoveryDecision.NotRecovered.allCases.map(\.rawValue)).map {
+                ($0, counter("switchboard_recoveries_total", [("outcome", $0)]))
+            }
+        )
+        replayed = counter("switchboard_messages_replayed_total")
         connections = gauge("switchboard_connections")
         users = gauge("switchboard_users")
         rooms = gauge("switchboard_rooms")
@@ -116,6 +136,14 @@ final class GatewayMetrics: Sendable {
     func apiKeyRejected() { authFailures["api_key"]?.increment() }
     func apiPublished(_ outcome: String) { apiPublishes[outcome]?.increment() }
     func slowConsumerClosed() { slowConsumerCloses.increment() }
+    func historyWritten(after duration: Duration, succeeded: Bool) {
+        historyWrites[succeeded]?.increment()
+        if succeeded { historyWriteDuration.recordNanoseconds(TimeAmount(duration).nanoseconds) }
+    }
+    func recovery(_ outcome: String, replayed count: Int) {
+        recoveries[outcome]?.increment()
+        if count > 0 { replayed.increment(by: count) }
+    }
     func publishCompleted(after duration: Duration) {
         publishDuration.recordNanoseconds(TimeAmount(duration).nanoseconds)
     }

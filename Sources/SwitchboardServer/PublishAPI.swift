@@ -16,17 +16,88 @@ enum PublishAPI {
         router.post("/v1/publish") { request, _ -> Response in
             await handle(request, gateway: gateway)
         }
+        router.get("/v1/history") { request, _ -> Response in
+            await history(request, gateway: gateway)
+        }
     }
 
-    static func handle(_ request: Request, gateway: Gateway) async -> Response {
+    /// Checks the API key; nil when the request may go on, else the refusal.
+    static func refusal(_ request: Request, gateway: Gateway) -> Response? {
         let keys = gateway.configuration.apiKeys
         guard !keys.isEmpty else {
-            return error(.notFound, "the publish API is off: start the gateway with --api-key")
+            return error(.notFound, "the backend API is off: start the gateway with --api-key")
         }
         guard let presented = bearerToken(request.headers[.authorization]), keys.contains(where: { constantTimeEqual($0, presented) }) else {
             gateway.metrics.apiKeyRejected()
             return error(.unauthorized, "a valid API key is required: Authorization: Bearer KEY")
         }
+        return nil
+    }
+
+    /// `GET /v1/history?user=…` or `?room=…`, with `since` (an offset; messages after it)
+    /// and `limit` (default 100, at most the recovery limit): the stream's top and its
+    /// retained messages, oldest first, as the frames recipients got.
+    static func history(_ request: Request, gateway: Gateway) async -> Response {
+        if let refusal = refusal(request, gateway: gateway) { return refusal }
+        guard let history = gateway.history else {
+            return error(.notFound, "this gateway keeps no history: start it with --history")
+        }
+        let query = request.uri.queryParameters
+        let stream: BackplaneAddress
+        do {
+            switch (query["user"].map(String.init), query["room"].map(String.init)) {
+            case (let user?, nil): stream = .user(try UserID(validating: user))
+            case (nil, let room?): stream = .room(try RoomID(validating: room))
+            default: return error(.badRequest, "give exactly one of user= and room=")
+            }
+        } catch let failure as IdentifierError {
+            return error(.badRequest, failure.explanation)
+        } catch {
+            return Self.error(.badRequest, "invalid id")
+        }
+        let maximum = gateway.configuration.recoveryLimit
+        var since: UInt64 = 0
+        if let text = query["since"] {
+            guard let value = UInt64(String(text)), value <= (1 << 53) - 1 else {
+                return error(.badRequest, "since must be an integer from 0 to 9007199254740991")
+            }
+            since = value
+        }
+        var limit = min(100, maximum)
+        if let text = query["limit"] {
+            guard let value = Int(String(text)), value >= 1, value <= maximum else {
+                return error(.badRequest, "limit must be an integer from 1 to \(maximum)")
+            }
+            limit = value
+        }
+        let range: HistoryRange
+        do {
+            range = try await history.read(stream, after: since, limit: maximum)
+        } catch {
+            gateway.logger.warning("API history read failed", metadata: [LoggingKeys.address: "\(stream)", LoggingKeys.errorType: "\(error)"])
+            return Self.error(.serviceUnavailable, "the history store cannot be reached now")
+        }
+        let missing = range.top.offset > since ? range.top.offset - since : 0
+        // More missing than the store returns: say so, so that a backend does not take a part for the whole.
+        let complete = missing <= UInt64(maximum) && range.entries.first.map { $0.offset == since + 1 } ?? (missing == 0)
+        var body = ByteBuffer()
+        body.writeString(#"{"stream":"#)
+        var name = ""
+        JSONText.appendQuoted(stream.routingKey, to: &name)
+        body.writeString(name)
+        body.writeString(#","position":"# + ServerFrame.positionJSON(range.top))
+        body.writeString(complete ? #","complete":true"# : #","complete":false"#)
+        body.writeString(#","messages":["#)
+        for (index, entry) in range.entries.prefix(limit).enumerated() {
+            if index > 0 { body.writeString(",") }
+            body.writeImmutableBuffer(entry.frame)
+        }
+        body.writeString("]}")
+        return Routes.jsonResponse(.ok, String(buffer: body))
+    }
+
+    static func handle(_ request: Request, gateway: Gateway) async -> Response {
+        if let refusal = refusal(request, gateway: gateway) { return refusal }
         guard gateway.isReady else {
             return error(.serviceUnavailable, "the gateway is not ready (backplane down, or draining)")
         }
@@ -49,8 +120,31 @@ enum PublishAPI {
         case .everyone: address = .broadcast
         }
         let outcome: String
+        var offsetJSON = ""
         do {
-            switch try await gateway.backplane.publish(publish.frame, to: address) {
+            var frame = publish.frame
+            var published: PublishOutcome?
+            if let history = gateway.history, let head = publish.head {
+                let started = ContinuousClock.now
+                do {
+                    let appended = try await history.append(head, to: address)
+                    gateway.metrics.historyWritten(after: ContinuousClock.now - started, succeeded: true)
+                    frame = appended.frame
+                    published = appended.published
+                    offsetJSON = #","offset":"# + String(appended.position.offset) + #","epoch":""# + appended.position.epoch + "\""
+                } catch {
+                    gateway.metrics.historyWritten(after: ContinuousClock.now - started, succeeded: false)
+                    gateway.metrics.apiPublished("rejected")
+                    gateway.logger.warning(
+                        "API history write failed",
+                        metadata: [LoggingKeys.address: "\(address)", LoggingKeys.errorType: "\(error)"]
+                    )
+                    return Self.error(.serviceUnavailable, "the history store did not take the message; nothing was sent")
+                }
+            }
+            let result: PublishOutcome
+            if let published { result = published } else { result = try await gateway.backplane.publish(frame, to: address) }
+            switch result {
             case .routed: outcome = "routed"
             // Only direct messages can be unroutable on RabbitMQ and Redis; a room nobody is
             // in (seen on the in-memory backplane) is as on those: published, received by none.
@@ -65,7 +159,7 @@ enum PublishAPI {
         gateway.metrics.apiPublished(outcome)
         var text = #"{"outcome":""# + outcome + #"","address":"#
         JSONText.appendQuoted(address.routingKey, to: &text)
-        text += "}"
+        text += offsetJSON + "}"
         return Routes.jsonResponse(.accepted, text)
     }
 

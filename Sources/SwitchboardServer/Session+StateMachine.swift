@@ -41,6 +41,14 @@ struct SessionStateMachine {
         case publish(PublishRequest)
         /// Tell the event sink that a direct message reached no one.
         case reportUndelivered(ByteBuffer, to: BackplaneAddress)
+        /// Read the top of a stream and, with `after`, its messages after that offset (up
+        /// to the recovery limit); feed ``historyRead(_:purpose:result:)``.
+        case readHistory(BackplaneAddress, after: UInt64?, purpose: StreamCursor.Purpose)
+        /// Feed ``gapCheck(_:)`` after this long.
+        case scheduleGapCheck(BackplaneAddress, TimeAmount)
+        /// Count a `resume` / `join` with `since` by outcome ("recovered" or a
+        /// ``RecoveryDecision/NotRecovered`` reason), and the messages it replayed.
+        case countRecovery(outcome: String, replayed: Int)
         /// Log something that happened to the session.
         case log(LogEvent)
         /// Write a close frame with `code` and `message`, then close the socket: at once
@@ -67,11 +75,18 @@ struct SessionStateMachine {
         case slowConsumer
         /// A publish that failed for a reason the client is not told in detail.
         case publishFailed(BackplaneError)
+        case historyReadFailed(BackplaneAddress, HistoryError)
+        case historyWriteFailed(BackplaneAddress, HistoryError)
+        /// A stream cannot be continued on this connection (a gap history cannot fill, or a
+        /// new epoch): the client reconnects and resumes.
+        case insufficientState(BackplaneAddress)
     }
 
     /// A message handed to the backplane, and what its outcome needs.
     struct PublishRequest {
-        var frame: ByteBuffer
+        /// The frame without its closing brace: the history store, or the handler with
+        /// history off, completes it.
+        var head: ByteBuffer
         var address: BackplaneAddress
         var correlationID: CorrelationID?
         /// The error for `.noRecipient`: `recipient_offline` for a direct, nil (an ack) for a room.
@@ -105,6 +120,14 @@ struct SessionStateMachine {
         var idleTimeout: Duration
         /// How long the gateway waits for the client's close frame after sending its own.
         var closeHandshakeTimeout: Duration = .seconds(2)
+        /// Streams carry offsets, and `resume` / `since` work.
+        var history: Bool
+        /// The most messages a `resume` or a `join` with `since` replays.
+        var recoveryLimit: Int
+        /// How long a message waits for a missing predecessor before history is read.
+        var gapWait: Duration
+        /// The most bytes of messages waiting per stream (out of order, or behind a resume).
+        var maximumPendingBytes: Int
 
         init(_ configuration: GatewayConfiguration) {
             maximumMessageSize = configuration.maximumMessageSize
@@ -120,6 +143,10 @@ struct SessionStateMachine {
             userBindTimeout = configuration.userBindTimeout
             pingInterval = configuration.pingInterval
             idleTimeout = configuration.idleTimeout
+            history = configuration.history != nil
+            recoveryLimit = configuration.recoveryLimit
+            gapWait = configuration.historyGapWait
+            maximumPendingBytes = configuration.maximumOutboundBytes
         }
     }
 
@@ -136,10 +163,12 @@ struct SessionStateMachine {
     private var heldFrames: [WebSocketFrame] = []
     private var heldFrameBytes = 0
     /// Messages delivered to the user before its `welcome` is out, written right after it.
-    private var heldDeliveries: [ByteBuffer] = []
+    private var heldDeliveries: [(frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?)] = []
     private var heldDeliveryBytes = 0
     /// The rooms this connection is a member of (as the registry has them).
     private(set) var rooms: Set<RoomID> = []
+    /// With history on: the user's stream and each joined room's.
+    private(set) var streams: [BackplaneAddress: StreamCursor] = [:]
     /// The last time anything arrived from the client (frames, pongs), for the idle timeout.
     private var lastHeard: NIODeadline
     private var isWritable = true
@@ -189,22 +218,34 @@ struct SessionStateMachine {
     mutating func userBindCompleted(_ result: Result<Void, BackplaneError>) -> [Action] {
         guard phase == .connecting else { return [] }
         switch result {
+        case .success where limits.history:
+            // The welcome carries the stream's top: read it first (live messages wait in `heldDeliveries`).
+            streams[.user(user)] = StreamCursor(mode: .opening(.welcome))
+            return [.cancelBindTimeout, .readHistory(.user(user), after: nil, purpose: .welcome)]
         case .success:
-            phase = .open
-            var actions: [Action] = [.cancelBindTimeout, .writeText(ServerFrame.welcome(user: user, gateway: gatewayID), counted: .welcome)]
-            for delivery in heldDeliveries { actions.append(.writeText(delivery, counted: nil)) }
-            heldDeliveries = []
-            heldDeliveryBytes = 0
-            let held = heldFrames
-            heldFrames = []
-            heldFrameBytes = 0
-            for frame in held where phase == .open {
-                actions += read(frame)
-            }
-            return actions
+            return [.cancelBindTimeout] + welcome(position: nil)
         case .failure(let error):
             return [.cancelBindTimeout, .log(.userBindFailed(error))] + refuseUnreachableUser("the backplane cannot reach this user now")
         }
+    }
+
+    /// Opens the session: `welcome`, then what was delivered and sent before it.
+    private mutating func welcome(position: StreamPosition?) -> [Action] {
+        phase = .open
+        var actions: [Action] = [.writeText(ServerFrame.welcome(user: user, gateway: gatewayID, position: position), counted: .welcome)]
+        let deliveries = heldDeliveries
+        heldDeliveries = []
+        heldDeliveryBytes = 0
+        for delivery in deliveries where phase == .open {
+            actions += deliverOpen(delivery.frame, address: delivery.address, position: delivery.position)
+        }
+        let held = heldFrames
+        heldFrames = []
+        heldFrameBytes = 0
+        for frame in held where phase == .open {
+            actions += read(frame)
+        }
+        return actions
     }
 
     mutating func userBindTimedOut() -> [Action] {
@@ -212,11 +253,11 @@ struct SessionStateMachine {
         return [.log(.userBindTimedOut)] + refuseUnreachableUser("the backplane did not make this user reachable in time")
     }
 
-    private mutating func refuseUnreachableUser(_ message: String) -> [Action] {
+    private mutating func refuseUnreachableUser(_ message: String, code: ErrorCode = .backplaneUnavailable) -> [Action] {
         heldFrames = []
         heldDeliveries = []
         phase = .open
-        var actions = [Action.writeText(ServerFrame.error(ProtocolError(.backplaneUnavailable, message)), counted: .error)]
+        var actions = [Action.writeText(ServerFrame.error(ProtocolError(code, message)), counted: .error)]
         actions += close(CloseCode.tryAgainLater, reason: .backplane, message: "backplane unavailable")
         return actions
     }
@@ -260,18 +301,187 @@ struct SessionStateMachine {
         self.isWritable = isWritable
     }
 
-    /// A message the gateway delivers to this client (another session's).
-    mutating func deliver(_ frame: ByteBuffer) -> [Action] {
+    /// A message the gateway delivers to this client (another session's), published to
+    /// `address`, at `position` in its stream when it has one.
+    mutating func deliver(_ frame: ByteBuffer, address: BackplaneAddress = .broadcast, position: StreamPosition? = nil) -> [Action] {
         switch phase {
         case .connecting:
-            heldDeliveries.append(frame)
+            heldDeliveries.append((frame, address, position))
             heldDeliveryBytes += frame.readableBytes
             return heldDeliveryBytes > limits.maximumOutboundBytes ? slowConsumer() : []
         case .open:
-            return write(frame, counted: nil)
+            return deliverOpen(frame, address: address, position: position)
         case .closing, .closed:
             return []
         }
+    }
+
+    /// Writes a message in its stream's order (history on), or as it comes.
+    private mutating func deliverOpen(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) -> [Action] {
+        guard let position, var cursor = streams[address] else { return write(frame, counted: nil) }
+        defer { if streams[address] != nil { streams[address] = cursor } }
+        switch cursor.mode {
+        case .opening, .recovering:
+            // Sorted out when the read returns: at or below the top it is in the replay (or
+            // before the client's position), above it is written after.
+            guard cursor.hold(frame, offset: position.offset) else { return [] }
+            return cursor.pendingBytes > limits.maximumPendingBytes ? slowConsumer() : []
+        case .live, .fillingGap:
+            guard position.epoch == cursor.epoch else {
+                // The store lost the stream and began another: offsets no longer continue.
+                streams[address] = nil
+                return insufficientState(address)
+            }
+            guard position.offset > cursor.delivered else { return [] }
+            if position.offset == cursor.delivered + 1, cursor.mode == .live {
+                cursor.delivered += 1
+                var actions = write(frame, counted: nil)
+                for next in cursor.takeInOrder() { actions += write(next, counted: nil) }
+                return actions
+            }
+            guard cursor.hold(frame, offset: position.offset) else { return [] }
+            if cursor.pendingBytes > limits.maximumPendingBytes { return slowConsumer() }
+            // Reordered or lost: wait a little for the predecessor before reading history.
+            guard !cursor.gapCheckArmed, cursor.mode == .live else { return [] }
+            cursor.gapCheckArmed = true
+            return [.scheduleGapCheck(address, TimeAmount(limits.gapWait))]
+        }
+    }
+
+    /// The gap wait of `address` passed: if the predecessor still has not come, read it.
+    mutating func gapCheck(_ address: BackplaneAddress) -> [Action] {
+        guard phase == .open, var cursor = streams[address] else { return [] }
+        cursor.gapCheckArmed = false
+        defer { streams[address] = cursor }
+        guard cursor.mode == .live, cursor.hasGap else { return [] }
+        cursor.mode = .fillingGap
+        return [.readHistory(address, after: cursor.delivered, purpose: .gap)]
+    }
+
+    /// A history read of `address` returned.
+    mutating func historyRead(_ address: BackplaneAddress, purpose: StreamCursor.Purpose, result: Result<HistoryRange, HistoryError>) -> [Action] {
+        if purpose == .welcome {
+            guard phase == .connecting, var cursor = streams[address] else { return [] }
+            switch result {
+            case .success(let range):
+                cursor.open(at: range.top)
+                streams[address] = cursor
+                var actions = welcome(position: range.top)
+                // Held before welcome: those above the top, in order.
+                actions += flushPending(address)
+                return actions
+            case .failure(let error):
+                return [.log(.historyReadFailed(address, error))]
+                    + refuseUnreachableUser("the history store cannot be reached now", code: .historyUnavailable)
+            }
+        }
+        guard phase == .open, var cursor = streams[address] else { return [] }
+        switch (purpose, result) {
+        case (.welcome, _):
+            return []
+
+        case (.gap, .success(let range)):
+            guard range.top.epoch == cursor.epoch else {
+                streams[address] = nil
+                return insufficientState(address)
+            }
+            for entry in range.entries where entry.offset > cursor.delivered && cursor.pending[entry.offset] == nil {
+                cursor.pending[entry.offset] = entry.frame
+                cursor.pendingBytes += entry.frame.readableBytes
+            }
+            cursor.mode = .live
+            let frames = cursor.takeInOrder()
+            guard !cursor.hasGap else {
+                // History no longer holds what is missing: this connection cannot go on in order.
+                streams[address] = nil
+                return insufficientState(address)
+            }
+            streams[address] = cursor
+            return frames.flatMap { write($0, counted: nil) }
+
+        case (.gap, .failure(let error)):
+            streams[address] = nil
+            return [.log(.historyReadFailed(address, error))] + insufficientState(address)
+
+        case (.join(let correlationID, let since), .success(let range)):
+            if case .opening = cursor.mode { cursor.open(at: range.top) }
+            guard let since else {
+                cursor.mode = .live
+                streams[address] = cursor
+                return write(ServerFrame.ack(correlationID: correlationID, position: cursor.position), counted: .ack) + flushPending(address)
+            }
+            streams[address] = cursor
+            return recover(address, since: since, range: range, correlationID: correlationID)
+
+        case (.resume(let correlationID, let since), .success(let range)):
+            return recover(address, since: since, range: range, correlationID: correlationID)
+
+        case (.join(let correlationID, _), .failure(let error)):
+            guard case .room(let room) = address else { return [] }
+            // Undo the membership: without a position the room cannot be followed in order.
+            streams[address] = nil
+            rooms.remove(room)
+            return [.log(.historyReadFailed(address, error)), .leave(room)]
+                + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; join again", correlationID: correlationID))
+
+        case (.resume(let correlationID, _), .failure(let error)):
+            cursor.mode = .live
+            cursor.resumed = false
+            streams[address] = cursor
+            return [.log(.historyReadFailed(address, error))]
+                + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; resume again", correlationID: correlationID))
+                + flushPending(address)
+        }
+    }
+
+    /// Serves a `resume` or a `join` with `since` from a read: every message after `since`
+    /// that this connection has not had, in order, then the ack; or, when that is not
+    /// possible, nothing and an ack that says so, with the top to carry on from.
+    private mutating func recover(_ address: BackplaneAddress, since: StreamPosition, range: HistoryRange, correlationID: CorrelationID?) -> [Action]
+    {
+        guard var cursor = streams[address] else { return [] }
+        var actions: [Action] = []
+        let ack: ByteBuffer
+        if range.top.epoch != cursor.epoch {
+            // The stream was re-created since this connection opened it: start over at its top.
+            cursor.open(at: range.top)
+            cursor.pending = [:]
+            cursor.pendingBytes = 0
+        }
+        switch RecoveryDecision.decide(since: since, range: range, limit: limits.recoveryLimit) {
+        case .recovered(let entries):
+            // Offsets up to `base` were never written here; those after `delivered` not yet.
+            let replay = entries.filter { $0.offset <= cursor.base || $0.offset > cursor.delivered }
+            for entry in replay { actions += write(entry.frame, counted: nil) }
+            cursor.delivered = max(cursor.delivered, range.top.offset)
+            actions.append(.countRecovery(outcome: "recovered", replayed: replay.count))
+            ack = ServerFrame.ack(correlationID: correlationID, position: range.top, recovered: true)
+        case .notRecovered(let reason):
+            cursor.delivered = max(cursor.delivered, range.top.offset)
+            actions.append(.countRecovery(outcome: reason.rawValue, replayed: 0))
+            ack = ServerFrame.ack(correlationID: correlationID, position: range.top, recovered: false, reason: reason.rawValue)
+        }
+        cursor.mode = .live
+        streams[address] = cursor
+        return actions + write(ack, counted: .ack) + flushPending(address)
+    }
+
+    /// Writes the waiting messages that now follow in order; arms the gap wait for the rest.
+    private mutating func flushPending(_ address: BackplaneAddress) -> [Action] {
+        guard var cursor = streams[address], cursor.mode == .live else { return [] }
+        var actions = cursor.takeInOrder().flatMap { write($0, counted: nil) }
+        if cursor.hasGap, !cursor.gapCheckArmed {
+            cursor.gapCheckArmed = true
+            actions.append(.scheduleGapCheck(address, TimeAmount(limits.gapWait)))
+        }
+        streams[address] = cursor
+        return actions
+    }
+
+    /// Closes a connection whose stream cannot go on in order: the client reconnects, resumes,
+    /// and is told whether that recovered it.
+    private mutating func insufficientState(_ address: BackplaneAddress) -> [Action] {
+        [.log(.insufficientState(address))] + close(CloseCode.tryAgainLater, reason: .history, message: "insufficient state; reconnect and resume")
     }
 
     /// The keepalive sweep: ping a quiet client, close one silent past the idle timeout.
@@ -291,7 +501,10 @@ struct SessionStateMachine {
         guard phase == .open else { return [] }
         switch result {
         case .tooManyRooms, .unknownConnection, .connectionLeaving:
-            if !wasMember { rooms.remove(room) }
+            if !wasMember {
+                rooms.remove(room)
+                streams[.room(room)] = nil
+            }
         case .joined, .alreadyMember:
             break
         }
@@ -313,22 +526,44 @@ struct SessionStateMachine {
         guard phase == .open else { return [] }
         switch result {
         case .success:
-            return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
+            guard let cursor = streams[.room(room)] else { return write(ServerFrame.ack(correlationID: correlationID), counted: .ack) }
+            guard case .opening(let purpose) = cursor.mode else {
+                // Already followed: a join without `since` is answered with where the room stands.
+                return write(ServerFrame.ack(correlationID: correlationID, position: cursor.position), counted: .ack)
+            }
+            guard case .join(correlationID, _) = purpose else {
+                // A second join while the first still waits for its position: that one answers with it.
+                return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
+            }
+            return [.readHistory(.room(room), after: Self.readAfter(purpose), purpose: purpose)]
         case .failure:
             // Undo the membership: the room is not reachable through this gateway.
+            streams[.room(room)] = nil
             rooms.remove(room)
             return [.leave(room)]
                 + reject(ProtocolError(.backplaneUnavailable, "the backplane cannot bind the room now", correlationID: correlationID))
         }
     }
 
-    mutating func publishCompleted(_ result: Result<PublishOutcome, BackplaneError>, request: PublishRequest) -> [Action] {
+    /// - Parameters:
+    ///   - frame: the complete frame that was published.
+    ///   - position: where the history store put it (history on).
+    mutating func publishCompleted(
+        _ result: Result<PublishOutcome, BackplaneError>,
+        request: PublishRequest,
+        frame: ByteBuffer,
+        position: StreamPosition? = nil
+    ) -> [Action] {
         let correlationID = request.correlationID
         var actions: [Action] = []
         let error: ProtocolError
         switch result {
+        case .success(.noRecipient) where request.noRecipient != nil && position != nil:
+            // Kept in the recipient's stream: it gets the message when it resumes.
+            actions.append(.reportUndelivered(frame, to: request.address))
+            return actions + write(ServerFrame.ackRecipientOffline(correlationID: correlationID, offset: position!.offset), counted: .ack)
         case .success(.noRecipient) where request.noRecipient != nil:
-            actions.append(.reportUndelivered(request.frame, to: request.address))
+            actions.append(.reportUndelivered(frame, to: request.address))
             error = ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID)
         case .success:
             return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
@@ -345,6 +580,18 @@ struct SessionStateMachine {
             error = ProtocolError(.internal, "the message could not be sent", correlationID: correlationID)
         }
         return actions + reject(error)
+    }
+
+    /// The history store did not take a message: nothing was published.
+    mutating func historyWriteFailed(_ error: HistoryError, request: PublishRequest) -> [Action] {
+        [.log(.historyWriteFailed(request.address, error))]
+            + reject(
+                ProtocolError(
+                    .historyUnavailable,
+                    "the history store cannot be reached now; the message was not sent",
+                    correlationID: request.correlationID
+                )
+            )
     }
 
     /// The gateway closes the session (drain, or any close decided outside the session).
@@ -416,29 +663,58 @@ struct SessionStateMachine {
             return [.received(.ping)] + write(ServerFrame.pong(correlationID: id), counted: .pong)
 
         case .direct(let recipient, let data, let id):
-            let encoded = ServerFrame.direct(from: user, to: recipient, data: data)
-            let request = PublishRequest(frame: encoded, address: .user(recipient), correlationID: id, noRecipient: .recipientOffline)
+            let encoded = ServerFrame.directHead(from: user, to: recipient, data: data)
+            let request = PublishRequest(head: encoded, address: .user(recipient), correlationID: id, noRecipient: .recipientOffline)
             return [.received(.direct), .publish(request)]
 
         case .publish(let room, let data, let id):
             guard rooms.contains(room) else {
                 return [.received(.publish)] + reject(ProtocolError(.notMember, "join the room before publishing to it", correlationID: id))
             }
-            let encoded = ServerFrame.room(room, from: user, data: data)
-            return [.received(.publish), .publish(PublishRequest(frame: encoded, address: .room(room), correlationID: id, noRecipient: nil))]
+            let encoded = ServerFrame.roomHead(room, from: user, data: data)
+            return [.received(.publish), .publish(PublishRequest(head: encoded, address: .room(room), correlationID: id, noRecipient: nil))]
 
-        case .join(let room, let id):
-            return [.received(.join)] + join(room, correlationID: id, now: now)
+        case .join(let room, let since, let id):
+            return [.received(.join)] + join(room, since: since, correlationID: id, now: now)
+
+        case .resume(let since, let id):
+            return [.received(.resume)] + resume(since: since, correlationID: id)
 
         case .leave(let room, let id):
             rooms.remove(room)
+            streams[.room(room)] = nil
             return [.received(.leave), .leave(room)] + write(ServerFrame.ack(correlationID: id), counted: .ack)
         }
     }
 
-    private mutating func join(_ room: RoomID, correlationID: CorrelationID?, now: NIODeadline) -> [Action] {
+    private mutating func resume(since: StreamPosition, correlationID: CorrelationID?) -> [Action] {
+        guard limits.history else {
+            return reject(ProtocolError(.historyDisabled, "this gateway keeps no history: nothing to resume", correlationID: correlationID))
+        }
+        guard var cursor = streams[.user(user)], cursor.mode == .live, !cursor.resumed else {
+            return reject(ProtocolError(.alreadyResumed, "this connection has resumed its stream already", correlationID: correlationID))
+        }
+        cursor.resumed = true
+        let purpose = StreamCursor.Purpose.resume(correlationID: correlationID, since: since)
+        cursor.mode = .recovering(purpose)
+        streams[.user(user)] = cursor
+        return [.readHistory(.user(user), after: Self.readAfter(purpose), purpose: purpose)]
+    }
+
+    /// What to read for a purpose: the messages after `since` when its epoch could match, else the top.
+    private static func readAfter(_ purpose: StreamCursor.Purpose) -> UInt64? {
+        switch purpose {
+        case .resume(_, let since), .join(_, let since?): since.offset
+        case .join(_, nil), .welcome, .gap: nil
+        }
+    }
+
+    private mutating func join(_ room: RoomID, since: StreamPosition?, correlationID: CorrelationID?, now: NIODeadline) -> [Action] {
         guard identity.rooms.allows(room) else {
             return reject(ProtocolError(.forbidden, "the token does not allow this room", correlationID: correlationID))
+        }
+        if since != nil, !limits.history {
+            return reject(ProtocolError(.historyDisabled, "this gateway keeps no history: join without \"since\"", correlationID: correlationID))
         }
         let wasMember = rooms.contains(room)
         if !wasMember {
@@ -449,6 +725,25 @@ struct SessionStateMachine {
             case .limited, .abusive:
                 return [.received(.rateLimited)]
                     + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.joinRate)) joins per second", correlationID: correlationID))
+            }
+        }
+        if limits.history {
+            let purpose = StreamCursor.Purpose.join(correlationID: correlationID, since: since)
+            if var cursor = streams[.room(room)] {
+                if let since {
+                    guard cursor.mode == .live, !cursor.resumed else {
+                        return reject(ProtocolError(.alreadyResumed, "this connection has resumed this room already", correlationID: correlationID))
+                    }
+                    // A member resuming its room: served like a `resume`, once the registry confirms.
+                    cursor.resumed = true
+                    cursor.mode = .recovering(purpose)
+                    streams[.room(room)] = cursor
+                    return [.readHistory(.room(room), after: since.offset, purpose: purpose)]
+                }
+            } else {
+                var cursor = StreamCursor(mode: .opening(purpose))
+                cursor.resumed = since != nil
+                streams[.room(room)] = cursor
             }
         }
         // Counted as joined at once, so that frames handled in the same batch (those held
@@ -480,6 +775,7 @@ struct SessionStateMachine {
     private mutating func slowConsumer() -> [Action] {
         phase = .closed
         heldDeliveries = []
+        streams = [:]
         return [.log(.slowConsumer), .closeSocket] + ended(.slowConsumer)
     }
 

@@ -1,4 +1,6 @@
 import NIOCore
+import SwitchboardBackplane
+import SwitchboardProtocol
 import SwitchboardRegistry
 
 /// How the rest of the gateway reaches one session: any thread may call it, and the
@@ -22,8 +24,8 @@ struct SessionHandle: Sendable {
         }
     }
 
-    /// Writes an already-encoded text frame to the client.
-    func deliver(_ frame: ByteBuffer) {
-        withSession { $0.send(frame) }
+    /// Writes an already-encoded text frame to the client, in its stream's order.
+    func deliver(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
+        withSession { $0.send(frame, address: address, position: position) }
     }
 }

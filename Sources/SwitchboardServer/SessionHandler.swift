@@ -107,8 +107,8 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     /// Writes a frame delivered by the gateway (another session's message).
-    func send(_ frame: ByteBuffer) {
-        feed { $0.deliver(frame) }
+    func send(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
+        feed { $0.deliver(frame, address: address, position: position) }
     }
 
     /// Closes the session with `code` (a drain's 1012), with the close handshake.
@@ -169,6 +169,12 @@ final class SessionHandler: ChannelInboundHandler {
                 publish(request)
             case .reportUndelivered(let frame, let address):
                 gateway.configuration.events?.undelivered(frame, to: address)
+            case .readHistory(let address, let after, let purpose):
+                readHistory(address, after: after, purpose: purpose)
+            case .scheduleGapCheck(let address, let delay):
+                _ = schedule(in: delay) { $0.gapCheck(address) }
+            case .countRecovery(let outcome, let replayed):
+                gateway.metrics.recovery(outcome, replayed: replayed)
             case .log(let event):
                 log(event)
             case .sendClose(let code, let message, let closeWhenWritten):
@@ -202,14 +208,55 @@ final class SessionHandler: ChannelInboundHandler {
         }
     }
 
+    private func readHistory(_ address: BackplaneAddress, after: UInt64?, purpose: StreamCursor.Purpose) {
+        guard let handle, let history = gateway.history else { return }
+        history.read(address, after: after, limit: gateway.configuration.recoveryLimit) { result in
+            handle.withSession { $0.feed { $0.historyRead(address, purpose: purpose, result: result) } }
+        }
+    }
+
+    /// With history, the store gives the message its offset first (and, on Redis with the
+    /// Redis backplane, publishes it in the same script); then the backplane publishes the
+    /// completed frame.
     private func publish(_ request: SessionStateMachine.PublishRequest) {
         guard let handle else { return }
-        gateway.configuration.events?.clientMessage(request.frame, to: request.address)
+        let gateway = self.gateway
+        guard let history = gateway.history else {
+            Self.publish(HistoryFrame.complete(request.head), position: nil, request: request, handle: handle, gateway: gateway)
+            return
+        }
+        let started = ContinuousClock.now
+        history.append(request.head, to: request.address) { result in
+            gateway.metrics.historyWritten(after: ContinuousClock.now - started, succeeded: (try? result.get()) != nil)
+            switch result {
+            case .success(let appended):
+                if let outcome = appended.published {
+                    gateway.configuration.events?.clientMessage(appended.frame, to: request.address)
+                    handle.withSession {
+                        $0.feed { $0.publishCompleted(.success(outcome), request: request, frame: appended.frame, position: appended.position) }
+                    }
+                } else {
+                    SessionHandler.publish(appended.frame, position: appended.position, request: request, handle: handle, gateway: gateway)
+                }
+            case .failure(let error):
+                handle.withSession { $0.feed { $0.historyWriteFailed(error, request: request) } }
+            }
+        }
+    }
+
+    private static func publish(
+        _ frame: ByteBuffer,
+        position: StreamPosition?,
+        request: SessionStateMachine.PublishRequest,
+        handle: SessionHandle,
+        gateway: Gateway
+    ) {
+        gateway.configuration.events?.clientMessage(frame, to: request.address)
         let metrics = gateway.metrics
         let started = ContinuousClock.now
-        gateway.backplane.publish(request.frame, to: request.address) { result in
+        gateway.backplane.publish(frame, to: request.address) { result in
             metrics.publishCompleted(after: ContinuousClock.now - started)
-            handle.withSession { $0.feed { $0.publishCompleted(result, request: request) } }
+            handle.withSession { $0.feed { $0.publishCompleted(result, request: request, frame: frame, position: position) } }
         }
     }
 
@@ -256,6 +303,21 @@ final class SessionHandler: ChannelInboundHandler {
             gateway.logger.info("slow consumer: outbound buffer full, closing", metadata: metadata())
         case .publishFailed(let error):
             gateway.logger.error("publish failed", metadata: metadata([LoggingKeys.errorType: "\(error)"]))
+        case .historyReadFailed(let address, let error):
+            gateway.logger.warning(
+                "history read failed",
+                metadata: metadata([LoggingKeys.address: "\(address)", LoggingKeys.errorType: "\(error)"])
+            )
+        case .historyWriteFailed(let address, let error):
+            gateway.logger.warning(
+                "history write failed; message not sent",
+                metadata: metadata([LoggingKeys.address: "\(address)", LoggingKeys.errorType: "\(error)"])
+            )
+        case .insufficientState(let address):
+            gateway.logger.info(
+                "stream cannot continue in order (gap not in history, or a new epoch); closing so the client resumes",
+                metadata: metadata([LoggingKeys.address: "\(address)"])
+            )
         }
     }
 

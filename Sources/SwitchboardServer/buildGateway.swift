@@ -24,6 +24,9 @@ public func buildGateway(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) -> (application: some Service, gateway: Gateway) {
     let gateway = Gateway(configuration: configuration, backplane: backplane, logger: logger)
+    var services: [any Service] = [backplane]
+    if let history = configuration.history { services.append(history) }
+    services.append(GatewayKeepaliveService(gateway: gateway))
     let router = Router()
     Routes.add(to: router, gateway: gateway)
     let application = Application(
@@ -36,7 +39,7 @@ public func buildGateway(
             serverName: nil,
             backlog: configuration.listenBacklog
         ),
-        services: [backplane, GatewayKeepaliveService(gateway: gateway)],
+        services: services,
         onServerRunning: onServerRunning,
         logger: gateway.logger
     )

@@ -5,6 +5,7 @@ enum LoggingKeys {
     static let listenAddress = "address"
     /// The `--backplane` URL, its password redacted.
     static let backplane = "backplane"
+    static let history = "history"
     static let openFilesLimit = "open_files_limit"
     /// Why something optional (the demo page) is left out.
     static let reason = "reason"

@@ -4,6 +4,7 @@ import Foundation
 public import Logging
 import NIOCore
 import NIOSSL
+import RedisClient
 import ServiceLifecycle
 import SwitchboardBackplane
 import SwitchboardRabbitMQ
@@ -183,6 +184,24 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var eventLoops: Int?
 
+    @Option(
+        help:
+            "History for recovery (docs/recovery.md): 'memory' (this gateway only; the default with the memory backplane), redis://[:pass@]host:6379 (shared by every gateway; with a Redis backplane on the same server one script writes and publishes), or 'none' (the default with a broker backplane)."
+    )
+    var history: String?
+
+    @Option(help: "Messages kept per user and per room stream.")
+    var historySize = 1_000
+
+    @Option(help: "Seconds a message is kept in history after it was written.")
+    var historyTtl = 300.0
+
+    @Option(help: "Seconds a stream's epoch and top offset are kept after its last use (longer than --history-ttl).")
+    var historyMetaTtl = 86_400.0
+
+    @Option(help: "The most messages a resume (or a join with since) replays; more missing is answered recovered: false.")
+    var recoveryLimit = 1_000
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -242,6 +261,13 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-pending-publishes must be at least 1, --max-pending-publish-bytes at least 1024, --publish-timeout positive")
         }
         guard apiKeys.allSatisfy({ $0.utf8.count >= 16 }) else { throw ValidationError("--api-key: each key must be at least 16 bytes") }
+        guard (1...100_000).contains(historySize) else { throw ValidationError("--history-size must be 1…100000") }
+        guard historyTtl >= 1, historyTtl <= 86_400 * 30 else { throw ValidationError("--history-ttl must be 1…2592000 seconds") }
+        guard historyMetaTtl >= historyTtl, historyMetaTtl <= 86_400 * 365 else {
+            throw ValidationError("--history-meta-ttl must be at least --history-ttl and at most 31536000 seconds")
+        }
+        guard (1...100_000).contains(recoveryLimit) else { throw ValidationError("--recovery-limit must be 1…100000") }
+        if let history { _ = try HistoryFactory.kind(of: history) }
         guard (0...300).contains(jwtLeeway) else { throw ValidationError("--jwt-leeway must be 0…300 seconds") }
         guard (1...86400).contains(jwksRefreshInterval) else { throw ValidationError("--jwks-refresh-interval must be 1…86400 seconds") }
         if let jwks, jwks.lowercased().hasPrefix("http://") {
@@ -320,6 +346,18 @@ struct ServeCommand: AsyncParsableCommand {
             ),
             logger: logger
         )
+        configuration.recoveryLimit = recoveryLimit
+        configuration.history = try HistoryFactory.make(
+            history,
+            backplane: self.backplane,
+            retention: HistoryRetention(
+                size: historySize,
+                ttl: .milliseconds(Int(historyTtl * 1000)),
+                metadataTTL: .milliseconds(Int(historyMetaTtl * 1000))
+            ),
+            gatewayID: configuration.gatewayID,
+            logger: logger
+        )
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
@@ -333,6 +371,7 @@ struct ServeCommand: AsyncParsableCommand {
                 LoggingKeys.gatewayID: .string(configuration.gatewayID),
                 LoggingKeys.listenAddress: .string("\(host):\(port)"),
                 LoggingKeys.backplane: .string(CredentialRedaction.redact(self.backplane)),
+                LoggingKeys.history: .string(CredentialRedaction.redact(history ?? HistoryFactory.defaultValue(forBackplane: self.backplane))),
                 LoggingKeys.openFilesLimit: .stringConvertible(raised),
             ]
         )
@@ -501,6 +540,82 @@ enum BackplaneFactory {
                 throw ValidationError(BackplaneURLError.invalid(url.url, reason: String(describing: error)).description)
             }
         }
+    }
+}
+
+/// Maps `--history` to its store: the one place that knows the Redis one.
+enum HistoryFactory {
+    enum Kind { case memory, redis, none }
+
+    /// `memory` with the memory backplane (one gateway), `none` with a broker backplane:
+    /// a memory history per gateway would give each gateway its own offsets for one stream.
+    static func defaultValue(forBackplane backplane: String) -> String {
+        BackplaneURL.kind(of: backplane) == .memory ? "memory" : "none"
+    }
+
+    static func kind(of value: String) throws -> Kind {
+        switch value.lowercased() {
+        case "memory": return .memory
+        case "none", "off": return .none
+        default:
+            let lowered = value.lowercased()
+            guard lowered.hasPrefix("redis://") || lowered.hasPrefix("rediss://") else {
+                throw ValidationError("--history must be memory, none, or a redis:// URL")
+            }
+            return .redis
+        }
+    }
+
+    static func make(
+        _ value: String?,
+        backplane: String,
+        retention: HistoryRetention,
+        gatewayID: String,
+        logger: Logger
+    ) throws -> (any HistoryStore)? {
+        let value = value ?? defaultValue(forBackplane: backplane)
+        switch try kind(of: value) {
+        case .none:
+            return nil
+        case .memory:
+            if BackplaneURL.kind(of: backplane) != .memory {
+                logger.warning(
+                    "--history memory with a broker backplane: each gateway keeps its own streams, so offsets differ between gateways; use a redis:// history"
+                )
+            }
+            return MemoryHistory(retention: retention)
+        case .redis:
+            do {
+                var redis = try RedisConfiguration(url: value)
+                let prefix = redis.parameters["prefix"] ?? "switchboard"
+                guard redis.parameters.keys.allSatisfy({ $0 == "prefix" }) else {
+                    throw ValidationError("--history: unknown parameter (known: prefix, timeout)")
+                }
+                redis.parameters = [:]
+                // The same Redis as the backplane: one script writes, offsets and publishes.
+                var publishing: RedisBackplaneConfiguration?
+                if BackplaneURL.kind(of: backplane) == .redis, Self.server(of: backplane) == Self.server(of: value) {
+                    publishing = try RedisBackplaneConfiguration(url: backplane, gatewayID: gatewayID)
+                }
+                return RedisHistory(
+                    configuration: redis,
+                    prefix: prefix,
+                    retention: retention,
+                    publishing: publishing,
+                    gatewayID: gatewayID,
+                    logger: logger
+                )
+            } catch let error as ValidationError {
+                throw error
+            } catch {
+                throw ValidationError("--history: \(error)")
+            }
+        }
+    }
+
+    /// The URL without its query: which server and database it names.
+    private static func server(of url: String) -> Substring {
+        url.prefix { $0 != "?" }
     }
 }
 

@@ -32,6 +32,7 @@ enum EnvironmentOptions {
         "max-connections", "max-connections-per-ip", "trusted-proxy", "join-rate", "join-burst",
         "jwks-refresh-interval", "jwks-ca-file", "jwks-default-alg", "jwt-audience", "jwt-issuer", "jwt-leeway",
         "max-pending-publishes", "max-pending-publish-bytes", "publish-timeout", "echo-path",
+        "history", "history-size", "history-ttl", "history-meta-ttl", "recovery-limit",
     ]
 
     /// The `serve` flags (no value) that environment variables may set: 1, true or yes turns one on.

@@ -95,9 +95,52 @@ struct FrameTests {
     func errorCodes() {
         #expect(
             ErrorCode.allCases.map(\.rawValue).sorted() == [
-                "backplane_unavailable", "forbidden", "internal", "invalid_id", "invalid_message", "not_member",
-                "rate_limited", "recipient_offline", "too_large", "unknown_type",
+                "already_resumed", "backplane_unavailable", "forbidden", "history_disabled", "history_unavailable", "internal", "invalid_id",
+                "invalid_message", "not_member", "rate_limited", "recipient_offline", "too_large", "unknown_type",
             ]
         )
+    }
+
+    @Test("resume and join with since decode; the position is checked")
+    func since() throws {
+        let lobby = try RoomID(validating: "lobby")
+        #expect(
+            try decode(#"{"type":"resume","since":{"epoch":"ab-9_Z","offset":12},"id":"r1"}"#).get()
+                == .resume(since: StreamPosition(epoch: "ab-9_Z", offset: 12), correlationID: CorrelationID(jsonText: #""r1""#))
+        )
+        #expect(
+            try decode(#"{"type":"join","room":"lobby","since":{"offset":0,"epoch":"e"}}"#).get()
+                == .join(room: lobby, since: StreamPosition(epoch: "e", offset: 0), correlationID: nil)
+        )
+        #expect((try? decode(#"{"type":"join","room":"lobby","since":{"epoch":"e","offset":9007199254740991}}"#).get()) != nil)
+    }
+
+    @Test(
+        "a bad since is invalid_message, with the client's id",
+        arguments: [
+            #"{"type":"resume","id":"r"}"#,
+            #"{"type":"resume","since":"e:1","id":"r"}"#,
+            #"{"type":"resume","since":[1],"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e"},"id":"r"}"#,
+            #"{"type":"resume","since":{"offset":1},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":-1},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":1.5},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":1e3},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":9007199254740992},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":99999999999999999999999},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"e","offset":"1"},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"","offset":1},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":"a\"b","offset":1},"id":"r"}"#,
+            #"{"type":"resume","since":{"epoch":1,"offset":1},"id":"r"}"#,
+            #"{"type":"join","room":"lobby","since":null,"id":"r"}"#,
+        ]
+    )
+    func badSince(_ text: String) {
+        guard case .failure(let error) = decode(text) else {
+            Issue.record("accepted: \(text)")
+            return
+        }
+        #expect(error.code == .invalidMessage)
+        #expect(error.correlationID?.jsonText == #""r""#)
     }
 }

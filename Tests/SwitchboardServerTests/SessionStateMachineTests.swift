@@ -348,25 +348,33 @@ struct SessionStateMachineTests {
     func publishOutcomes() throws {
         var machine = try Self.open()
         let direct = SessionStateMachine.PublishRequest(
-            frame: ByteBuffer(string: "{}"),
+            head: ByteBuffer(string: "{"),
             address: .user(try UserID(validating: "bob")),
             correlationID: nil,
             noRecipient: .recipientOffline
         )
         let room = SessionStateMachine.PublishRequest(
-            frame: ByteBuffer(string: "{}"),
+            head: ByteBuffer(string: "{"),
             address: .room(try RoomID(validating: "r")),
             correlationID: nil,
             noRecipient: nil
         )
-        #expect(Self.texts(machine.publishCompleted(.success(.routed), request: direct)) == [#"{"type":"ack"}"#])
-        let offline = machine.publishCompleted(.success(.noRecipient), request: direct)
+        #expect(Self.texts(machine.publishCompleted(.success(.routed), request: direct, frame: ByteBuffer())) == [#"{"type":"ack"}"#])
+        let offline = machine.publishCompleted(.success(.noRecipient), request: direct, frame: ByteBuffer())
         #expect(Self.errorCodes(offline) == ["recipient_offline"])
         #expect(offline.contains { if case .reportUndelivered = $0 { true } else { false } })
-        #expect(Self.texts(machine.publishCompleted(.success(.noRecipient), request: room)) == [#"{"type":"ack"}"#])
-        #expect(Self.errorCodes(machine.publishCompleted(.failure(BackplaneError(.overloaded, "")), request: room)) == ["backplane_unavailable"])
-        #expect(Self.errorCodes(machine.publishCompleted(.failure(BackplaneError(.closed, "")), request: room)) == ["backplane_unavailable"])
-        let other = machine.publishCompleted(.failure(BackplaneError(.rejected, "")), request: room)
+        #expect(Self.texts(machine.publishCompleted(.success(.noRecipient), request: room, frame: ByteBuffer())) == [#"{"type":"ack"}"#])
+        #expect(
+            Self.errorCodes(machine.publishCompleted(.failure(BackplaneError(.overloaded, "")), request: room, frame: ByteBuffer())) == [
+                "backplane_unavailable"
+            ]
+        )
+        #expect(
+            Self.errorCodes(machine.publishCompleted(.failure(BackplaneError(.closed, "")), request: room, frame: ByteBuffer())) == [
+                "backplane_unavailable"
+            ]
+        )
+        let other = machine.publishCompleted(.failure(BackplaneError(.rejected, "")), request: room, frame: ByteBuffer())
         #expect(Self.errorCodes(other) == ["internal"])
         #expect(other.contains { if case .log(.publishFailed) = $0 { true } else { false } })
     }
