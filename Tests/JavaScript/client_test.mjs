@@ -33,9 +33,9 @@ class FakeWS {
   receive(frame) {
     this.onmessage && this.onmessage({ data: JSON.stringify(frame) });
   }
-  welcome(user = 'alice', gateway = 'gw-1') {
+  welcome(user = 'alice', gateway = 'gw-1', position = undefined) {
     this.open();
-    this.receive({ type: 'welcome', user, gateway });
+    this.receive(position ? { type: 'welcome', user, gateway, position } : { type: 'welcome', user, gateway });
   }
   drop(code = 1006, reason = '') {
     this.readyState = 3;
@@ -299,5 +299,259 @@ test('direct, room and broadcast frames become events; off() removes a listener'
   assert.deepEqual(directs, [{ from: 'bob', to: 'alice', data: 'psst' }]);
   assert.deepEqual(rooms, [{ room: 'lobby', from: 'bob', data: { text: 'hi' } }]);
   assert.deepEqual(everyone, [{ from: 'server', data: 'maintenance' }]);
+  client.close();
+});
+
+// ----- stream recovery (gateway with --history; the wire contract is docs/protocol.md) -----
+
+const pos = (epoch, offset) => ({ epoch, offset });
+const direct = (offset, epoch = 'E', data = 'm' + offset) => ({ type: 'direct', from: 'bob', to: 'alice', data, offset, epoch });
+const roomFrame = (room, offset, epoch = 'R') => ({ type: 'room', room, from: 'bob', data: room + offset, offset, epoch });
+
+/** A client that records its direct/room/recovered/error events. */
+function recording(options) {
+  const client = makeClient(options);
+  const seen = { direct: [], room: [], recovered: [], error: [], rejoined: [] };
+  for (const name of Object.keys(seen)) client.on(name, (e) => seen[name].push(e));
+  return { client, seen };
+}
+
+/** Drops the current socket and plays the next connection up to its welcome (with `position`, if any). */
+async function reconnect(client, position) {
+  const count = FakeWS.instances.length;
+  latest().drop(1012, 'draining');
+  await until(() => FakeWS.instances.length === count + 1);
+  latest().welcome('alice', 'gw-2', position);
+  return latest();
+}
+
+test('history on: a frame at or below the last position of its stream is dropped, also across a reconnect', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 4));
+  assert.deepEqual(client.positions(), { user: pos('E', 4), rooms: {} });
+  latest().receive(direct(4)); // already in the stream when the connection opened
+  latest().receive(direct(5));
+  latest().receive(direct(6));
+  latest().receive(direct(6));
+  assert.deepEqual(seen.direct.map((m) => m.offset), [5, 6]);
+  assert.deepEqual(seen.direct[0], { from: 'bob', to: 'alice', data: 'm5', offset: 5, epoch: 'E' });
+
+  const ws = await reconnect(client, pos('E', 7));
+  ws.receive({ type: 'ack', id: ws.sent[0].id, recovered: true, position: pos('E', 6) });
+  // The gateway delivers 5 and 6 once more (a copy in flight when the old socket dropped), then 7.
+  ws.receive(direct(5));
+  ws.receive(direct(6));
+  ws.receive(direct(7));
+  assert.deepEqual(seen.direct.map((m) => m.offset), [5, 6, 7]);
+  assert.deepEqual(client.positions().user, pos('E', 7));
+  client.close();
+});
+
+test('after a reconnect the user stream is resumed from the position held, not the welcome\'s', async () => {
+  const { client } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 0));
+  assert.equal(latest().sent.length, 0, 'the first connection resumes nothing');
+  latest().receive(direct(1));
+  latest().receive(direct(2));
+  const ws = await reconnect(client, pos('E', 9));
+  assert.equal(ws.sent.length, 1);
+  assert.deepEqual(ws.sent[0], { type: 'resume', since: pos('E', 2), id: ws.sent[0].id });
+  assert.equal(typeof ws.sent[0].id, 'string');
+  client.close();
+});
+
+test('frames held during a resume come out in offset order, each once, then recovered', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 3));
+  latest().receive(direct(4));
+  latest().receive(direct(5));
+  const ws = await reconnect(client, pos('E', 11));
+  const resume = ws.sent[0];
+  assert.deepEqual(resume.since, pos('E', 5));
+  // A live message overtakes the replay of 6…11; 9 also comes twice.
+  ws.receive(direct(12));
+  for (const offset of [6, 7, 8, 9, 9, 10, 11]) ws.receive(direct(offset));
+  assert.deepEqual(seen.direct.map((m) => m.offset), [4, 5], 'nothing is handed on before the ack');
+  assert.deepEqual(client.positions().user, pos('E', 5));
+  ws.receive({ type: 'ack', id: resume.id, recovered: true, position: pos('E', 12) });
+  assert.deepEqual(seen.direct.map((m) => m.offset), [4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  assert.deepEqual(seen.recovered, [{ stream: 'user', recovered: true, position: pos('E', 12), delivered: 7 }]);
+  ws.receive(direct(12));
+  ws.receive(direct(13));
+  assert.deepEqual(seen.direct.map((m) => m.offset).slice(-2), [12, 13]);
+  assert.deepEqual(client.positions().user, pos('E', 13));
+  client.close();
+});
+
+test('rooms are re-joined with since = their position; their frames are held until the join ack', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 0));
+  let ws = latest();
+  const joined = client.join('lobby');
+  ws.receive({ type: 'ack', id: ws.last().id, position: pos('R', 2) });
+  assert.equal((await joined).position.offset, 2);
+  ws.receive(roomFrame('lobby', 3));
+  assert.deepEqual(client.positions(), { user: pos('E', 0), rooms: { lobby: pos('R', 3) } });
+
+  ws = await reconnect(client, pos('E', 0));
+  assert.deepEqual(ws.sent.map((f) => [f.type, f.since]), [['resume', pos('E', 0)], ['join', pos('R', 3)]]);
+  assert.equal(ws.sent[1].room, 'lobby');
+  ws.receive(roomFrame('lobby', 6)); // live, before the replay of 4 and 5
+  ws.receive(roomFrame('lobby', 4));
+  ws.receive(roomFrame('lobby', 5));
+  ws.receive(direct(1)); // held too, until the resume's ack just below
+  assert.deepEqual(seen.room.map((m) => m.offset), [3]);
+  ws.receive({ type: 'ack', id: ws.sent[0].id, recovered: true, position: pos('E', 0) });
+  ws.receive({ type: 'ack', id: ws.sent[1].id, recovered: true, position: pos('R', 6) });
+  assert.deepEqual(seen.room.map((m) => m.offset), [3, 4, 5, 6]);
+  assert.deepEqual(seen.room[1], { room: 'lobby', from: 'bob', data: 'lobby4', offset: 4, epoch: 'R' });
+  assert.deepEqual(seen.recovered[1], { stream: 'room', room: 'lobby', recovered: true, position: pos('R', 6), delivered: 3 });
+  await until(() => seen.rejoined.length === 1);
+  assert.deepEqual(seen.rejoined[0], { rooms: ['lobby'], failed: [] });
+  // The user stream's hold ended with its own ack, independently of the room's.
+  assert.deepEqual(seen.direct.map((m) => m.offset), [1]);
+  client.close();
+});
+
+test('recovered:false is reported, the held position is dropped and the ack position taken', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 8));
+  latest().receive(direct(9));
+  // The history store lost data but kept the epoch: the gateway's top (4) is below the client's 9.
+  let ws = await reconnect(client, pos('E', 4));
+  ws.receive({ type: 'ack', id: ws.sent[0].id, recovered: false, reason: 'ahead', position: pos('E', 4) });
+  assert.deepEqual(seen.recovered, [{ stream: 'user', recovered: false, reason: 'ahead', position: pos('E', 4), delivered: 0 }]);
+  assert.deepEqual(client.positions().user, pos('E', 4));
+  ws.receive(direct(5)); // new, although 5 < 9: dropped if the old position had been kept
+  assert.deepEqual(seen.direct.map((m) => m.offset), [9, 5]);
+
+  // The stream was re-created (epoch F). A live message that came while the resume was
+  // unanswered is handed on, before the event; the next resume starts from the ack's position.
+  ws = await reconnect(client, pos('F', 1));
+  assert.deepEqual(ws.sent[0].since, pos('E', 5));
+  ws.receive(direct(2, 'F'));
+  ws.receive({ type: 'ack', id: ws.sent[0].id, recovered: false, reason: 'epoch_changed', position: pos('F', 2) });
+  assert.deepEqual(seen.direct.map((m) => [m.epoch, m.offset]).slice(-1), [['F', 2]]);
+  assert.deepEqual(seen.recovered[1], { stream: 'user', recovered: false, reason: 'epoch_changed', position: pos('F', 2), delivered: 1 });
+  ws.receive(direct(2, 'F'));
+  assert.equal(seen.direct.length, 3);
+  ws = await reconnect(client, pos('F', 2));
+  assert.deepEqual(ws.sent[0].since, pos('F', 2));
+  client.close();
+});
+
+test('a frame in another epoch is accepted and its epoch adopted', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 20));
+  latest().receive(direct(1, 'F')); // offset 1 < 20, but the stream was re-created
+  assert.deepEqual(seen.direct.map((m) => [m.epoch, m.offset]), [['F', 1]]);
+  assert.deepEqual(client.positions().user, pos('F', 1));
+  latest().receive(direct(1, 'F'));
+  latest().receive(direct(2, 'F'));
+  assert.deepEqual(seen.direct.map((m) => m.offset), [1, 2]);
+  client.close();
+});
+
+test('a drop during a resume hands on only the gapless run after the position; the next resume continues from it', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 5));
+  let ws = await reconnect(client, pos('E', 11));
+  ws.receive(direct(12));
+  ws.receive(direct(6));
+  ws.receive(direct(7));
+  ws = await reconnect(client, pos('E', 12));
+  assert.deepEqual(seen.direct.map((m) => m.offset), [6, 7]);
+  assert.deepEqual(ws.sent[0].since, pos('E', 7));
+  assert.equal(seen.recovered.length, 0);
+  client.close();
+});
+
+test('a refused resume is an error event and recovered:false, sent once; a room falls back to a plain join', async () => {
+  const { client, seen } = recording();
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 1));
+  let ws = latest();
+  const joined = client.join('lobby');
+  ws.receive({ type: 'ack', id: ws.last().id, position: pos('R', 1) });
+  await joined;
+
+  ws = await reconnect(client, pos('E', 4));
+  const [resume, join] = ws.sent;
+  assert.deepEqual([resume.type, join.type, join.since], ['resume', 'join', pos('R', 1)]);
+  ws.receive(direct(5)); // live, held
+  ws.receive({ type: 'error', id: resume.id, code: 'history_unavailable', message: 'history store down' });
+  assert.deepEqual(seen.error.map((e) => [e.code, e.stream]), [['history_unavailable', 'user']]);
+  assert.deepEqual(seen.recovered, [{ stream: 'user', recovered: false, reason: 'history_unavailable', position: pos('E', 5), delivered: 1 }]);
+
+  ws.receive({ type: 'error', id: join.id, code: 'already_resumed', message: 'since twice' });
+  assert.equal(seen.error[1].room, 'lobby');
+  assert.deepEqual(ws.last(), { type: 'join', room: 'lobby', id: ws.last().id }, 'joined again without since');
+  ws.receive({ type: 'ack', id: ws.last().id, position: pos('R', 3) });
+  assert.deepEqual(seen.recovered[1], { stream: 'room', room: 'lobby', recovered: false, reason: 'already_resumed', position: pos('R', 3), delivered: 0 });
+  await until(() => seen.rejoined.length === 1);
+  assert.deepEqual(seen.rejoined[0], { rooms: ['lobby'], failed: [] });
+  await sleep(20);
+  assert.equal(ws.sent.length, 3, 'nothing is retried on this connection');
+  assert.equal(ws.sent.filter((f) => f.type === 'resume').length, 1);
+
+  // history_disabled on the plain join's since is no different; a room refused for good is forgotten.
+  ws = await reconnect(client, pos('E', 5));
+  ws.receive({ type: 'error', id: ws.sent[1].id, code: 'history_disabled', message: 'no history' });
+  ws.receive({ type: 'error', id: ws.last().id, code: 'forbidden', message: 'not allowed' });
+  await until(() => seen.rejoined.length === 2);
+  assert.equal(seen.rejoined[1].failed[0].error.code, 'forbidden');
+  assert.deepEqual(client.rooms, []);
+  assert.deepEqual(client.positions().rooms, {});
+  client.close();
+});
+
+test('resumeFrom: the first connection resumes and joins the saved rooms', async () => {
+  const { client } = recording({ resumeFrom: { user: pos('E', 3), rooms: { lobby: pos('R', 7), news: null } } });
+  assert.deepEqual(client.rooms, ['lobby', 'news']);
+  assert.deepEqual(client.positions(), { user: pos('E', 3), rooms: { lobby: pos('R', 7) } });
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  latest().welcome('alice', 'gw-1', pos('E', 3));
+  assert.deepEqual(
+    latest().sent.map((f) => [f.type, f.room, f.since]),
+    [['resume', undefined, pos('E', 3)], ['join', 'lobby', pos('R', 7)], ['join', 'news', undefined]]
+  );
+  client.close();
+});
+
+test('history off: no resume, no since, no dedupe, no recovered event, no positions', async () => {
+  const { client, seen } = recording({ resumeFrom: { user: pos('E', 3), rooms: { lobby: pos('R', 7) } } });
+  client.connect();
+  await until(() => FakeWS.instances.length > 0);
+  let ws = latest();
+  ws.welcome(); // no position: this gateway keeps no history
+  assert.deepEqual(ws.sent.map((f) => Object.keys(f).sort()), [['id', 'room', 'type']], 'a plain join');
+  ws.receive({ type: 'ack', id: ws.last().id });
+  ws.receive({ type: 'direct', from: 'bob', to: 'alice', data: 'same' });
+  ws.receive({ type: 'direct', from: 'bob', to: 'alice', data: 'same' });
+  ws.receive({ type: 'room', room: 'lobby', from: 'bob', data: 1 });
+  assert.deepEqual(seen.direct, [{ from: 'bob', to: 'alice', data: 'same' }, { from: 'bob', to: 'alice', data: 'same' }]);
+  assert.deepEqual(seen.room, [{ room: 'lobby', from: 'bob', data: 1 }]);
+  assert.deepEqual(client.positions(), { user: null, rooms: {} });
+  ws = await reconnect(client);
+  assert.deepEqual(ws.sent.map((f) => [f.type, f.room, f.since]), [['join', 'lobby', undefined]]);
+  ws.receive({ type: 'ack', id: ws.last().id });
+  await until(() => seen.rejoined.length === 2);
+  assert.equal(seen.recovered.length, 0);
   client.close();
 });

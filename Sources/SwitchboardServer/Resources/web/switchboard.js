@@ -26,6 +26,9 @@
 
   var OPEN = 1; // WebSocket.OPEN
   var CLOSE_POLICY = 1008;
+  // Answers to a `join` with `since` after which the room is joined again without it: the
+  // gateway refused only the recovery part (store down, history off, since repeated or malformed).
+  var RECOVERY_REFUSALS = { history_unavailable: true, history_disabled: true, already_resumed: true, invalid_message: true };
 
   /**
    * The error a request's promise is rejected with.
@@ -74,11 +77,19 @@
    * - `welcome` ({user, gateway}): the gateway accepted the user; the client is ready.
    * - `rejoined` ({rooms, failed}): after a reconnect's `welcome`, every remembered room
    *   was joined again; `rooms` are those that succeeded, `failed` is a list of {room, error}.
-   * - `direct` ({from, to, data}): a direct message to this user.
-   * - `room` ({room, from, data}): a message published to a room this connection is in.
+   * - `direct` ({from, to, data, offset?, epoch?}): a direct message to this user;
+   *   `offset`/`epoch` (its place in the user stream) only when the gateway keeps history.
+   * - `room` ({room, from, data, offset?, epoch?}): a message published to a room this
+   *   connection is in.
+   * - `recovered` ({stream: 'user'|'room', room?, recovered, reason?, position, delivered}):
+   *   after a reconnect, a `resume` (user stream) or a re-join with `since` (room) was
+   *   answered. The messages missed meanwhile came first as `direct`/`room` events
+   *   (`delivered` counts them). `recovered: false` means some are lost (`reason`:
+   *   `epoch_changed`, `expired`, `limit_exceeded`, `ahead`, or the error code the gateway
+   *   refused the request with): reload that stream from your backend up to `position`.
    * - `error` (SwitchboardError): an `error` frame that answers no request of this
-   *   client, a room that could not be re-joined (`error.room`), or a token that could
-   *   not be fetched.
+   *   client, a room that could not be re-joined (`error.room`), a `resume` the gateway
+   *   refused (`error.stream === 'user'`), or a token that could not be fetched.
    * - `close` ({code, reason, willReconnect}): the WebSocket closed.
    * - `reconnecting` ({attempt, delayMs}): the next connection attempt (1, 2, …) starts
    *   in `delayMs`.
@@ -99,6 +110,10 @@
      * @param {boolean} [options.reconnect=true] reconnect after an unexpected close
      * @param {Function} [options.WebSocket] WebSocket constructor (tests inject a fake)
      * @param {() => number} [options.random] random source for the jitter (tests)
+     * @param {{user?: Position|null, rooms?: Object<string, Position|null>}} [options.resumeFrom]
+     *   positions saved from positions() (e.g. before a page reload): the first connection
+     *   resumes the user stream from `user` and joins each of `rooms` (with `since` when it
+     *   has a position) as if they had been joined before
      */
     constructor(options) {
       options = options || {};
@@ -136,11 +151,40 @@
       this._generation = 0; // bumps on every connection attempt and on close()
       this._readyWaiters = [];
       this._everWelcomed = false;
+      // Recovery state per stream: {position: Position|null, held: frame[]|null}. `position`
+      // is the last one handed to the application; `held` is set while a resume / join
+      // with since is unanswered, since replayed and live frames may then come out of order.
+      this._user = { position: null, held: null };
+      this._roomStreams = new Map(); // room -> same shape
+
+      var from = options.resumeFrom || {};
+      this._user.position = asPosition(from.user);
+      var self = this;
+      Object.keys(from.rooms || {}).forEach(function (room) {
+        self._rooms.add(room);
+        self._roomStream(room).position = asPosition(from.rooms[room]);
+      });
     }
 
     /** Rooms this client is in, and re-joins after every reconnect. @type {string[]} */
     get rooms() {
       return Array.from(this._rooms);
+    }
+
+    /**
+     * The last position of each stream handed to the application, in the shape the
+     * `resumeFrom` option takes (save it to resume after a page reload). Empty when the
+     * gateway keeps no history.
+     * @returns {{user: Position|null, rooms: Object<string, Position>}}
+     */
+    positions() {
+      var rooms = {};
+      var self = this;
+      this._rooms.forEach(function (room) {
+        var stream = self._roomStreams.get(room);
+        if (stream && stream.position) rooms[room] = copyPosition(stream.position);
+      });
+      return { user: this._user.position ? copyPosition(this._user.position) : null, rooms: rooms };
     }
 
     /** Whether a `welcome` arrived on the current connection. @type {boolean} */
@@ -204,7 +248,8 @@
     /**
      * Sends a direct message to every connection of user `to`.
      * Resolves on the ack (the backplane took it); rejects with `recipient_offline`
-     * when no gateway hosts `to`.
+     * when no gateway hosts `to`. A gateway with history instead resolves with an ack that
+     * has `recipient_offline: true`: the message is kept until `to` resumes.
      * @param {string} to
      * @param {*} data any JSON value
      * @returns {Promise<object>} the ack frame
@@ -222,6 +267,7 @@
       var self = this;
       return this._request({ type: 'join', room: room }).then(function (ack) {
         self._rooms.add(room);
+        self._adopt(self._roomStream(room), ack.position);
         return ack;
       });
     }
@@ -233,7 +279,7 @@
      * @returns {Promise<object|null>} the ack frame, or null when disconnected
      */
     leave(room) {
-      this._rooms.delete(room);
+      this._forgetRoom(room);
       if (!this._isOpen()) return Promise.resolve(null);
       return this._request({ type: 'leave', room: room });
     }
@@ -304,19 +350,26 @@
       });
     }
 
-    _request(frame) {
+    /**
+     * Sends a request frame with a fresh id. `hook(ok, ackOrError)`, when given, runs
+     * synchronously as the answer is read, before the promise settles: a recovery must end
+     * before the next frame is read, not a microtask later.
+     */
+    _request(frame, hook) {
       var self = this;
       if (!this._isOpen()) {
-        return Promise.reject(new SwitchboardError('not_connected', 'not connected to a gateway'));
+        var refused = new SwitchboardError('not_connected', 'not connected to a gateway');
+        if (hook) hook(false, refused);
+        return Promise.reject(refused);
       }
       var id = 'c' + this._nextId++;
       frame.id = id;
       return new Promise(function (resolve, reject) {
-        var entry = { resolve: resolve, reject: reject, timer: null };
+        var entry = { resolve: resolve, reject: reject, timer: null, hook: hook };
         entry.timer = setTimeout(function () {
           if (self._pending.get(id) === entry) {
             self._pending.delete(id);
-            reject(new SwitchboardError('timeout', 'no answer to ' + frame.type + ' within ' + self.ackTimeoutMs + ' ms'));
+            finish(entry, false, new SwitchboardError('timeout', 'no answer to ' + frame.type + ' within ' + self.ackTimeoutMs + ' ms'));
           }
         }, self.ackTimeoutMs);
         self._pending.set(id, entry);
@@ -325,7 +378,7 @@
         } catch (e) {
           clearTimeout(entry.timer);
           self._pending.delete(id);
-          reject(new SwitchboardError('not_connected', 'send failed: ' + (e && e.message)));
+          finish(entry, false, new SwitchboardError('not_connected', 'send failed: ' + (e && e.message)));
         }
       });
     }
@@ -335,8 +388,7 @@
       if (!entry) return false;
       this._pending.delete(id);
       clearTimeout(entry.timer);
-      if (ok) entry.resolve(value);
-      else entry.reject(value);
+      finish(entry, ok, value);
       return true;
     }
 
@@ -345,7 +397,7 @@
       this._pending.clear();
       entries.forEach(function (entry) {
         clearTimeout(entry.timer);
-        entry.reject(new SwitchboardError(code, message));
+        finish(entry, false, new SwitchboardError(code, message));
       });
     }
 
@@ -431,10 +483,10 @@
           break;
         }
         case 'direct':
-          this._emit('direct', { from: frame.from, to: frame.to, data: frame.data });
+          this._onStreamFrame(this._user, frame);
           break;
         case 'room':
-          this._emit('room', { room: frame.room, from: frame.from, data: frame.data });
+          this._onStreamFrame(this._roomStream(frame.room), frame);
           break;
         case 'broadcast':
           // From a backend, to everyone (POST /v1/publish).
@@ -453,22 +505,22 @@
       this.state = 'ready';
       this.user = frame.user;
       this.gateway = frame.gateway;
+      var top = asPosition(frame.position);
+      if (!top) {
+        // No history on this gateway: its frames carry no offsets, so positions held from
+        // before would be stale by the next resume. Forget them; nothing is recovered.
+        this._user.position = null;
+        this._roomStreams.clear();
+      } else if (this._user.position) {
+        this._resume(top);
+      } else {
+        this._user.position = top;
+      }
       // Re-join before anything else is sent: the gateway handles one connection's
       // frames in order, so a publish sent from a 'welcome' listener follows the joins.
       var rooms = this.rooms;
       var joins = rooms.map(function (room) {
-        return self._request({ type: 'join', room: room }).then(
-          function () {
-            return { room: room, ok: true };
-          },
-          function (error) {
-            // A permanent refusal forgets the room; a transient one keeps it for the next reconnect.
-            if (error.code === 'forbidden' || error.code === 'invalid_id') self._rooms.delete(room);
-            error.room = room;
-            self._emit('error', error);
-            return { room: room, ok: false, error: error };
-          }
-        );
+        return self._rejoin(room);
       });
       var info = { user: frame.user, gateway: frame.gateway };
       var waiters = this._readyWaiters;
@@ -485,6 +537,171 @@
           });
         });
       }
+    }
+
+    // ----- stream recovery (docs/clients.md, "Recovery") -----
+
+    _roomStream(room) {
+      var stream = this._roomStreams.get(room);
+      if (!stream) {
+        stream = { position: null, held: null, room: room };
+        this._roomStreams.set(room, stream);
+      }
+      return stream;
+    }
+
+    _forgetRoom(room) {
+      this._rooms.delete(room);
+      var stream = this._roomStreams.get(room);
+      this._roomStreams.delete(room);
+      if (stream && stream.held) this._release(stream, false); // frames already read still reach the app
+    }
+
+    /** A join's or resume's ack position becomes the stream's, unless frames already went further. */
+    _adopt(stream, position) {
+      stream.position = later(stream.position, asPosition(position));
+    }
+
+    _onStreamFrame(stream, frame) {
+      // Without an offset (history off) there is nothing to order or deduplicate.
+      if (typeof frame.offset !== 'number') this._deliver(stream, frame);
+      else if (stream.held) stream.held.push(frame);
+      else this._accept(stream, frame);
+    }
+
+    /** Hands a frame to the app unless its stream already went past it; true if handed. */
+    _accept(stream, frame) {
+      var p = stream.position;
+      // Same epoch and not newer: a copy of one the app already has (seen before a reconnect,
+      // then replayed). Another epoch means the stream was re-created: take it and its epoch.
+      if (p && p.epoch === frame.epoch && frame.offset <= p.offset) return false;
+      stream.position = { epoch: frame.epoch, offset: frame.offset };
+      this._deliver(stream, frame);
+      return true;
+    }
+
+    _deliver(stream, frame) {
+      var message = stream === this._user
+        ? { from: frame.from, to: frame.to, data: frame.data }
+        : { room: frame.room, from: frame.from, data: frame.data };
+      if (typeof frame.offset === 'number') {
+        message.offset = frame.offset;
+        message.epoch = frame.epoch;
+      }
+      this._emit(stream === this._user ? 'direct' : 'room', message);
+    }
+
+    /**
+     * Ends a hold: the held frames in offset order, each once. Returns how many were handed on.
+     * `gapless`: only those that follow the position without a gap, for a hold that ends
+     * without an answer while the position is kept for the next attempt (a drop mid-replay):
+     * handing on a later live frame would move the position past messages never received.
+     * The frames left out come again in the next replay.
+     */
+    _release(stream, gapless) {
+      var held = stream.held || [];
+      stream.held = null;
+      // A stable sort: a live frame written before the replay lands in its place.
+      held.sort(function (a, b) {
+        return a.offset - b.offset;
+      });
+      var delivered = 0;
+      for (var i = 0; i < held.length; i++) {
+        var p = stream.position;
+        if (gapless && !(p && held[i].epoch === p.epoch && held[i].offset <= p.offset + 1)) break;
+        if (this._accept(stream, held[i])) delivered++;
+      }
+      return delivered;
+    }
+
+    /**
+     * The answer to a resume or a join with since. `ack.recovered === false` means the
+     * position held was useless (another epoch, expired, ahead): the held frames are all
+     * new to the app, and the stream continues from `ack.position`.
+     */
+    _finishRecovery(stream, ack, reason) {
+      var recovered = ack.recovered === true;
+      if (!recovered) stream.position = null;
+      var delivered = this._release(stream, false);
+      this._adopt(stream, ack.position);
+      this._emitRecovered(stream, recovered, recovered ? undefined : reason || ack.reason, delivered);
+    }
+
+    _emitRecovered(stream, recovered, reason, delivered) {
+      var event = stream === this._user ? { stream: 'user' } : { stream: 'room', room: stream.room };
+      event.recovered = recovered;
+      if (reason !== undefined) event.reason = reason;
+      event.position = stream.position ? copyPosition(stream.position) : null;
+      event.delivered = delivered;
+      this._emit('recovered', event);
+    }
+
+    /** After a welcome with history: resumes the user stream from the position held. */
+    _resume(top) {
+      var self = this;
+      var stream = this._user;
+      stream.held = [];
+      this._request({ type: 'resume', since: copyPosition(stream.position) }, function (ok, value) {
+        if (ok) return self._finishRecovery(stream, value);
+        // The socket went away: the next connection resumes from the same position.
+        if (value.code === 'connection_closed' || value.code === 'not_connected') return self._release(stream, true);
+        // Refused (history_unavailable, already_resumed, …) or unanswered: not retried on
+        // this connection. The stream goes on from the top the welcome reported, so the next
+        // resume does not replay what the app is now told to reload.
+        var delivered = self._release(stream, false);
+        value.stream = 'user';
+        self._emit('error', value);
+        self._adopt(stream, top);
+        self._emitRecovered(stream, false, value.code, delivered);
+      }).catch(function () {});
+    }
+
+    /** Joins a remembered room again after a welcome; with `since` when it has a position. */
+    _rejoin(room) {
+      var self = this;
+      var stream = this._roomStream(room);
+      var failed = function (error) {
+        // A permanent refusal forgets the room; a transient one keeps it (and its position) for the next reconnect.
+        if (error.code === 'forbidden' || error.code === 'invalid_id') self._forgetRoom(room);
+        error.room = room;
+        self._emit('error', error);
+        return { room: room, ok: false, error: error };
+      };
+      var joined = function () {
+        return { room: room, ok: true };
+      };
+      if (!stream.position) {
+        return this._request({ type: 'join', room: room }).then(function (ack) {
+          self._adopt(stream, ack.position);
+          return joined();
+        }, failed);
+      }
+      stream.held = [];
+      return new Promise(function (resolve) {
+        self._request({ type: 'join', room: room, since: copyPosition(stream.position) }, function (ok, value) {
+          if (ok) {
+            self._finishRecovery(stream, value);
+            return resolve(joined());
+          }
+          if (!RECOVERY_REFUSALS[value.code]) {
+            self._release(stream, true); // the room keeps its position for the next reconnect
+            return resolve(failed(value));
+          }
+          // Only the recovery was refused: join without since, once, so the room stays live,
+          // and report it as not recovered. Sent from here so it precedes any later request.
+          value.room = room;
+          self._emit('error', value);
+          self._request({ type: 'join', room: room }, function (ok2, value2) {
+            if (ok2) {
+              self._finishRecovery(stream, { recovered: false, position: value2.position }, value.code);
+              resolve(joined());
+            } else {
+              self._release(stream, true);
+              resolve(failed(value2));
+            }
+          }).catch(function () {});
+        }).catch(function () {});
+      });
     }
 
     _onClose(code, reason) {
@@ -521,6 +738,32 @@
       }, delay);
       this._emit('reconnecting', { attempt: this._attempt, delayMs: delay });
     }
+  }
+
+  /** @typedef {{epoch: string, offset: number}} Position */
+
+  function finish(entry, ok, value) {
+    if (entry.hook) entry.hook(ok, value);
+    if (ok) entry.resolve(value);
+    else entry.reject(value);
+  }
+
+  /** A well-formed {epoch, offset} copied, or null. */
+  function asPosition(value) {
+    if (!value || typeof value !== 'object' || typeof value.epoch !== 'string' || typeof value.offset !== 'number') return null;
+    return { epoch: value.epoch, offset: value.offset };
+  }
+
+  function copyPosition(p) {
+    return { epoch: p.epoch, offset: p.offset };
+  }
+
+  /** The further of two positions: in one epoch the higher offset; across epochs `b`, the newer news. */
+  function later(a, b) {
+    if (!a) return b;
+    if (!b) return a;
+    if (a.epoch !== b.epoch) return b;
+    return b.offset > a.offset ? b : a;
   }
 
   function detach(ws) {
