@@ -253,6 +253,22 @@ public struct ReceivedFrame: Sendable, CustomStringConvertible {
 
     public subscript(key: String) -> String? { fields[key] }
 
+    /// The `position` member (`{"epoch":…,"offset":…}`) of a welcome or an ack.
+    public var position: (epoch: String, offset: Int)? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let position = object["position"] as? [String: Any], let epoch = position["epoch"] as? String, let offset = position["offset"] as? Int
+        else { return nil }
+        return (epoch, offset)
+    }
+
+    /// The `offset` member of a direct or room frame (history on).
+    public var offset: Int? { fields["offset"].flatMap { Int($0) } }
+
+    /// `since` JSON for a position: `{"epoch":"E","offset":N}`.
+    public static func since(_ position: (epoch: String, offset: Int)) -> String {
+        #"{"epoch":""# + position.epoch + #"","offset":"# + String(position.offset) + "}"
+    }
+
     public var description: String { text }
 }
 
