@@ -105,6 +105,23 @@ public func httpStatus(port: Int, path: String) async -> Int? {
     return (response as? HTTPURLResponse)?.statusCode
 }
 
+/// GET over plain HTTP: the status and body; nil when nothing answered.
+public func httpGet(port: Int, path: String) async -> (status: Int, body: String)? {
+    guard let url = URL(string: "http://127.0.0.1:\(port)\(path)"),
+        let (data, response) = try? await URLSession.shared.data(from: url)
+    else { return nil }
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+}
+
+/// The value of an unlabelled Prometheus series in a gateway's `/metrics`; nil when absent.
+public func metricValue(_ name: String, port: Int) async -> Double? {
+    guard let (status, body) = await httpGet(port: port, path: "/metrics"), status == 200 else { return nil }
+    for line in body.split(separator: "\n") where line.hasPrefix(name + " ") {
+        return Double(line.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces))
+    }
+    return nil
+}
+
 /// Runs a program to completion and returns its exit status and its output (stdout and
 /// stderr, read to the end).
 ///

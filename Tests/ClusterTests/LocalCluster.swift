@@ -30,11 +30,13 @@ final class LocalCluster: Sendable {
     }
 
     /// Starts the gateways and HAProxy and waits until HAProxy sees every gateway ready.
-    static func start(drainGrace: Double = 2.5, drainWindow: Double = 2) async throws -> LocalCluster {
+    /// - Parameter history: give the gateways a Redis history (the test Redis, a key prefix of the cluster's own).
+    static func start(drainGrace: Double = 2.5, drainWindow: Double = 2, history: Bool = false) async throws -> LocalCluster {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-cluster-\(tag)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let url = try Broker.url
+        let historyArguments = history ? ["--history", try RedisServer.url + "?prefix=cluster.\(tag)"] : []
         var gateways: [GatewayProcess] = []
         for index in 1...3 {
             let port = try await freePort()
@@ -48,7 +50,7 @@ final class LocalCluster: Sendable {
                     // The tests send as fast as replies come back; the default rate limit would answer rate_limited.
                     "--rate-limit", "10000", "--rate-burst", "10000",
                     "--log-level", "info",
-                ],
+                ] + historyArguments,
                 logDirectory: directory
             )
             gateways.append(GatewayProcess(id: id, port: port, process: process))
