@@ -151,3 +151,61 @@ struct PublishAPITests {
         }
     }
 }
+
+@Suite("GET /v1/history and backend publishes with history")
+struct HistoryAPITests {
+    static func get(_ gateway: RunningGateway, _ query: String, key: String? = PublishAPITests.key) async throws -> (status: Int, body: [String: Any])
+    {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(gateway.port)/v1/history?\(query)")!)
+        if let key { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:])
+    }
+
+    @Test("a backend publish to an offline user is kept with its offset; the history API returns it; bad queries are 400, no key 401, no history 404")
+    func history() async throws {
+        try await withGateway(configure: {
+            $0.apiKeys = [PublishAPITests.key]
+            $0.history = MemoryHistory()
+            $0.recoveryLimit = 50
+        }) { gateway in
+            for index in 1...3 {
+                let published = try await PublishAPITests.post(gateway, #"{"user":"bob","data":\#(index)}"#)
+                #expect(published.status == 202)
+                #expect(
+                    published.body.contains(#""outcome":"recipient_offline""#) && published.body.contains(#""offset":\#(index),"#),
+                    "\(published.body)"
+                )
+            }
+            let all = try await Self.get(gateway, "user=bob")
+            #expect(all.status == 200)
+            #expect(all.body["stream"] as? String == "user.bob")
+            #expect(all.body["complete"] as? Bool == true)
+            let messages = try #require(all.body["messages"] as? [[String: Any]])
+            #expect(messages.map { $0["data"] as? Int } == [1, 2, 3])
+            #expect(messages.map { $0["offset"] as? Int } == [1, 2, 3])
+            #expect((all.body["position"] as? [String: Any])?["offset"] as? Int == 3)
+            let page = try await Self.get(gateway, "user=bob&since=1&limit=1")
+            #expect((page.body["messages"] as? [[String: Any]])?.map { $0["offset"] as? Int } == [2])
+
+            // Bob connects and resumes from before the first: all three, then recovered.
+            let bob = try await TestClient.connect(port: gateway.port, path: "/ws?user=bob")
+            let welcome = try await bob.next()
+            #expect(welcome.position?.offset == 3)
+            try await bob.send(#"{"type":"resume","since":{"epoch":"\#(welcome.position!.epoch)","offset":0},"id":"r"}"#)
+            for index in 1...3 {
+                let frame = try await bob.next()
+                #expect(frame["data"] == "\(index)")
+            }
+            #expect(try await bob.next()["recovered"] == "1")
+
+            for query in ["", "user=bob&room=lobby", "user=", "user=bob&since=-1", "user=bob&since=x", "user=bob&limit=0", "user=bob&limit=51"] {
+                #expect(try await Self.get(gateway, query).status == 400, "\(query)")
+            }
+            #expect(try await Self.get(gateway, "user=bob", key: nil).status == 401)
+        }
+        try await withGateway(configure: { $0.apiKeys = [PublishAPITests.key] }) { gateway async throws in
+            #expect(try await Self.get(gateway, "user=bob").status == 404)
+        }
+    }
+}
