@@ -416,19 +416,19 @@ struct SessionStateMachine {
         case (.resume(let correlationID, let since), .success(let range)):
             return recover(address, since: since, range: range, correlationID: correlationID)
 
-        case (.join(let correlationID, _), .failure(let error)):
+        case (.join(let correlationID, let since), .failure(let error)):
             guard case .room(let room) = address else { return [] }
             // Undo the membership: without a position the room cannot be followed in order.
             streams[address] = nil
             rooms.remove(room)
-            return [.log(.historyReadFailed(address, error)), .leave(room)]
+            return [.log(.historyReadFailed(address, error)), .leave(room)] + (since == nil ? [] : [.countRecovery(outcome: "failed", replayed: 0)])
                 + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; join again", correlationID: correlationID))
 
         case (.resume(let correlationID, _), .failure(let error)):
             cursor.mode = .live
             cursor.resumed = false
             streams[address] = cursor
-            return [.log(.historyReadFailed(address, error))]
+            return [.log(.historyReadFailed(address, error)), .countRecovery(outcome: "failed", replayed: 0)]
                 + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; resume again", correlationID: correlationID))
                 + flushPending(address)
         }
