@@ -8,7 +8,9 @@ browser context of its own, load the demo page from their gateway's `/` and are 
 through the UI like a person would: alice on gw-1 and bob on gw-2 type their names,
 connect, join "lobby"; alice sends bob a direct message, bob sends lobby a room message.
 Then gw-2 is stopped and started again on the same port: bob's page must reconnect,
-re-join lobby and get alice's next room message. Screenshots of both pages are saved
+re-join lobby and get alice's next room message. With SWITCHBOARD_REDIS_URL set the gateways
+share a Redis history (--history): alice's direct and room messages sent while gw-2 is down
+must appear on bob's page after the reconnect, with the page's "recovered" line. Screenshots of both pages are saved
 under $SWITCHBOARD_ARTIFACTS (default: artifacts/ in the repository).
 
 SWITCHBOARD_DEMO_PAGES=static serves the page from a local HTTP server instead of the
@@ -197,7 +199,7 @@ async def send(page, to, text, button):
     await page.click(button)
 
 
-async def scenario(debug_port, url_a, url_b, gw2, artifacts):
+async def scenario(debug_port, url_a, url_b, gw2, artifacts, history):
     version = json.loads(wait_http(f"http://127.0.0.1:{debug_port}/json/version", "chromium"))
     async with websockets.connect(version["webSocketDebuggerUrl"], max_size=None) as browser:
         alice = await open_page(browser, debug_port, "alice's page", url_a)
@@ -222,10 +224,22 @@ async def scenario(debug_port, url_a, url_b, gw2, artifacts):
             # gw-2 goes away and comes back on the same port: bob's page reconnects and re-joins.
             gw2.stop()
             await bob.wait_for("document.body.dataset.state !== 'ready'", "bob's page noticing that gw-2 stopped")
+            if history:
+                # Sent while bob is connected nowhere: kept in his stream and the room's.
+                await send(alice, "bob", "sent while you were away", "#send-direct")
+                await alice.wait_for(js_has_message("direct outgoing", "alice", "sent while you were away"), "alice's direct to offline bob acked")
+                await send(alice, "lobby", "lobby news while bob was away", "#send-room")
+                await alice.wait_for(js_has_message("room", "alice", "lobby news while bob was away", "lobby"), "alice's room message")
             gw2.restart_on_same_port(WAIT)
             await bob.wait_for("document.body.dataset.state === 'ready' && "
                                "Array.from(document.querySelectorAll('#messages li.system')).some(li => li.textContent.includes('Re-joined lobby'))",
                                "bob's page reconnecting to gw-2 and re-joining lobby")
+            if history:
+                await bob.wait_for(js_has_message("direct", "alice", "sent while you were away"), "bob's page recovering the direct sent while away")
+                await bob.wait_for(js_has_message("room", "alice", "lobby news while bob was away", "lobby"),
+                                   "bob's page recovering the room message sent while away")
+                await bob.wait_for("Array.from(document.querySelectorAll('#messages li.system'))"
+                                   ".some(li => li.textContent.includes('Reconnected: recovered'))", "bob's page saying it recovered")
             await send(alice, "lobby", "welcome back, bob", "#send-room")
             await bob.wait_for(js_has_message("room", "alice", "welcome back, bob", "lobby"), "bob getting a room message after the reconnect")
             await bob.screenshot(os.path.join(artifacts, "demo-bob-gw-2-reconnected.png"))
@@ -265,6 +279,10 @@ def main(binary):
     work = tempfile.mkdtemp(prefix="switchboard-demo-")
     port1, port2, debug_port = free_port(), free_port(), free_port()
     extra = ["--backplane", amqp_url] + (["--web-root", web_root] if web_root else [])
+    redis_url = os.environ.get("SWITCHBOARD_REDIS_URL")
+    history = bool(redis_url) and "--history" in help_text
+    if history:
+        extra += ["--history", f"{redis_url}?prefix=demo{os.getpid()}"]
     gw1 = Gateway(binary, "gw-1", port1, work, extra)
     gw2 = Gateway(binary, "gw-2", port2, work, extra)
     chromium = static = None
@@ -295,9 +313,10 @@ def main(binary):
              f"--remote-debugging-port={debug_port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={work}/profile", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        asyncio.run(asyncio.wait_for(scenario(debug_port, url_a, url_b, gw2, artifacts), 240))
+        asyncio.run(asyncio.wait_for(scenario(debug_port, url_a, url_b, gw2, artifacts, history), 240))
+        recovered = " + messages sent meanwhile recovered (Redis history)" if history else ""
         print(f"demo chat in headless chromium: PASS (direct gw-1→gw-2, room gw-2→both, gw-2 restart → reconnect + "
-              f"re-join; pages from {mode}; screenshots in {artifacts})")
+              f"re-join{recovered}; pages from {mode}; screenshots in {artifacts})")
     except (CheckFailed, asyncio.TimeoutError) as e:
         for gw in (gw1, gw2):
             tail = gw.log_tail()
