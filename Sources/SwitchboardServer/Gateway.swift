@@ -51,8 +51,9 @@ public final class Gateway: Sendable {
             case .broadcast: true
             }
         }
+        let hasHistory = configuration.history != nil
         backplane.setDeliveryHandler { [registry, metrics] deliveries in
-            Gateway.deliver(deliveries, registry: registry, metrics: metrics)
+            Gateway.deliver(deliveries, registry: registry, metrics: metrics, hasHistory: hasHistory)
         }
     }
 
@@ -83,7 +84,7 @@ public final class Gateway: Sendable {
     public func isLocal(room: RoomID) -> Bool { registry.isLocal(.room(room)) }
 
     /// Hands frames from the backplane to every local connection of their address.
-    static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>, metrics: GatewayMetrics) {
+    static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>, metrics: GatewayMetrics, hasHistory: Bool) {
         for delivery in deliveries {
             let handles: [SessionHandle]
             let kind: GatewayMetrics.OutboundKind
@@ -94,7 +95,7 @@ public final class Gateway: Sendable {
             }
             guard !handles.isEmpty else { continue }
             // Parsed once for all local recipients; frames from a gateway without history have none.
-            let position = kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
+            let position = !hasHistory || kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
             for handle in handles { handle.deliver(delivery.frame, address: delivery.address, position: position) }
             if !handles.isEmpty { metrics.sent(kind, count: handles.count) }
         }
