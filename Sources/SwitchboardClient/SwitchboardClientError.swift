@@ -41,6 +41,12 @@ public struct SwitchboardClientError: Error, CustomStringConvertible {
         public static let backplaneUnavailable = Code(ErrorCode.backplaneUnavailable)
         /// Anything else on the gateway's side.
         public static let `internal` = Code(ErrorCode.internal)
+        /// A `resume` or `join` with `since` reached a gateway whose history is off.
+        public static let historyDisabled = Code(ErrorCode.historyDisabled)
+        /// A second `resume` on one connection, or a second `since` for one room.
+        public static let alreadyResumed = Code(ErrorCode.alreadyResumed)
+        /// The gateway's history store cannot be read now.
+        public static let historyUnavailable = Code(ErrorCode.historyUnavailable)
 
         // The client's own codes.
 

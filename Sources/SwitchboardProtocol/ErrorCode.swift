@@ -22,4 +22,10 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case backplaneUnavailable = "backplane_unavailable"
     /// Anything else that went wrong on the server's side.
     case `internal` = "internal"
+    /// `resume`, or `join` with `since`, on a gateway whose history is off.
+    case historyDisabled = "history_disabled"
+    /// A second `resume` on one connection, or a second `since` for one room.
+    case alreadyResumed = "already_resumed"
+    /// The history store cannot be read now; the `resume` or `since` may be tried again.
+    case historyUnavailable = "history_unavailable"
 }

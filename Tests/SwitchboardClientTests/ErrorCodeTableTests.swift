@@ -20,6 +20,9 @@ struct ErrorCodeTableTests {
         case .recipientOffline: .recipientOffline
         case .backplaneUnavailable: .backplaneUnavailable
         case .internal: .internal
+        case .historyDisabled: .historyDisabled
+        case .alreadyResumed: .alreadyResumed
+        case .historyUnavailable: .historyUnavailable
         }
     }
 

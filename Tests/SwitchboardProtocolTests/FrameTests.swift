@@ -95,8 +95,8 @@ struct FrameTests {
     func errorCodes() {
         #expect(
             ErrorCode.allCases.map(\.rawValue).sorted() == [
-                "backplane_unavailable", "forbidden", "internal", "invalid_id", "invalid_message", "not_member",
-                "rate_limited", "recipient_offline", "too_large", "unknown_type",
+                "already_resumed", "backplane_unavailable", "forbidden", "history_disabled", "history_unavailable", "internal",
+                "invalid_id", "invalid_message", "not_member", "rate_limited", "recipient_offline", "too_large", "unknown_type",
             ]
         )
     }
