@@ -35,7 +35,8 @@ public struct SwitchboardClientError: Error, CustomStringConvertible {
         public static let forbidden = Code(ErrorCode.forbidden)
         /// `publish` to a room this connection has not joined.
         public static let notMember = Code(ErrorCode.notMember)
-        /// `direct` to a user no gateway hosts.
+        /// `direct` to a user no gateway hosts, on a gateway whose history is off (with history
+        /// on, such a message is kept and ``GatewayClient/DirectReceipt/recipientOffline`` says so).
         public static let recipientOffline = Code(ErrorCode.recipientOffline)
         /// The backplane cannot take the operation now; nothing was sent.
         public static let backplaneUnavailable = Code(ErrorCode.backplaneUnavailable)
