@@ -6,19 +6,40 @@ import FoundationEssentials
 import Foundation
 #endif
 
+/// What an `ack` (or `pong`) carries besides its `id`; every member is optional, and one
+/// that is missing or of the wrong type reads as absent.
+struct Acknowledgement: Sendable, Hashable {
+    /// A `join`'s, `resume`'s or `join` with `since`'s stream top (history on).
+    var position: GatewayClient.StreamPosition?
+    /// Whether a `resume` or `join` with `since` replayed everything after `since`.
+    var recovered: Bool?
+    /// Why it did not (`epoch_changed`, `expired`, `limit_exceeded`, `ahead`).
+    var reason: String?
+    /// A direct message's offset in the recipient's user stream.
+    var offset: Int?
+    /// A direct message whose recipient is connected nowhere was kept for it.
+    var recipientOffline = false
+}
+
 /// A frame from the gateway, as ``GatewayClient`` reads it.
 ///
 /// Parsed with SwitchboardProtocol's `JSONScanner`, the validating scanner the gateway
 /// itself uses: it yields each top-level member's exact byte range, so `data` reaches
 /// the application as the exact JSON text the sender wrote (numbers, escapes and
 /// spacing unchanged), which a decode-and-re-encode with JSONSerialization would not keep.
+///
+/// The history members (docs/protocol.md; `position`, `offset`, `epoch`, `recovered`, …)
+/// are optional: one that is missing or malformed reads as absent, so a frame from a
+/// gateway with history off, or a half-broken one, is still the frame it was before.
 enum IncomingFrame: Equatable {
-    case welcome(user: String, gateway: String)
+    case welcome(user: String, gateway: String, position: GatewayClient.StreamPosition? = nil)
     /// `ack` and `pong` both answer a request; `id` as a string, or the raw text of a non-string id.
-    case reply(id: String?)
+    case reply(id: String?, Acknowledgement = Acknowledgement())
     case error(id: String?, code: String, message: String)
-    case direct(from: String, to: String, data: String)
-    case room(room: String, from: String, data: String)
+    /// `position` is the recipient's (this user's) user stream position of the message.
+    case direct(from: String, to: String, data: String, position: GatewayClient.StreamPosition? = nil)
+    /// `position` is the room stream's position of the message.
+    case room(room: String, from: String, data: String, position: GatewayClient.StreamPosition? = nil)
     case broadcast(from: String, data: String)
     /// Valid JSON, but a type this client does not know, or a known type missing a member.
     case unknown
@@ -27,16 +48,17 @@ enum IncomingFrame: Equatable {
     init?(text: String) {
         let bytes = Array(text.utf8)
         guard let members = try? JSONScanner.topLevelMembers(of: bytes) else { return nil }
-        func string(_ key: String) -> String? {
-            members.first { $0.key == key }?.stringValue
-        }
-        func rawText(_ key: String) -> String? {
-            guard let member = members.first(where: { $0.key == key }) else { return nil }
-            return String(decoding: bytes[member.range], as: UTF8.self)
-        }
+        let object = FrameObject(bytes: bytes, members: members)
+        func string(_ key: String) -> String? { object.string(key) }
+        func rawText(_ key: String) -> String? { object.rawText(key) }
         func id() -> String? {
             guard let member = members.first(where: { $0.key == "id" }) else { return nil }
             return member.stringValue ?? String(decoding: bytes[member.range], as: UTF8.self)
+        }
+        /// `offset` and `epoch` of a direct or room frame, both or neither.
+        func messagePosition() -> GatewayClient.StreamPosition? {
+            guard let epoch = string("epoch"), let offset = object.count("offset") else { return nil }
+            return GatewayClient.StreamPosition(epoch: epoch, offset: offset)
         }
         switch string("type") {
         case "welcome":
@@ -44,9 +66,16 @@ enum IncomingFrame: Equatable {
                 self = .unknown
                 return
             }
-            self = .welcome(user: user, gateway: gateway)
+            self = .welcome(user: user, gateway: gateway, position: object.position("position"))
         case "ack", "pong":
-            self = .reply(id: id())
+            let ack = Acknowledgement(
+                position: object.position("position"),
+                recovered: object.bool("recovered"),
+                reason: string("reason"),
+                offset: object.count("offset"),
+                recipientOffline: object.bool("recipient_offline") ?? false
+            )
+            self = .reply(id: id(), ack)
         case "error":
             self = .error(id: id(), code: string("code") ?? SwitchboardClientError.Code.internal.rawValue, message: string("message") ?? "")
         case "direct":
@@ -54,13 +83,13 @@ enum IncomingFrame: Equatable {
                 self = .unknown
                 return
             }
-            self = .direct(from: from, to: to, data: data)
+            self = .direct(from: from, to: to, data: data, position: messagePosition())
         case "room":
             guard let room = string("room"), let from = string("from"), let data = rawText("data") else {
                 self = .unknown
                 return
             }
-            self = .room(room: room, from: from, data: data)
+            self = .room(room: room, from: from, data: data, position: messagePosition())
         case "broadcast":
             guard let from = string("from"), let data = rawText("data") else {
                 self = .unknown
@@ -70,6 +99,49 @@ enum IncomingFrame: Equatable {
         default:
             self = .unknown
         }
+    }
+}
+
+/// The members of one scanned JSON object, read by key; a member of the wrong kind reads as nil.
+private struct FrameObject {
+    let bytes: [UInt8]
+    let members: [JSONMember]
+
+    private func member(_ key: String) -> JSONMember? {
+        members.first { $0.key == key }
+    }
+
+    func string(_ key: String) -> String? {
+        member(key)?.stringValue
+    }
+
+    func rawText(_ key: String) -> String? {
+        guard let member = member(key) else { return nil }
+        return String(decoding: bytes[member.range], as: UTF8.self)
+    }
+
+    func bool(_ key: String) -> Bool? {
+        guard let member = member(key), member.kind == .bool else { return nil }
+        return bytes[member.range.lowerBound] == UInt8(ascii: "t")
+    }
+
+    /// A non-negative integer written as plain digits: `7`, not `7.0`, `-1` or `1e3`, and
+    /// not past `Int.max`, since an offset is a count.
+    func count(_ key: String) -> Int? {
+        guard let member = member(key), member.kind == .number else { return nil }
+        let digits = bytes[member.range]
+        guard digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return Int(String(decoding: digits, as: UTF8.self))
+    }
+
+    /// `{"epoch":"E","offset":N}`; nil unless both are there and well-typed.
+    func position(_ key: String) -> GatewayClient.StreamPosition? {
+        guard let member = member(key), member.kind == .object else { return nil }
+        let text = Array(bytes[member.range])
+        guard let inner = try? JSONScanner.topLevelMembers(of: text) else { return nil }
+        let object = FrameObject(bytes: text, members: inner)
+        guard let epoch = object.string("epoch"), let offset = object.count("offset") else { return nil }
+        return GatewayClient.StreamPosition(epoch: epoch, offset: offset)
     }
 }
 
@@ -89,10 +161,25 @@ enum OutgoingFrame {
         return finish(text, id: id)
     }
 
-    static func join(room: String, id: String) -> String {
+    /// A `join`; with `since`, it also asks for the room's messages after that position.
+    static func join(room: String, since: GatewayClient.StreamPosition? = nil, id: String) -> String {
         var text = #"{"type":"join","room":"#
         JSONText.appendQuoted(room, to: &text)
+        if let since { appendSince(since, to: &text) }
         return finish(text, id: id)
+    }
+
+    /// Asks for this user's direct messages after `since`.
+    static func resume(since: GatewayClient.StreamPosition, id: String) -> String {
+        var text = #"{"type":"resume""#
+        appendSince(since, to: &text)
+        return finish(text, id: id)
+    }
+
+    private static func appendSince(_ since: GatewayClient.StreamPosition, to text: inout String) {
+        text += #","since":{"epoch":"#
+        JSONText.appendQuoted(since.epoch, to: &text)
+        text += #","offset":\#(since.offset)}"#
     }
 
     static func leave(room: String, id: String) -> String {

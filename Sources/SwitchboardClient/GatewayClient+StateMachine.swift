@@ -20,6 +20,12 @@ extension GatewayClient {
     ///   less than re-arming on every answer: requests share one ack timeout, so the
     ///   earliest deadline changes with almost every answer.
     ///
+    /// - Recovery (docs/clients.md, "Stream recovery"): with a gateway that keeps history, a
+    ///   ``StreamTracker`` keeps each stream's last position handed to the application and
+    ///   drops duplicates. After a `welcome` the machine writes `resume` for the user stream
+    ///   and `join` with `since` for each room it holds a position for, and holds that
+    ///   stream's frames until the answer, when the tracker hands them over in offset order.
+    ///
     /// Generic over what the actor uses for a connection, a request's reply and a
     /// `connect()` caller, so that tests can use plain values.
     struct StateMachine<Connection: Sendable, Reply: Sendable, Waiter: Sendable>: Sendable {
@@ -28,10 +34,21 @@ extension GatewayClient {
         /// A request frame the application asked for; the machine gives it its `id`.
         enum Request: Sendable, Hashable {
             case direct(to: String, data: String)
-            case join(room: String)
+            /// With `since`, the room's messages after that position are asked for too.
+            case join(room: String, since: StreamPosition? = nil)
             case leave(room: String)
             case publish(room: String, data: String)
             case ping
+            /// The user stream's messages after `since`; the machine makes it after a `welcome`.
+            case resume(since: StreamPosition)
+
+            /// Asks for history: a `resume`, or a `join` with `since`.
+            var asksForHistory: Bool {
+                switch self {
+                case .resume, .join(_, _?): true
+                case .direct, .join, .leave, .publish, .ping: false
+                }
+            }
 
             /// The frame's `type`, for error messages.
             var type: String {
@@ -41,16 +58,18 @@ extension GatewayClient {
                 case .leave: "leave"
                 case .publish: "publish"
                 case .ping: "ping"
+                case .resume: "resume"
                 }
             }
 
             func frame(id: String) -> String {
                 switch self {
                 case .direct(let user, let data): OutgoingFrame.direct(to: user, data: data, id: id)
-                case .join(let room): OutgoingFrame.join(room: room, id: id)
+                case .join(let room, let since): OutgoingFrame.join(room: room, since: since, id: id)
                 case .leave(let room): OutgoingFrame.leave(room: room, id: id)
                 case .publish(let room, let data): OutgoingFrame.publish(room: room, data: data, id: id)
                 case .ping: OutgoingFrame.ping(id: id)
+                case .resume(let since): OutgoingFrame.resume(since: since, id: id)
                 }
             }
         }
@@ -73,8 +92,8 @@ extension GatewayClient {
             case close(Connection)
             /// Close the socket without a close frame.
             case abort(Connection)
-            /// Return from the request's call.
-            case completeRequest(Reply, Result<Void, SwitchboardClientError>)
+            /// Return from the request's call with what its `ack` said.
+            case completeRequest(Reply, Result<Acknowledgement, SwitchboardClientError>)
             /// Return from these `connect()` calls.
             case resumeWaiters([Waiter], Result<Welcome, SwitchboardClientError>)
             /// Put an event in ``GatewayClient/events``.
@@ -103,13 +122,17 @@ extension GatewayClient {
 
         private struct Pending {
             var request: Request
-            /// Nil for a re-join, which the machine makes itself.
+            /// Nil for a re-join or a resume, which the machine makes itself.
             var reply: Reply?
             var deadline: Instant
             /// Orders requests that expire together.
             var sequence: Int
             /// The room's position in ``Rejoin/rooms`` for a re-join.
             var rejoinIndex: Int?
+            /// Its answer ends its stream's recovery: a `resume`, a `join` with `since`, or
+            /// the `join` re-sent without `since` after a refusal. Another `join` of the
+            /// room made meanwhile does not.
+            var recovers: Bool
         }
 
         /// The re-joins written after one `welcome`, reported together once all are answered.
@@ -145,10 +168,18 @@ extension GatewayClient {
         private var rejoin: Rejoin?
         /// What the one timer is armed for; nil when it is not.
         private var timerDeadline: Instant?
+        /// Stream positions, duplicates, and the frames held during a recovery.
+        private var tracker: StreamTracker
+        /// The last `welcome` had a `position`: the gateway keeps history.
+        private var hasHistory = false
 
         init(configuration: Configuration) {
             self.configuration = configuration
+            tracker = StreamTracker(positions: configuration.resumeFrom)
         }
+
+        /// The last position handed to the application, per stream (tests).
+        var positions: [MessageStream: StreamPosition] { tracker.positions }
 
         var state: State {
             switch phase {
@@ -203,6 +234,7 @@ extension GatewayClient {
                 break
             }
             actions += failAllPending(closed)
+            tracker.connectionEnded()
             actions += resumeAllWaiters(.failure(closed))
             actions += cancelTimer()
             return actions
@@ -211,12 +243,23 @@ extension GatewayClient {
         /// A request was made; `reply` gets its answer. While no connection is open it fails
         /// at once with `not_connected` (a `leave` succeeds: the room is forgotten regardless).
         mutating func request(_ request: Request, reply: Reply, now: Instant) -> [Action] {
-            if case .leave(let room) = request { rooms.removeAll { $0 == room } }
+            var request = request
+            switch request {
+            case .leave(let room):
+                rooms.removeAll { $0 == room }
+                tracker.forget(.room(room))
+            case .join(let room, nil) where !rooms.contains(room) && !isJoining(room) && hasHistory:
+                // A room not joined with a position held came from `resumeFrom`: resume it.
+                if let since = tracker.positions[.room(room)] { request = .join(room: room, since: since) }
+            default:
+                break
+            }
             guard let connection = openConnection else {
-                if case .leave = request { return [.completeRequest(reply, .success(()))] }
+                if case .leave = request { return [.completeRequest(reply, .success(Acknowledgement()))] }
                 let error = SwitchboardClientError(code: .notConnected, message: "not connected to a gateway (state \(state.rawValue))")
                 return [.completeRequest(reply, .failure(error))]
             }
+            if case .join(let room, _?) = request { tracker.beginRecovery(.room(room)) }
             return send(request, reply: reply, rejoinIndex: nil, on: connection, now: now)
         }
 
@@ -254,19 +297,31 @@ extension GatewayClient {
             default: return []
             }
             switch frame {
-            case .welcome(let user, let gateway):
-                return welcomed(Welcome(user: user, gateway: gateway), now: now)
-            case .reply(let id):
+            case .welcome(let user, let gateway, let position):
+                return welcomed(Welcome(user: user, gateway: gateway), position: position, now: now)
+            case .reply(let id, let ack):
                 guard let id, let request = pending.removeValue(forKey: id) else { return [] }  // late or unknown
-                return complete(request, with: .success(()))
+                return complete(request, with: .success(ack))
             case .error(let id, let code, let message):
                 let error = SwitchboardClientError(code: .init(rawValue: code), message: message)
-                if let id, let request = pending.removeValue(forKey: id) { return complete(request, with: .failure(error)) }
-                return [.emit(.error(error))]
-            case .direct(let from, let to, let data):
-                return [.emit(.direct(from: from, to: to, data: data))]
-            case .room(let room, let from, let data):
-                return [.emit(.room(room: room, from: from, data: data))]
+                guard let id, let request = pending.removeValue(forKey: id) else { return [.emit(.error(error))] }
+                if request.recovers, case .join(let room, _?) = request.request, Self.joinsWithoutSince(after: error.code),
+                    tracker.isRecovering(.room(room)),
+                    let connection = openConnection
+                {
+                    // The gateway would not resume the room, but may well let us in: join
+                    // without `since`, so the room is still joined, and report it as not
+                    // recovered once that join is answered.
+                    tracker.fallBack(.room(room), reason: error.code.rawValue)
+                    return send(.join(room: room), reply: request.reply, rejoinIndex: request.rejoinIndex, recovers: true, on: connection, now: now)
+                }
+                return complete(request, with: .failure(error))
+            case .direct(let from, let to, let data, let position):
+                return tracker.received(.direct(from: from, to: to, data: data), in: .user, at: position).map { .emit($0) }
+            case .room(let room, let from, let data, let position):
+                let event = Event.room(room: room, from: from, data: data)
+                let tracked = rooms.contains(room) || isJoining(room)
+                return tracker.received(event, in: .room(room), at: position, track: tracked).map { .emit($0) }
             case .broadcast(let from, let data):
                 return [.emit(.broadcast(from: from, data: data))]
             case .unknown:
@@ -354,7 +409,8 @@ extension GatewayClient {
             return configuration.path + (configuration.path.contains("?") ? "&" : "?") + query
         }
 
-        private mutating func welcomed(_ welcome: Welcome, now: Instant) -> [Action] {
+        /// - Parameter position: The user stream's top; nil when the gateway keeps no history.
+        private mutating func welcomed(_ welcome: Welcome, position: StreamPosition?, now: Instant) -> [Action] {
             // After an abandoned attempt's deadline the socket is on its way down: too late.
             guard case .open(let generation, let connection, _?) = phase else { return [] }
             let reconnected = hasBeenWelcomed
@@ -362,17 +418,32 @@ extension GatewayClient {
             retriesSinceWelcome = 0
             phase = .ready(generation: generation, connection: connection)
             self.welcome = welcome
+            hasHistory = position != nil
             var actions: [Action] = []
-            // Re-join before anything else is written: the gateway handles one connection's
-            // frames in order, so a request made after `welcome` follows the joins.
+            var streamEvents: [Event] = []
+            // Resume and re-join before anything else is written: the gateway handles one
+            // connection's frames in order, so a request made after `welcome` follows them.
+            // Without history on this gateway a position means nothing: asking would only
+            // be refused with history_disabled.
+            if !hasHistory {
+                streamEvents = tracker.historyOff()
+            } else if let since = tracker.positions[.user] {
+                tracker.beginRecovery(.user)
+                actions += send(.resume(since: since), reply: nil, rejoinIndex: nil, on: connection, now: now)
+            } else {
+                streamEvents = tracker.adopt(position, for: .user)
+            }
             if !rooms.isEmpty {
                 rejoin = Rejoin(rooms: rooms, outcomes: Array(repeating: nil, count: rooms.count))
                 for (index, room) in rooms.enumerated() {
-                    actions += send(.join(room: room), reply: nil, rejoinIndex: index, on: connection, now: now)
+                    let since = tracker.positions[.room(room)]
+                    if since != nil { tracker.beginRecovery(.room(room)) }
+                    actions += send(.join(room: room, since: since), reply: nil, rejoinIndex: index, on: connection, now: now)
                 }
             }
             actions += resumeAllWaiters(.success(welcome))
             actions.append(.emit(.welcome(user: welcome.user, gateway: welcome.gateway)))
+            actions += streamEvents.map { .emit($0) }
             if rooms.isEmpty && reconnected { actions.append(.emit(.rejoined(rooms: [], failed: []))) }
             return actions
         }
@@ -383,6 +454,7 @@ extension GatewayClient {
             let willReconnect = configuration.reconnects && (closeCode != Self.policyClose || configuration.identity.canFetchFreshToken)
             var actions: [Action] = [.emit(.disconnected(closeCode: closeCode, willReconnect: willReconnect))]
             actions += failAllPending(SwitchboardClientError(code: .connectionClosed, message: "the connection closed (\(closeCode))", cause: cause))
+            tracker.connectionEnded()
             if willReconnect { return actions + scheduleRetry(now: now) }
             let error = SwitchboardClientError(
                 code: .connectionClosed,
@@ -408,26 +480,100 @@ extension GatewayClient {
 
         // MARK: Requests
 
-        private mutating func send(_ request: Request, reply: Reply?, rejoinIndex: Int?, on connection: Connection, now: Instant) -> [Action] {
+        /// - Parameter recovers: The answer ends a recovery although the request has no `since`.
+        private mutating func send(
+            _ request: Request,
+            reply: Reply?,
+            rejoinIndex: Int?,
+            recovers: Bool = false,
+            on connection: Connection,
+            now: Instant
+        ) -> [Action] {
             requestCount += 1
             let id = "c\(requestCount)"
             let deadline = now + configuration.ackTimeout
-            pending[id] = Pending(request: request, reply: reply, deadline: deadline, sequence: requestCount, rejoinIndex: rejoinIndex)
+            let recovers = recovers || request.asksForHistory
+            pending[id] = Pending(
+                request: request,
+                reply: reply,
+                deadline: deadline,
+                sequence: requestCount,
+                rejoinIndex: rejoinIndex,
+                recovers: recovers
+            )
             return [.write(request.frame(id: id), to: connection)] + arm(deadline)
         }
 
-        private mutating func complete(_ request: Pending, with result: Result<Void, SwitchboardClientError>) -> [Action] {
+        private mutating func complete(_ request: Pending, with result: Result<Acknowledgement, SwitchboardClientError>) -> [Action] {
             var actions: [Action] = []
+            switch request.request {
+            case .resume:
+                return streamAnswered(.user, result, recovers: true, followed: true).map { .emit($0) }
+            case .join(let room, _):
+                // A re-join answered after a `leave` is for a room no longer followed.
+                let followed = request.rejoinIndex == nil || rooms.contains(room)
+                actions += streamAnswered(.room(room), result, recovers: request.recovers, followed: followed).map { .emit($0) }
+            case .direct, .leave, .publish, .ping:
+                break
+            }
             if let index = request.rejoinIndex {
                 actions += rejoinAnswered(index, result)
-            } else if case .join(let room) = request.request, case .success = result, !rooms.contains(room) {
+            } else if case .join(let room, _) = request.request, case .success = result, !rooms.contains(room) {
                 rooms.append(room)
             }
             if let reply = request.reply { actions.append(.completeRequest(reply, result)) }
             return actions
         }
 
-        private mutating func rejoinAnswered(_ index: Int, _ result: Result<Void, SwitchboardClientError>) -> [Action] {
+        /// A `resume` or a `join` was answered: what it means for the stream's position.
+        /// - Parameters:
+        ///   - recovers: The request is the one the stream's recovery waits for.
+        ///   - followed: The stream is still followed (a re-join's room was not left meanwhile).
+        private mutating func streamAnswered(
+            _ stream: MessageStream,
+            _ result: Result<Acknowledgement, SwitchboardClientError>,
+            recovers: Bool,
+            followed: Bool
+        ) -> [Event] {
+            guard recovers && tracker.isRecovering(stream) else {
+                // A plain join: the room is followed from its top.
+                guard case .room = stream, case .success(let ack) = result, followed else { return [] }
+                return tracker.adopt(ack.position, for: stream)
+            }
+            switch result {
+            case .success(let ack):
+                let outcome: StreamTracker.Outcome =
+                    ack.recovered == true ? .recovered(top: ack.position) : .notRecovered(reason: ack.reason, top: ack.position)
+                return tracker.finishRecovery(stream, outcome)
+            case .failure(let error) where error.code == .connectionClosed:
+                // The next connection asks again from the same position.
+                return tracker.abandonRecovery(stream, deliverHeld: false)
+            case .failure(let error) where stream == .user:
+                // Not retried on this connection, so a refusal cannot loop; a position the
+                // gateway cannot use is dropped, so the next connection does not ask again.
+                let forget = error.code == .historyDisabled || error.code == .invalidMessage
+                return tracker.finishRecovery(stream, .refused(reason: error.code.rawValue, forget: forget))
+            case .failure(let error):
+                // The room's join failed: `rejoined`, or the caller's error, reports it.
+                let events = tracker.abandonRecovery(stream, deliverHeld: true)
+                if error.code == .forbidden || error.code == .invalidID { tracker.forget(stream) }
+                return events
+            }
+        }
+
+        /// The `join` refusals that say nothing against the room itself, only against `since`.
+        static func joinsWithoutSince(after code: SwitchboardClientError.Code) -> Bool {
+            code == .historyDisabled || code == .historyUnavailable || code == .alreadyResumed || code == .invalidMessage
+        }
+
+        /// Whether a `join` of `room` is waiting for its answer.
+        private func isJoining(_ room: String) -> Bool {
+            pending.values.contains { pending in
+                if case .join(room, _) = pending.request { true } else { false }
+            }
+        }
+
+        private mutating func rejoinAnswered(_ index: Int, _ result: Result<Acknowledgement, SwitchboardClientError>) -> [Action] {
             guard var rejoin else { return [] }
             var actions: [Action] = []
             let room = rejoin.rooms[index]

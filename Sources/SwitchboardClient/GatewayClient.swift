@@ -23,6 +23,10 @@ import Synchronization
 /// - After any close that ``close()`` did not ask for, the client reconnects after a
 ///   full-jitter exponential backoff (``ReconnectBackoff``), and after the new `welcome`
 ///   joins every room whose `join` was acked before it sends anything else.
+/// - With a gateway that keeps history, each reconnect also resumes the user stream and
+///   every room from the last message the client handed over: missed messages are
+///   replayed, duplicates are dropped, and ``Event/recovered(stream:recovered:reason:)``
+///   says per stream whether nothing was lost (docs/clients.md, "Stream recovery").
 /// - Everything the gateway pushes arrives in ``events``.
 ///
 /// The client is an actor, and its state is one value: a state machine
@@ -59,12 +63,18 @@ public actor GatewayClient {
     ///
     /// `data` is always the exact JSON text of the frame's `data` member, byte for byte as
     /// the sender wrote it; decode it with `JSONDecoder` if you want a value.
+    ///
+    /// With a gateway that keeps history, each `.direct` and `.room` is handed over once
+    /// per client (a copy already handed over before a reconnect is dropped), and is
+    /// followed at once by ``position(stream:position:)`` with its offset and epoch.
     public enum Event: Sendable {
         /// The gateway accepted the user: the client is ready and reachable.
         case welcome(user: String, gateway: String)
-        /// A direct message to this user.
+        /// A direct message to this user (its position follows in ``position(stream:position:)``
+        /// for ``MessageStream/user``, with history on).
         case direct(from: String, to: String, data: String)
-        /// A message in a room this connection is in (the client's own included).
+        /// A message in a room this connection is in, the client's own included (its position
+        /// follows in ``position(stream:position:)`` for ``MessageStream/room(_:)``, with history on).
         case room(room: String, from: String, data: String)
         /// A message to every connected user.
         case broadcast(from: String, data: String)
@@ -82,6 +92,20 @@ public actor GatewayClient {
         /// After a reconnect's `welcome`, every remembered room was joined again:
         /// `rooms` succeeded, `failed` did not (each error names its room).
         case rejoined(rooms: [String], failed: [SwitchboardClientError])
+        /// The client's position in `stream` moved (history on): right after each `.direct`
+        /// or `.room` with that message's offset and epoch, and when a `welcome`, a `join`'s
+        /// ack or a recovery set it. Keep the latest per stream and pass them as
+        /// ``Configuration/resumeFrom`` to continue after a restart.
+        case position(stream: MessageStream, position: StreamPosition)
+        /// A `resume` (``MessageStream/user``) or `join` with `since` (a room) was answered,
+        /// after a reconnect or a start from ``Configuration/resumeFrom``. `recovered`: the
+        /// messages after the client's position were replayed, and emitted before this
+        /// event, each once. Otherwise nothing was replayed and messages may be missing:
+        /// reload the stream from your own backend; live ones keep coming. `reason` is the
+        /// gateway's (`epoch_changed`, `expired`, `limit_exceeded`, `ahead`) or the code that
+        /// refused the request (`history_disabled`, `history_unavailable`, `already_resumed`,
+        /// `invalid_message`, `timeout`).
+        case recovered(stream: MessageStream, recovered: Bool, reason: String?)
     }
 
     /// The configuration the client was made with.
@@ -101,7 +125,7 @@ public actor GatewayClient {
     /// Rooms whose `join` was acked (and not left): re-joined after every reconnect.
     public var rooms: [String] { machine.rooms }
 
-    typealias RequestReply = CheckedContinuation<Result<Void, SwitchboardClientError>, Never>
+    typealias RequestReply = CheckedContinuation<Result<Acknowledgement, SwitchboardClientError>, Never>
     typealias Machine = StateMachine<WebSocketConnection, RequestReply, WelcomeWaiter>
 
     /// Every decision; this actor feeds it inputs and performs the actions it returns.
@@ -169,21 +193,29 @@ public actor GatewayClient {
     ///   - recipient: The user id.
     ///   - json: The message: the exact JSON text of any JSON value (`{"text":"hi"}`,
     ///     `"psst"`, `42`); recipients get these bytes unchanged.
+    /// - Returns: What the ack said: with history on, a recipient connected nowhere is not
+    ///   an error; the message is kept for it (``DirectReceipt/recipientOffline``).
     /// - Throws: ``SwitchboardClientError``: `recipient_offline` when no gateway hosts the
-    ///   user, `invalid_message` (before sending) when `json` is not one JSON value, or
-    ///   `invalid_id`, `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
-    public func sendDirect(to recipient: String, json: String) async throws(SwitchboardClientError) {
-        try await send(.direct(to: recipient, data: try OutgoingFrame.validated(json: json)))
+    ///   user and the gateway keeps no history, `invalid_message` (before sending) when
+    ///   `json` is not one JSON value, or `invalid_id`, `backplane_unavailable`,
+    ///   `not_connected`, `timeout`, `connection_closed`, …
+    @discardableResult
+    public func sendDirect(to recipient: String, json: String) async throws(SwitchboardClientError) -> DirectReceipt {
+        let ack = try await send(.direct(to: recipient, data: try OutgoingFrame.validated(json: json)))
+        return DirectReceipt(offset: ack.offset, recipientOffline: ack.recipientOffline)
     }
 
     /// Sends a direct message whose `data` is `value` encoded with `JSONEncoder`; otherwise
     /// as ``sendDirect(to:json:)``.
-    public nonisolated func sendDirect(to recipient: String, data value: some Encodable) async throws(SwitchboardClientError) {
+    @discardableResult
+    public nonisolated func sendDirect(to recipient: String, data value: some Encodable) async throws(SwitchboardClientError) -> DirectReceipt {
         try await sendDirect(to: recipient, json: OutgoingFrame.encoded(value))
     }
 
     /// Joins a room and returns once the gateway acked it; the room is then remembered
-    /// and re-joined after every reconnect.
+    /// and re-joined after every reconnect. For a room with a position in
+    /// ``Configuration/resumeFrom`` (and a gateway with history), the `join` carries
+    /// `since`, and ``Event/recovered(stream:recovered:reason:)`` follows.
     /// - Throws: ``SwitchboardClientError``: `forbidden`, `invalid_id`,
     ///   `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
     public func join(_ room: String) async throws(SwitchboardClientError) {
@@ -231,11 +263,12 @@ public actor GatewayClient {
     /// Hands a request to the machine and waits for its answer. The frame is written before
     /// this suspends, so frames go out in the order requests are made (re-joins first
     /// after a `welcome`).
-    private func send(_ request: Machine.Request) async throws(SwitchboardClientError) {
+    @discardableResult
+    private func send(_ request: Machine.Request) async throws(SwitchboardClientError) -> Acknowledgement {
         let result = await withCheckedContinuation { (reply: RequestReply) in
             perform(machine.request(request, reply: reply, now: .now))
         }
-        try result.get()
+        return try result.get()
     }
 
     /// Feeds an input that arrives from outside the actor (a timer, a token provider).

@@ -45,6 +45,11 @@ extension GatewayClient {
         public var unitRandom: @Sendable () -> Double
         /// Where the connections run; nil uses NIO's shared singleton group.
         public var eventLoopGroup: (any EventLoopGroup)?
+        /// Positions to resume from, as saved from ``GatewayClient/Event/position(stream:position:)``
+        /// by an earlier client: the first `welcome` resumes the user stream from its entry,
+        /// and ``GatewayClient/join(_:)`` resumes a room from its entry. Empty by default:
+        /// only reconnects resume.
+        public var resumeFrom: [MessageStream: StreamPosition]
 
         /// - Parameters:
         ///   - host: The gateway's host; loopback by default.
@@ -58,6 +63,7 @@ extension GatewayClient {
         ///   - reconnects: Whether to reconnect after an unexpected close; true by default.
         ///   - unitRandom: The jitter's random source; `Double.random(in: 0..<1)` by default.
         ///   - eventLoopGroup: The NIO event loop group; the shared singleton by default.
+        ///   - resumeFrom: Saved stream positions to resume from on the first connection; none by default.
         public init(
             host: String = "127.0.0.1",
             port: Int,
@@ -69,7 +75,8 @@ extension GatewayClient {
             connectTimeout: Duration = .seconds(10),
             reconnects: Bool = true,
             unitRandom: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
-            eventLoopGroup: (any EventLoopGroup)? = nil
+            eventLoopGroup: (any EventLoopGroup)? = nil,
+            resumeFrom: [MessageStream: StreamPosition] = [:]
         ) {
             self.host = host
             self.port = port
@@ -82,6 +89,7 @@ extension GatewayClient {
             self.reconnects = reconnects
             self.unitRandom = unitRandom
             self.eventLoopGroup = eventLoopGroup
+            self.resumeFrom = resumeFrom
         }
     }
 }

@@ -265,7 +265,11 @@ struct Script {
     let t0 = ContinuousClock.now
 
     /// Backoff 100 ms…400 ms with jitter 0.5, ack timeout 1 s, connect timeout 5 s.
-    init(identity: GatewayClient.Identity = .user("alice"), reconnects: Bool = true) {
+    init(
+        identity: GatewayClient.Identity = .user("alice"),
+        reconnects: Bool = true,
+        resumeFrom: [GatewayClient.MessageStream: GatewayClient.StreamPosition] = [:]
+    ) {
         machine = Machine(
             configuration: .init(
                 port: 9,
@@ -274,7 +278,8 @@ struct Script {
                 ackTimeout: .seconds(1),
                 connectTimeout: .seconds(5),
                 reconnects: reconnects,
-                unitRandom: { 0.5 }
+                unitRandom: { 0.5 },
+                resumeFrom: resumeFrom
             )
         )
     }
@@ -313,12 +318,21 @@ struct Script {
         describe(machine.deadlineReached(armedAt: at(armed), now: at(now ?? armed)), t0)
     }
 
-    /// Connects (or, with a token provider, goes on from the fetched token) and reads `welcome`.
-    mutating func bringUp(connection: String = "conn1", generation: Int = 1, at milliseconds: Int = 0) {
+    /// Connects (or, with a token provider, goes on from the fetched token) and reads
+    /// `welcome` (with `position` from a gateway with history).
+    /// - Returns: What the `welcome` did.
+    @discardableResult
+    mutating func bringUp(
+        connection: String = "conn1",
+        generation: Int = 1,
+        at milliseconds: Int = 0,
+        position: GatewayClient.StreamPosition? = nil
+    ) -> [String] {
         if machine.state == .idle { _ = connect(waiter: 1, at: milliseconds) }
         _ = opened(connection, generation: generation, at: milliseconds)
-        _ = frame(.welcome(user: "alice", gateway: "gw1"), generation: generation, at: milliseconds)
+        let actions = frame(.welcome(user: "alice", gateway: "gw1", position: position), generation: generation, at: milliseconds)
         #expect(machine.state == .ready)
+        return actions
     }
 }
 
@@ -342,7 +356,12 @@ func describe(_ actions: [Machine.Action], _ t0: ContinuousClock.Instant) -> [St
         case .disconnected(let code, let willReconnect): "disconnected \(code) " + (willReconnect ? "reconnect" : "final")
         case .reconnecting(let attempt, let delay): "reconnecting \(attempt) after \(milliseconds(delay))ms"
         case .rejoined(let rooms, let failed): "rejoined " + list(rooms) + " failed " + list(failed.map { "\($0.room ?? "?"): \($0.code)" })
+        case .position(let stream, let position): "position \(stream) \(position)"
+        case .recovered(let stream, let recovered, let reason): "recovered \(stream) \(recovered)" + (reason.map { " \($0)" } ?? "")
         }
+    }
+    func ack(_ ack: Acknowledgement) -> String {
+        "ok" + (ack.offset.map { " offset \($0)" } ?? "") + (ack.recipientOffline ? " recipient offline" : "")
     }
 
     return actions.map { action in
@@ -353,7 +372,7 @@ func describe(_ actions: [Machine.Action], _ t0: ContinuousClock.Instant) -> [St
         case .write(let text, let connection): "write \(connection) \(text)"
         case .close(let connection): "close \(connection)"
         case .abort(let connection): "abort \(connection)"
-        case .completeRequest(let reply, let outcome): "reply \(reply) " + result(outcome) { "ok" }
+        case .completeRequest(let reply, let outcome): "reply \(reply) " + result(outcome, ack)
         case .resumeWaiters(let waiters, let outcome): "waiters \(waiters) " + result(outcome) { "welcome \($0.user)@\($0.gateway)" }
         case .emit(let event): line(event)
         case .armTimer(let instant): "arm \(milliseconds(instant - t0))ms"
