@@ -25,7 +25,7 @@ struct BenchCommand: AsyncParsableCommand {
         abstract: "Measure a running gateway.",
         subcommands: [
             ConnectBench.self, DirectBench.self, RoomBench.self, FanoutBench.self, IdleBench.self, BindingsBench.self, ConfirmsBench.self,
-            ParseBench.self,
+            ParseBench.self, ResumeStormBench.self,
         ]
     )
 }

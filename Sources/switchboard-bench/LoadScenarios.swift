@@ -198,13 +198,16 @@ enum TrafficRun {
         let capacity = traffic.rate * traffic.duration + traffic.rate
         let ledger = DeliveryLedger(capacity: capacity)
         let acks = Atomic<Int>(0)
-        let fleet = try await Fleet.open(load) { _, text in
-            if text.hasPrefix(#"{"type":"ack""#) {
-                acks.add(1, ordering: .relaxed)
-            } else if text.hasPrefix(#"{"type":"direct""#) || text.hasPrefix(#"{"type":"room""#) {
-                ledger.record(text)
+        let fleet = try await Fleet.open(
+            load,
+            onText: { _, text in
+                if text.hasPrefix(#"{"type":"ack""#) {
+                    acks.add(1, ordering: .relaxed)
+                } else if text.hasPrefix(#"{"type":"direct""#) || text.hasPrefix(#"{"type":"room""#) {
+                    ledger.record(text)
+                }
             }
-        }
+        )
         defer { Task { await fleet.closeAll() } }
         var result = LoadResult(scenario: scenario, label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
         guard fleet.connected == load.users else {
@@ -227,6 +230,7 @@ enum TrafficRun {
         let receivedBefore = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
         let gatewayCPUBefore = try ProcessStats.cpuMicroseconds(load.gatewayPIDs)
         let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
+        let generatorCPUBefore = try ProcessStats.cpuMicroseconds(pid: getpid())
 
         // Paced sending: each millisecond, catch up to rate × elapsed.
         let started = ContinuousClock.now
@@ -251,6 +255,7 @@ enum TrafficRun {
         }
         let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
         let brokerCPU = try ProcessStats.cpuMicroseconds(load.brokerPIDs) - brokerCPUBefore
+        let generatorCPU = try ProcessStats.cpuMicroseconds(pid: getpid()) - generatorCPUBefore
         let receivedAfter = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
 
         let (delivered, lost, duplicated) = ledger.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
@@ -268,7 +273,8 @@ enum TrafficRun {
             result.cpu_us_per_msg = .init(
                 gateways: gatewayCPU / perMessage,
                 brokers: brokerCPU / perMessage,
-                total: (gatewayCPU + brokerCPU) / perMessage
+                total: (gatewayCPU + brokerCPU) / perMessage,
+                generator: generatorCPU / perMessage
             )
         }
         result.backplane_received = receivedAfter - receivedBefore
