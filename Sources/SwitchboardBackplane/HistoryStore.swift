@@ -107,7 +107,8 @@ public protocol HistoryStore: Service {
     func append(_ head: ByteBuffer, to stream: BackplaneAddress, completion: @escaping @Sendable (Result<HistoryAppend, HistoryError>) -> Void)
 
     /// Reads the top of `stream` and, when `after` is given, the retained messages after
-    /// that offset (at most `limit`; none when more than `limit` are missing).
+    /// that offset, oldest first: at most `limit`, and none when more than `limit` are
+    /// missing up to the top, unless `partial` (then the first `limit` after `after`).
     ///
     /// A stream that does not exist yet is created (a new epoch, top 0), so a position
     /// handed out for it stays valid for its first message.
@@ -115,15 +116,16 @@ public protocol HistoryStore: Service {
         _ stream: BackplaneAddress,
         after: UInt64?,
         limit: Int,
+        partial: Bool,
         completion: @escaping @Sendable (Result<HistoryRange, HistoryError>) -> Void
     )
 }
 
 extension HistoryStore {
-    /// Async form of ``read(_:after:limit:completion:)``.
-    public func read(_ stream: BackplaneAddress, after: UInt64?, limit: Int) async throws(HistoryError) -> HistoryRange {
+    /// Async form of ``read(_:after:limit:partial:completion:)``.
+    public func read(_ stream: BackplaneAddress, after: UInt64?, limit: Int, partial: Bool = false) async throws(HistoryError) -> HistoryRange {
         let result = await withCheckedContinuation { continuation in
-            read(stream, after: after, limit: limit) { continuation.resume(returning: $0) }
+            read(stream, after: after, limit: limit, partial: partial) { continuation.resume(returning: $0) }
         }
         return try result.get()
     }

@@ -51,7 +51,7 @@ public final class MemoryHistory: HistoryStore {
                 state.writesSinceSweep = 0
                 sweep(&state, now: now)
             }
-            var entry = state.streams[stream] ?? Stream(epoch: StreamPosition.randomEpoch(), lastUsed: now)
+            var entry = state.streams.removeValue(forKey: stream) ?? Stream(epoch: StreamPosition.randomEpoch(), lastUsed: now)
             prune(&entry, now: now)
             entry.top += 1
             let position = StreamPosition(epoch: entry.epoch, offset: entry.top)
@@ -69,20 +69,23 @@ public final class MemoryHistory: HistoryStore {
         _ stream: BackplaneAddress,
         after: UInt64?,
         limit: Int,
+        partial: Bool,
         completion: @escaping @Sendable (Result<HistoryRange, HistoryError>) -> Void
     ) {
         let now = clock()
         let range = state.withLock { state -> HistoryRange in
-            var entry = state.streams[stream] ?? Stream(epoch: StreamPosition.randomEpoch(), lastUsed: now)
+            // Taken out and put back: mutated while the dictionary also held it, the buffer would be copied.
+            var entry = state.streams.removeValue(forKey: stream) ?? Stream(epoch: StreamPosition.randomEpoch(), lastUsed: now)
             prune(&entry, now: now)
             entry.lastUsed = now
-            state.streams[stream] = entry
+            defer { state.streams[stream] = entry }
             let top = StreamPosition(epoch: entry.epoch, offset: entry.top)
-            guard let after, after < entry.top, entry.top - after <= UInt64(max(0, limit)) else {
+            let limit = UInt64(max(0, limit))
+            guard let after, after < entry.top, partial || entry.top - after <= limit else {
                 return HistoryRange(top: top, entries: [])
             }
-            let entries = entry.entries.filter { $0.offset > after }.map { HistoryEntry(offset: $0.offset, frame: $0.frame) }
-            return HistoryRange(top: top, entries: entries)
+            let entries = entry.entries.lazy.filter { $0.offset > after }.prefix(Int(limit)).map { HistoryEntry(offset: $0.offset, frame: $0.frame) }
+            return HistoryRange(top: top, entries: Array(entries))
         }
         completion(.success(range))
     }
@@ -92,8 +95,14 @@ public final class MemoryHistory: HistoryStore {
         while let first = stream.entries.first, first.written < oldest { stream.entries.removeFirst() }
     }
 
+    /// Drops streams unused for the metadata TTL, and expired messages of the others.
     private func sweep(_ state: inout State, now: NIODeadline) {
         let stale = now - TimeAmount(retention.metadataTTL)
         state.streams = state.streams.filter { $0.value.lastUsed >= stale }
+        for key in Array(state.streams.keys) {
+            guard var entry = state.streams.removeValue(forKey: key) else { continue }
+            prune(&entry, now: now)
+            state.streams[key] = entry
+        }
     }
 }

@@ -1,4 +1,3 @@
-import Foundation
 public import Logging
 public import NIOCore
 import NIOPosix
@@ -99,7 +98,6 @@ public final class RedisHistory: HistoryStore {
             ByteBuffer(string: String(max(1, ttl))),
             ByteBuffer(string: String(metadataTTL)),
             ByteBuffer(string: StreamPosition.randomEpoch()),
-            ByteBuffer(string: String(Self.nowMilliseconds())),
             channel,
             payloadPrefix,
         ]
@@ -135,6 +133,7 @@ public final class RedisHistory: HistoryStore {
         _ stream: BackplaneAddress,
         after: UInt64?,
         limit: Int,
+        partial: Bool,
         completion: @escaping @Sendable (Result<HistoryRange, HistoryError>) -> Void
     ) {
         let metadataTTL = max(1, Self.milliseconds(retention.metadataTTL) / 1000)
@@ -143,16 +142,19 @@ public final class RedisHistory: HistoryStore {
             ByteBuffer(string: String(max(0, limit))),
             ByteBuffer(string: StreamPosition.randomEpoch()),
             ByteBuffer(string: String(metadataTTL)),
+            ByteBuffer(string: partial ? "1" : "0"),
         ]
-        let oldest = Self.nowMilliseconds() - Self.milliseconds(retention.ttl)
+        let ttl = Self.milliseconds(retention.ttl)
         evaluate(\.read, script: HistoryScripts.read, stream: stream, arguments: arguments) { result in
             switch result {
-            case .success(.array(let values)) where values.count == 3:
+            case .success(.array(let values)) where values.count == 4:
                 guard let epoch = values[0].string, StreamPosition.isValidEpoch(epoch), case .integer(let top) = values[1], top >= 0,
-                    case .array(let rows) = values[2]
+                    case .array(let rows) = values[2], case .integer(let now) = values[3]
                 else {
                     return completion(.failure(HistoryError("the read script answered \(values)")))
                 }
+                // Ages by Redis's clock, which also wrote them: gateways' clocks may differ.
+                let oldest = now - ttl
                 var entries: [HistoryEntry] = []
                 entries.reserveCapacity(rows.count)
                 for row in rows {
@@ -215,17 +217,14 @@ public final class RedisHistory: HistoryStore {
         let (seconds, attoseconds) = duration.components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
-
-    private static func nowMilliseconds() -> Int64 {
-        Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
-    }
 }
 
 /// The two scripts. Numbers are formatted with `%d`: Lua's default would write a large
 /// offset as `1e+14`.
 enum HistoryScripts {
-    /// KEYS: stream, meta. ARGV: head, size, ttl ms, metadata ttl s, new epoch, now ms,
-    /// channel ('' to not publish), payload prefix. Returns {epoch, offset, receivers or -1}.
+    /// KEYS: stream, meta. ARGV: head, size, ttl ms, metadata ttl s, new epoch, channel ('' to
+    /// not publish), payload prefix. Returns {epoch, offset, receivers or -1}. The write time
+    /// is Redis's (`TIME`), so every gateway ages entries by one clock.
     static let append = """
         local epoch = redis.call('HGET', KEYS[2], 'e')
         if not epoch then
@@ -237,15 +236,18 @@ enum HistoryScripts {
         redis.call('EXPIRE', KEYS[2], ARGV[4])
         local digits = string.format('%d', offset)
         local frame = ARGV[1] .. ',"offset":' .. digits .. ',"epoch":"' .. epoch .. '"}'
-        redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], digits .. '-0', 'f', frame, 't', ARGV[6])
+        local now = redis.call('TIME')
+        local written = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+        redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], digits .. '-0', 'f', frame, 't', written)
         redis.call('PEXPIRE', KEYS[1], ARGV[3])
         local receivers = -1
-        if ARGV[7] ~= '' then receivers = redis.call('PUBLISH', ARGV[7], ARGV[8] .. frame) end
+        if ARGV[6] ~= '' then receivers = redis.call('PUBLISH', ARGV[6], ARGV[7] .. frame) end
         return {epoch, offset, receivers}
         """
 
-    /// KEYS: stream, meta. ARGV: after (-1 for the top only), limit, new epoch, metadata ttl s.
-    /// Returns {epoch, top, rows}; rows is empty when more than `limit` are missing.
+    /// KEYS: stream, meta. ARGV: after (-1 for the top only), limit, new epoch, metadata ttl s,
+    /// partial ('1': the first `limit` after `after` even when more are missing). Returns
+    /// {epoch, top, rows, now ms}; rows is empty when more than `limit` are missing (unless partial).
     static let read = """
         local epoch = redis.call('HGET', KEYS[2], 'e')
         if not epoch then
@@ -257,8 +259,10 @@ enum HistoryScripts {
         local top = tonumber(redis.call('HGET', KEYS[2], 't'))
         local after = tonumber(ARGV[1])
         local limit = tonumber(ARGV[2])
-        if after < 0 or after >= top or top - after > limit then return {epoch, top, {}} end
-        return {epoch, top, redis.call('XRANGE', KEYS[1], string.format('%d', after + 1) .. '-0', '+', 'COUNT', limit)}
+        local now = redis.call('TIME')
+        local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+        if after < 0 or after >= top or (ARGV[5] ~= '1' and top - after > limit) then return {epoch, top, {}, ms} end
+        return {epoch, top, redis.call('XRANGE', KEYS[1], string.format('%d', after + 1) .. '-0', '+', 'COUNT', limit), ms}
         """
 }
 

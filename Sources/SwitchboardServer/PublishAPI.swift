@@ -72,14 +72,15 @@ enum PublishAPI {
         }
         let range: HistoryRange
         do {
-            range = try await history.read(stream, after: since, limit: maximum)
+            // The oldest `limit` after `since`, even when more are kept: a page, not a recovery.
+            range = try await history.read(stream, after: since, limit: limit, partial: true)
         } catch {
             gateway.logger.warning("API history read failed", metadata: [LoggingKeys.address: "\(stream)", LoggingKeys.errorType: "\(error)"])
             return Self.error(.serviceUnavailable, "the history store cannot be reached now")
         }
-        let missing = range.top.offset > since ? range.top.offset - since : 0
-        // More missing than the store returns: say so, so that a backend does not take a part for the whole.
-        let complete = missing <= UInt64(maximum) && range.entries.first.map { $0.offset == since + 1 } ?? (missing == 0)
+        // The page starts right after `since` (nothing expired or trimmed before it): a backend
+        // can tell a page from a range with a hole. `since` past the top is no range at all.
+        let complete = since <= range.top.offset && (range.entries.first.map { $0.offset == since + 1 } ?? (since == range.top.offset))
         var body = ByteBuffer()
         body.writeString(#"{"stream":"#)
         var name = ""

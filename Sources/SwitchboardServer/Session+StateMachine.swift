@@ -41,9 +41,8 @@ struct SessionStateMachine {
         case publish(PublishRequest)
         /// Tell the event sink that a direct message reached no one.
         case reportUndelivered(ByteBuffer, to: BackplaneAddress)
-        /// Read the top of a stream and, with `after`, its messages after that offset (up
-        /// to the recovery limit); feed ``historyRead(_:purpose:result:)``.
-        case readHistory(BackplaneAddress, after: UInt64?, purpose: StreamCursor.Purpose)
+        /// Read a stream; feed ``historyRead(_:result:)`` with the request.
+        case readHistory(HistoryRead)
         /// Feed ``gapCheck(_:)`` after this long.
         case scheduleGapCheck(BackplaneAddress, TimeAmount)
         /// Count a `resume` / `join` with `since` by outcome ("recovered" or a
@@ -80,6 +79,20 @@ struct SessionStateMachine {
         /// A stream cannot be continued on this connection (a gap history cannot fill, or a
         /// new epoch): the client reconnects and resumes.
         case insufficientState(BackplaneAddress)
+    }
+
+    /// A history read and what its result is for. `token` ties the result to the cursor
+    /// that asked: a result for a cursor that was replaced (leave, join again) or moved on
+    /// (a resume took over a gap fill) is dropped.
+    struct HistoryRead: Equatable {
+        var address: BackplaneAddress
+        /// The messages after this offset; nil: only the top.
+        var after: UInt64?
+        var purpose: StreamCursor.Purpose
+        var token: Int
+        /// A gap fill reads only the missing offsets: at most this many, even if more are
+        /// missing up to the top. nil: all or nothing, up to the recovery limit.
+        var partialLimit: Int?
     }
 
     /// A message handed to the backplane, and what its outcome needs.
@@ -169,6 +182,8 @@ struct SessionStateMachine {
     private(set) var rooms: Set<RoomID> = []
     /// With history on: the user's stream and each joined room's.
     private(set) var streams: [BackplaneAddress: StreamCursor] = [:]
+    /// The token of the next history read (``HistoryRead/token``).
+    private var nextReadToken = 1
     /// The last time anything arrived from the client (frames, pongs), for the idle timeout.
     private var lastHeard: NIODeadline
     private var isWritable = true
@@ -221,7 +236,7 @@ struct SessionStateMachine {
         case .success where limits.history:
             // The welcome carries the stream's top: read it first (live messages wait in `heldDeliveries`).
             streams[.user(user)] = StreamCursor(mode: .opening(.welcome))
-            return [.cancelBindTimeout, .readHistory(.user(user), after: nil, purpose: .welcome)]
+            return [.cancelBindTimeout] + read(.user(user), after: nil, purpose: .welcome)
         case .success:
             return [.cancelBindTimeout] + welcome(position: nil)
         case .failure(let error):
@@ -253,12 +268,16 @@ struct SessionStateMachine {
         return [.log(.userBindTimedOut)] + refuseUnreachableUser("the backplane did not make this user reachable in time")
     }
 
-    private mutating func refuseUnreachableUser(_ message: String, code: ErrorCode = .backplaneUnavailable) -> [Action] {
+    private mutating func refuseUnreachableUser(
+        _ message: String,
+        code: ErrorCode = .backplaneUnavailable,
+        reason: GatewayMetrics.CloseReason = .backplane
+    ) -> [Action] {
         heldFrames = []
         heldDeliveries = []
         phase = .open
         var actions = [Action.writeText(ServerFrame.error(ProtocolError(code, message)), counted: .error)]
-        actions += close(CloseCode.tryAgainLater, reason: .backplane, message: "backplane unavailable")
+        actions += close(CloseCode.tryAgainLater, reason: reason, message: reason == .history ? "history unavailable" : "backplane unavailable")
         return actions
     }
 
@@ -352,14 +371,34 @@ struct SessionStateMachine {
     mutating func gapCheck(_ address: BackplaneAddress) -> [Action] {
         guard phase == .open, var cursor = streams[address] else { return [] }
         cursor.gapCheckArmed = false
-        defer { streams[address] = cursor }
-        guard cursor.mode == .live, cursor.hasGap else { return [] }
+        guard cursor.mode == .live, cursor.hasGap, let next = cursor.pending.keys.min() else {
+            streams[address] = cursor
+            return []
+        }
         cursor.mode = .fillingGap
-        return [.readHistory(address, after: cursor.delivered, purpose: .gap)]
+        // Only what is missing before the first waiting message: on a busy stream the top
+        // may be far ahead, and what lies past the gap is already here or on its way.
+        let missing = Int(clamping: next - cursor.delivered - 1)
+        cursor.gapTarget = next - 1
+        streams[address] = cursor
+        return read(address, after: cursor.delivered, purpose: .gap, partialLimit: min(missing, limits.recoveryLimit))
     }
 
-    /// A history read of `address` returned.
-    mutating func historyRead(_ address: BackplaneAddress, purpose: StreamCursor.Purpose, result: Result<HistoryRange, HistoryError>) -> [Action] {
+    /// Asks for a read on behalf of the cursor at `address`, which then waits for that one.
+    private mutating func read(_ address: BackplaneAddress, after: UInt64?, purpose: StreamCursor.Purpose, partialLimit: Int? = nil) -> [Action] {
+        let token = nextReadToken
+        nextReadToken += 1
+        streams[address]?.awaitedRead = token
+        return [.readHistory(HistoryRead(address: address, after: after, purpose: purpose, token: token, partialLimit: partialLimit))]
+    }
+
+    /// A history read returned.
+    mutating func historyRead(_ request: HistoryRead, result: Result<HistoryRange, HistoryError>) -> [Action] {
+        let address = request.address
+        let purpose = request.purpose
+        guard var awaiting = streams[address], awaiting.awaitedRead == request.token else { return [] }
+        awaiting.awaitedRead = nil
+        streams[address] = awaiting
         if purpose == .welcome {
             guard phase == .connecting, var cursor = streams[address] else { return [] }
             switch result {
@@ -372,7 +411,7 @@ struct SessionStateMachine {
                 return actions
             case .failure(let error):
                 return [.log(.historyReadFailed(address, error))]
-                    + refuseUnreachableUser("the history store cannot be reached now", code: .historyUnavailable)
+                    + refuseUnreachableUser("the history store cannot be reached now", code: .historyUnavailable, reason: .history)
             }
         }
         guard phase == .open, var cursor = streams[address] else { return [] }
@@ -390,18 +429,27 @@ struct SessionStateMachine {
                 cursor.pendingBytes += entry.frame.readableBytes
             }
             cursor.mode = .live
+            cursor.gapRetried = false
             let frames = cursor.takeInOrder()
-            guard !cursor.hasGap else {
-                // History no longer holds what is missing: this connection cannot go on in order.
+            guard cursor.delivered >= cursor.gapTarget else {
+                // History no longer holds what was missing: this connection cannot go on in order.
                 streams[address] = nil
                 return insufficientState(address)
             }
             streams[address] = cursor
-            return frames.flatMap { write($0, counted: nil) }
+            // A gap further on (a newer reorder) gets its own wait.
+            return frames.flatMap { write($0, counted: nil) } + flushPending(address)
 
         case (.gap, .failure(let error)):
-            streams[address] = nil
-            return [.log(.historyReadFailed(address, error))] + insufficientState(address)
+            guard !cursor.gapRetried else {
+                streams[address] = nil
+                return [.log(.historyReadFailed(address, error))] + insufficientState(address)
+            }
+            // One more wait and read before giving up on the connection: a blip of the store.
+            cursor.gapRetried = true
+            cursor.mode = .live
+            streams[address] = cursor
+            return [.log(.historyReadFailed(address, error))] + flushPending(address)
 
         case (.join(let correlationID, let since), .success(let range)):
             if case .opening = cursor.mode { cursor.open(at: range.top) }
@@ -415,6 +463,15 @@ struct SessionStateMachine {
 
         case (.resume(let correlationID, let since), .success(let range)):
             return recover(address, since: since, range: range, correlationID: correlationID)
+
+        case (.join(let correlationID, _), .failure(let error)) where cursor.mode != .opening(purpose):
+            // A member's join with `since`: it stays a member, followed live as before.
+            cursor.mode = .live
+            cursor.resumed = false
+            streams[address] = cursor
+            return [.log(.historyReadFailed(address, error)), .countRecovery(outcome: "failed", replayed: 0)]
+                + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; join again", correlationID: correlationID))
+                + flushPending(address)
 
         case (.join(let correlationID, let since), .failure(let error)):
             guard case .room(let room) = address else { return [] }
@@ -449,6 +506,18 @@ struct SessionStateMachine {
             cursor.pendingBytes = 0
         }
         switch RecoveryDecision.decide(since: since, range: range, limit: limits.recoveryLimit) {
+        case .recovered(let entries)
+        where entries.reduce(0, { $0 + $1.frame.readableBytes }) > limits.maximumOutboundBytes:
+            // More than a client's outbound buffer takes: it would be cut off as a slow consumer
+            // halfway through. Not recovered, as for too many messages.
+            cursor.delivered = max(cursor.delivered, range.top.offset)
+            actions.append(.countRecovery(outcome: RecoveryDecision.NotRecovered.limitExceeded.rawValue, replayed: 0))
+            ack = ServerFrame.ack(
+                correlationID: correlationID,
+                position: range.top,
+                recovered: false,
+                reason: RecoveryDecision.NotRecovered.limitExceeded.rawValue
+            )
         case .recovered(let entries):
             // Offsets up to `base` were never written here; those after `delivered` not yet.
             let replay = entries.filter { $0.offset <= cursor.base || $0.offset > cursor.delivered }
@@ -531,11 +600,12 @@ struct SessionStateMachine {
                 // Already followed: a join without `since` is answered with where the room stands.
                 return write(ServerFrame.ack(correlationID: correlationID, position: cursor.position), counted: .ack)
             }
-            guard case .join(correlationID, _) = purpose else {
+            guard !cursor.readIssued else {
                 // A second join while the first still waits for its position: that one answers with it.
                 return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
             }
-            return [.readHistory(.room(room), after: Self.readAfter(purpose), purpose: purpose)]
+            streams[.room(room)]?.readIssued = true
+            return read(.room(room), after: Self.readAfter(purpose), purpose: purpose)
         case .failure:
             // Undo the membership: the room is not reachable through this gateway.
             streams[.room(room)] = nil
@@ -682,8 +752,13 @@ struct SessionStateMachine {
 
         case .leave(let room, let id):
             rooms.remove(room)
+            var answered: [Action] = []
+            if case .opening(.join(let joinID, _))? = streams[.room(room)]?.mode, joinID != id {
+                // The join still waited for its position: it is answered, and overtaken by the leave.
+                answered = write(ServerFrame.ack(correlationID: joinID), counted: .ack)
+            }
             streams[.room(room)] = nil
-            return [.received(.leave), .leave(room)] + write(ServerFrame.ack(correlationID: id), counted: .ack)
+            return [.received(.leave), .leave(room)] + answered + write(ServerFrame.ack(correlationID: id), counted: .ack)
         }
     }
 
@@ -691,14 +766,16 @@ struct SessionStateMachine {
         guard limits.history else {
             return reject(ProtocolError(.historyDisabled, "this gateway keeps no history: nothing to resume", correlationID: correlationID))
         }
-        guard var cursor = streams[.user(user)], cursor.mode == .live, !cursor.resumed else {
+        // Also while a gap is being filled: the resume's read takes over (its result wins,
+        // the gap read's is dropped), and what waits in `pending` is merged after it.
+        guard var cursor = streams[.user(user)], cursor.mode == .live || cursor.mode == .fillingGap, !cursor.resumed else {
             return reject(ProtocolError(.alreadyResumed, "this connection has resumed its stream already", correlationID: correlationID))
         }
         cursor.resumed = true
         let purpose = StreamCursor.Purpose.resume(correlationID: correlationID, since: since)
         cursor.mode = .recovering(purpose)
         streams[.user(user)] = cursor
-        return [.readHistory(.user(user), after: Self.readAfter(purpose), purpose: purpose)]
+        return read(.user(user), after: Self.readAfter(purpose), purpose: purpose)
     }
 
     /// What to read for a purpose: the messages after `since` when its epoch could match, else the top.
@@ -731,14 +808,14 @@ struct SessionStateMachine {
             let purpose = StreamCursor.Purpose.join(correlationID: correlationID, since: since)
             if var cursor = streams[.room(room)] {
                 if let since {
-                    guard cursor.mode == .live, !cursor.resumed else {
+                    guard cursor.mode == .live || cursor.mode == .fillingGap, !cursor.resumed else {
                         return reject(ProtocolError(.alreadyResumed, "this connection has resumed this room already", correlationID: correlationID))
                     }
                     // A member resuming its room: served like a `resume`, once the registry confirms.
                     cursor.resumed = true
                     cursor.mode = .recovering(purpose)
                     streams[.room(room)] = cursor
-                    return [.readHistory(.room(room), after: since.offset, purpose: purpose)]
+                    return read(.room(room), after: since.offset, purpose: purpose)
                 }
             } else {
                 var cursor = StreamCursor(mode: .opening(purpose))

@@ -42,6 +42,14 @@ struct StreamCursor {
     var pending: [UInt64: ByteBuffer] = [:]
     var pendingBytes = 0
     var gapCheckArmed = false
+    /// The token of the history read this cursor waits for, if any.
+    var awaitedRead: Int?
+    /// A join's position read was asked for (a second join while it is out only gets an ack).
+    var readIssued = false
+    /// The offset a gap fill must reach: what was missing before the first waiting message.
+    var gapTarget: UInt64 = 0
+    /// A failed gap read was retried once.
+    var gapRetried = false
 
     var position: StreamPosition { StreamPosition(epoch: epoch, offset: delivered) }
 

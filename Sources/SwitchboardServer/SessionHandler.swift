@@ -169,8 +169,8 @@ final class SessionHandler: ChannelInboundHandler {
                 publish(request)
             case .reportUndelivered(let frame, let address):
                 gateway.configuration.events?.undelivered(frame, to: address)
-            case .readHistory(let address, let after, let purpose):
-                readHistory(address, after: after, purpose: purpose)
+            case .readHistory(let request):
+                readHistory(request)
             case .scheduleGapCheck(let address, let delay):
                 _ = schedule(in: delay) { $0.gapCheck(address) }
             case .countRecovery(let outcome, let replayed):
@@ -208,10 +208,11 @@ final class SessionHandler: ChannelInboundHandler {
         }
     }
 
-    private func readHistory(_ address: BackplaneAddress, after: UInt64?, purpose: StreamCursor.Purpose) {
+    private func readHistory(_ request: SessionStateMachine.HistoryRead) {
         guard let handle, let history = gateway.history else { return }
-        history.read(address, after: after, limit: gateway.configuration.recoveryLimit) { result in
-            handle.withSession { $0.feed { $0.historyRead(address, purpose: purpose, result: result) } }
+        let limit = request.partialLimit ?? gateway.configuration.recoveryLimit
+        history.read(request.address, after: request.after, limit: limit, partial: request.partialLimit != nil) { result in
+            handle.withSession { $0.feed { $0.historyRead(request, result: result) } }
         }
     }
 

@@ -160,10 +160,20 @@ struct ResumeStormBench: AsyncParsableCommand {
     }
 
     /// One user's return: connect to B, resume from the last position it saw, count the replay.
-    static func resume(_ index: Int, at target: LoadOptions.Endpoint, tally: StormTally, started: ContinuousClock.Instant, deadline: ContinuousClock.Instant) async {
+    static func resume(
+        _ index: Int,
+        at target: LoadOptions.Endpoint,
+        tally: StormTally,
+        started: ContinuousClock.Instant,
+        deadline: ContinuousClock.Instant
+    ) async {
         let began = ContinuousClock.now
         guard let since = tally.position(index),
-            let connection = try? await WebSocketConnection.connect(host: target.host, port: target.port, path: "\(target.path)?user=\(Fleet.user(index))")
+            let connection = try? await WebSocketConnection.connect(
+                host: target.host,
+                port: target.port,
+                path: "\(target.path)?user=\(Fleet.user(index))"
+            )
         else {
             tally.finished(index, outcome: .failed, replayed: 0, latency: .zero, at: .zero)
             return
@@ -277,7 +287,12 @@ final class StormTally: Sendable {
         }
     }
 
-    var summary: (recovered: Int, notRecovered: Int, failed: Int, replayed: Int, lastRecoveredSeconds: Double, p50Milliseconds: Double, p99Milliseconds: Double) {
+    var summary:
+        (
+            recovered: Int, notRecovered: Int, failed: Int, replayed: Int, lastRecoveredSeconds: Double, p50Milliseconds: Double,
+            p99Milliseconds: Double
+        )
+    {
         state.withLock { state in
             let sorted = state.latencies.sorted()
             func quantile(_ q: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }

@@ -436,17 +436,19 @@ test('recovered:false is reported, the held position is dropped and the ack posi
   assert.deepEqual(seen.direct.map((m) => m.offset), [9, 5]);
 
   // The stream was re-created (epoch F). A live message that came while the resume was
-  // unanswered is handed on, before the event; the next resume starts from the ack's position.
+  // unanswered and is at or below the ack's position is the app's to reload, not handed on
+  // (as the Swift client does); one after it is; the next resume starts from there.
   ws = await reconnect(client, pos('F', 1));
   assert.deepEqual(ws.sent[0].since, pos('E', 5));
   ws.receive(direct(2, 'F'));
+  ws.receive(direct(3, 'F'));
   ws.receive({ type: 'ack', id: ws.sent[0].id, recovered: false, reason: 'epoch_changed', position: pos('F', 2) });
-  assert.deepEqual(seen.direct.map((m) => [m.epoch, m.offset]).slice(-1), [['F', 2]]);
-  assert.deepEqual(seen.recovered[1], { stream: 'user', recovered: false, reason: 'epoch_changed', position: pos('F', 2), delivered: 1 });
+  assert.deepEqual(seen.direct.map((m) => [m.epoch, m.offset]).slice(-1), [['F', 3]]);
+  assert.deepEqual(seen.recovered[1], { stream: 'user', recovered: false, reason: 'epoch_changed', position: pos('F', 3), delivered: 1 });
   ws.receive(direct(2, 'F'));
   assert.equal(seen.direct.length, 3);
-  ws = await reconnect(client, pos('F', 2));
-  assert.deepEqual(ws.sent[0].since, pos('F', 2));
+  ws = await reconnect(client, pos('F', 3));
+  assert.deepEqual(ws.sent[0].since, pos('F', 3));
   client.close();
 });
 

@@ -31,7 +31,7 @@ struct HistoryStateMachineTests {
         let bound = machine.userBindCompleted(.success(()))
         #expect(reads(bound) == [Read(address: alice, after: nil, purpose: .welcome)])
         #expect(machine.phase == .connecting, "the welcome waits for the position")
-        let opened = machine.historyRead(alice, purpose: .welcome, result: .success(range(top: top)))
+        let opened = answer(&machine, alice, purpose: .welcome, .success(range(top: top)))
         return (machine, opened)
     }
 
@@ -61,8 +61,19 @@ struct HistoryStateMachineTests {
 
     static func reads(_ actions: [Action]) -> [Read] {
         actions.compactMap {
-            if case .readHistory(let address, let after, let purpose) = $0 { Read(address: address, after: after, purpose: purpose) } else { nil }
+            if case .readHistory(let read) = $0 { Read(address: read.address, after: read.after, purpose: read.purpose) } else { nil }
         }
+    }
+
+    /// Feeds the result of the read the cursor at `address` waits for.
+    static func answer(
+        _ machine: inout SessionStateMachine,
+        _ address: BackplaneAddress,
+        purpose: StreamCursor.Purpose,
+        _ result: Result<HistoryRange, HistoryError>
+    ) -> [Action] {
+        let token = machine.streams[address]?.awaitedRead ?? -1
+        return machine.historyRead(.init(address: address, after: nil, purpose: purpose, token: token), result: result)
     }
 
     static func gapChecks(_ actions: [Action]) -> Int {
@@ -75,7 +86,7 @@ struct HistoryStateMachineTests {
         _ = machine.started(wallClock: 0)
         _ = machine.userBindCompleted(.success(()))
         for offset: UInt64 in [12, 9, 11, 10] { #expect(Self.deliver(&machine, offset).isEmpty) }
-        let opened = machine.historyRead(Self.alice, purpose: .welcome, result: .success(Self.range(top: 10)))
+        let opened = Self.answer(&machine, Self.alice, purpose: .welcome, .success(Self.range(top: 10)))
         #expect(
             Unit.texts(opened) == [#"{"type":"welcome","user":"alice","gateway":"gw-test","position":{"epoch":"e1","offset":10}}"#, "m11", "m12"]
         )
@@ -86,7 +97,7 @@ struct HistoryStateMachineTests {
         var machine = try Unit.machine(configure: Self.withHistory)
         _ = machine.started(wallClock: 0)
         _ = machine.userBindCompleted(.success(()))
-        let refused = machine.historyRead(Self.alice, purpose: .welcome, result: .failure(HistoryError("down")))
+        let refused = Self.answer(&machine, Self.alice, purpose: .welcome, .failure(HistoryError("down")))
         #expect(Unit.errorCodes(refused) == ["history_unavailable"])
         #expect(Unit.sentClose(refused)?.code == 1013)
     }
@@ -112,7 +123,7 @@ struct HistoryStateMachineTests {
         #expect(Self.reads(machine.gapCheck(Self.alice)) == [Read(address: Self.alice, after: 10, purpose: .gap)])
         // 14 arrives while the read is out: it waits too.
         #expect(Unit.texts(Self.deliver(&machine, 14)).isEmpty)
-        let filled = machine.historyRead(Self.alice, purpose: .gap, result: .success(Self.range(top: 13, 11...13)))
+        let filled = Self.answer(&machine, Self.alice, purpose: .gap, .success(Self.range(top: 13, 11...13)))
         #expect(Unit.texts(filled) == ["m11", "m12", "m13", "m14"])
         #expect(Unit.texts(Self.deliver(&machine, 15)) == ["m15"])
     }
@@ -122,7 +133,7 @@ struct HistoryStateMachineTests {
         var (machine, _) = try Self.open(top: 10)
         _ = Self.deliver(&machine, 12)
         _ = machine.gapCheck(Self.alice)
-        let lost = machine.historyRead(Self.alice, purpose: .gap, result: .success(Self.range(top: 12, 12...12)))
+        let lost = Self.answer(&machine, Self.alice, purpose: .gap, .success(Self.range(top: 12, 12...12)))
         #expect(Unit.texts(lost).isEmpty)
         #expect(Unit.sentClose(lost)?.code == 1013)
         #expect(Unit.endReason(lost) == .history)
@@ -147,10 +158,11 @@ struct HistoryStateMachineTests {
             ]
         )
         #expect(Unit.texts(Self.deliver(&machine, 13)).isEmpty, "live messages wait while the resume is served")
-        let served = machine.historyRead(
+        let served = Self.answer(
+            &machine,
             Self.alice,
             purpose: .resume(correlationID: CorrelationID(jsonText: #""r1""#), since: StreamPosition(epoch: "e1", offset: 5)),
-            result: .success(Self.range(top: 12, 6...12))
+            .success(Self.range(top: 12, 6...12))
         )
         #expect(
             Unit.texts(served) == [
@@ -178,7 +190,7 @@ struct HistoryStateMachineTests {
             Unit.text(#"{"type":"resume","since":{"epoch":""# + since.epoch + #"","offset":"# + String(since.offset) + "}}"),
             now: Unit.start
         )
-        let served = machine.historyRead(Self.alice, purpose: purpose, result: .success(range))
+        let served = Self.answer(&machine, Self.alice, purpose: purpose, .success(range))
         #expect(
             Unit.texts(served) == [
                 #"{"type":"ack","recovered":false,"reason":""# + reason + #"","position":{"epoch":"e1","offset":"# + String(range.top.offset) + "}}"
@@ -216,7 +228,7 @@ struct HistoryStateMachineTests {
         let bound = machine.roomBindCompleted(Self.lobby, correlationID: CorrelationID(jsonText: #""j1""#), result: .success(()))
         let purpose = StreamCursor.Purpose.join(correlationID: CorrelationID(jsonText: #""j1""#), since: nil)
         #expect(Self.reads(bound) == [Read(address: room, after: nil, purpose: purpose)])
-        let acked = machine.historyRead(room, purpose: purpose, result: .success(Self.range(top: 3)))
+        let acked = Self.answer(&machine, room, purpose: purpose, .success(Self.range(top: 3)))
         #expect(Unit.texts(acked) == [#"{"type":"ack","id":"j1","position":{"epoch":"e1","offset":3}}"#, "m4"])
 
         var (resuming, _) = try Self.open()
@@ -231,13 +243,13 @@ struct HistoryStateMachineTests {
         let read = resuming.roomBindCompleted(Self.lobby, correlationID: CorrelationID(jsonText: #""j2""#), result: .success(()))
         let sincePurpose = StreamCursor.Purpose.join(correlationID: CorrelationID(jsonText: #""j2""#), since: since)
         #expect(Self.reads(read) == [Read(address: room, after: 1, purpose: sincePurpose)])
-        let replayed = resuming.historyRead(room, purpose: sincePurpose, result: .success(Self.range(top: 3, 2...3)))
+        let replayed = Self.answer(&resuming, room, purpose: sincePurpose, .success(Self.range(top: 3, 2...3)))
         #expect(Unit.texts(replayed) == ["m2", "m3", #"{"type":"ack","id":"j2","recovered":true,"position":{"epoch":"e1","offset":3}}"#])
 
         var restricted = try Unit.machine(rooms: RoomRules(claim: ["other"]), configure: Self.withHistory)
         _ = restricted.started(wallClock: 0)
         _ = restricted.userBindCompleted(.success(()))
-        _ = restricted.historyRead(Self.alice, purpose: .welcome, result: .success(Self.range(top: 0)))
+        _ = Self.answer(&restricted, Self.alice, purpose: .welcome, .success(Self.range(top: 0)))
         let forbidden = restricted.frameReceived(Unit.text(#"{"type":"join","room":"lobby","since":{"epoch":"e1","offset":1}}"#), now: Unit.start)
         #expect(Unit.errorCodes(forbidden) == ["forbidden"])
     }
@@ -260,6 +272,61 @@ struct HistoryStateMachineTests {
         #expect(Unit.texts(acked) == [#"{"type":"ack","id":"c1","offset":7,"recipient_offline":true}"#])
         let failed = machine.historyWriteFailed(HistoryError("down"), request: request)
         #expect(Unit.errorCodes(failed) == ["history_unavailable"])
+    }
+
+    @Test("a result for a read the cursor no longer waits for is dropped: a second join, a leave and a join again")
+    func staleReads() throws {
+        var (machine, _) = try Self.open()
+        let room = BackplaneAddress.room(Self.lobby)
+        _ = machine.frameReceived(Unit.text(#"{"type":"join","room":"lobby","since":{"epoch":"e1","offset":1}}"#), now: Unit.start)
+        _ = machine.joinRegistered(Self.lobby, correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true))
+        let first = machine.roomBindCompleted(Self.lobby, correlationID: nil, result: .success(()))
+        let read = try #require(first.compactMap { if case .readHistory(let read) = $0 { read } else { nil } }.first)
+        // A second join (no id, like the first) while the read is out: an ack, no second read.
+        _ = machine.frameReceived(Unit.text(#"{"type":"join","room":"lobby"}"#), now: Unit.start)
+        _ = machine.joinRegistered(Self.lobby, correlationID: nil, wasMember: true, result: .alreadyMember)
+        let second = machine.roomBindCompleted(Self.lobby, correlationID: nil, result: .success(()))
+        #expect(Self.reads(second).isEmpty)
+        #expect(Unit.texts(second) == [#"{"type":"ack"}"#])
+        let replayed = machine.historyRead(read, result: .success(Self.range(top: 3, 2...3)))
+        #expect(Unit.texts(replayed) == ["m2", "m3", #"{"type":"ack","recovered":true,"position":{"epoch":"e1","offset":3}}"#])
+        // The same result again (a duplicate answer): nothing.
+        #expect(machine.historyRead(read, result: .success(Self.range(top: 3, 2...3))).isEmpty)
+
+        // Leave while a join's read is out, then join again: the old result is not the new cursor's.
+        _ = machine.frameReceived(Unit.text(#"{"type":"leave","room":"lobby","id":"l"}"#), now: Unit.start)
+        _ = machine.frameReceived(Unit.text(#"{"type":"join","room":"lobby","id":"j3"}"#), now: Unit.start)
+        _ = machine.joinRegistered(
+            Self.lobby,
+            correlationID: CorrelationID(jsonText: #""j3""#),
+            wasMember: false,
+            result: .joined(roomBecameLocal: false)
+        )
+        let again = machine.roomBindCompleted(Self.lobby, correlationID: CorrelationID(jsonText: #""j3""#), result: .success(()))
+        let fresh = try #require(again.compactMap { if case .readHistory(let read) = $0 { read } else { nil } }.first)
+        #expect(machine.historyRead(read, result: .success(Self.range(top: 9))).isEmpty, "a stale result")
+        #expect(
+            Unit.texts(machine.historyRead(fresh, result: .success(Self.range(top: 9)))) == [
+                #"{"type":"ack","id":"j3","position":{"epoch":"e1","offset":9}}"#
+            ]
+        )
+        _ = room
+    }
+
+    @Test("a gap fill that reaches its target keeps the connection when a newer reorder waits behind it")
+    func newerReorderDuringFill() throws {
+        var (machine, _) = try Self.open(top: 5)
+        _ = Self.deliver(&machine, 7)
+        let fill = machine.gapCheck(Self.alice)
+        let read = try #require(fill.compactMap { if case .readHistory(let read) = $0 { read } else { nil } }.first)
+        #expect(read.after == 5 && read.partialLimit == 1, "only the missing offset 6 is read")
+        // 9 arrives before 8 while the read is out (two publishers).
+        _ = Self.deliver(&machine, 9)
+        let filled = machine.historyRead(read, result: .success(Self.range(top: 7, 6...6)))
+        #expect(Unit.texts(filled) == ["m6", "m7"])
+        #expect(Unit.sentClose(filled) == nil, "8 is still on its way: a new wait, not a close")
+        #expect(Self.gapChecks(filled) == 1)
+        #expect(Unit.texts(Self.deliver(&machine, 8)) == ["m8", "m9"])
     }
 }
 

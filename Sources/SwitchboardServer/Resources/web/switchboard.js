@@ -616,12 +616,13 @@
 
     /**
      * The answer to a resume or a join with since. `ack.recovered === false` means the
-     * position held was useless (another epoch, expired, ahead): the held frames are all
-     * new to the app, and the stream continues from `ack.position`.
+     * position held was useless (another epoch, expired, ahead): the app reloads the stream
+     * up to `ack.position`, so only held frames after it are handed on (as the Swift client
+     * does), and the stream continues from there.
      */
     _finishRecovery(stream, ack, reason) {
       var recovered = ack.recovered === true;
-      if (!recovered) stream.position = null;
+      if (!recovered) stream.position = ack.position && typeof ack.position.epoch === 'string' ? copyPosition(ack.position) : null;
       var delivered = this._release(stream, false);
       this._adopt(stream, ack.position);
       this._emitRecovered(stream, recovered, recovered ? undefined : reason || ack.reason, delivered);
