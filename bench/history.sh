@@ -22,7 +22,7 @@ QUICK=${1:-}
 if [ "$QUICK" = "--quick" ]; then
     : "${RATE:=500}" "${DURATION:=3}" "${USERS:=200}" "${STORM_USERS:=500}" "${STORM_WINDOW:=1}"
 else
-    : "${RATE:=5000}" "${DURATION:=15}" "${USERS:=2000}" "${STORM_USERS:=10000}" "${STORM_WINDOW:=2}"
+    : "${RATE:=5000}" "${DURATION:=15}" "${USERS:=2000}" "${STORM_USERS:=10000}" "${STORM_WINDOW:=10}"
 fi
 : "${MISSED:=3}" "${RECONNECT_DELAY_MS:=1000}" "${BASE_PORT:=18500}"
 BIN=.build/release/switchboard
@@ -44,6 +44,8 @@ cleanup() {
     done
     ./scripts/rabbitmq.sh stop "$WORK/rabbitmq" >/dev/null 2>&1 || true
     ./scripts/redis.sh stop "$WORK/redis" >/dev/null 2>&1 || true
+    # The gateways' warnings (failed publishes, history writes) are kept beside the results.
+    mkdir -p bench/results && cp "$WORK"/gw-*.log bench/results/ 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -62,7 +64,7 @@ start_gateway() {
     shift 2
     PORT=$((PORT + 1))
     "$BIN" serve --port "$PORT" --backplane "$url" --history "$history" --auth none --gateway-id "gw-$PORT" \
-        --log-level error --event-loops 1 --rate-limit 1000000 --rate-burst 1000000 --max-outbound-bytes 16777216 \
+        --log-level warning --event-loops 1 --rate-limit 1000000 --rate-burst 1000000 --max-outbound-bytes 16777216 \
         --drain-grace 0 --drain-window 1 "$@" >"$WORK/gw-$PORT.log" 2>&1 &
     LAST_PID=$!
     LAST_PORT=$PORT
@@ -78,7 +80,8 @@ stop_gateways() {
     GW_PIDS=()
 }
 
-echo "## cost: direct $RATE/s for $DURATION s, $USERS users over 2 gateways"
+echo "## cost: direct at ${RATES:-$RATE}/s for $DURATION s, $USERS users over 2 gateways"
+for rate in ${RATES:-$RATE}; do
 for point in "rabbitmq none" "rabbitmq redis" "redis-channels none" "redis-channels redis"; do
     set -- $point
     backplane=$1 history=$2
@@ -94,12 +97,14 @@ for point in "rabbitmq none" "rabbitmq redis" "redis-channels none" "redis-chann
     pid1=$LAST_PID port1=$LAST_PORT
     start_gateway "$url" "$history_url"
     pid2=$LAST_PID port2=$LAST_PORT
-    echo "### $backplane, history $history"
-    echo "\$ $BENCH direct --gateway ws://127.0.0.1:$port1/ws --gateway ws://127.0.0.1:$port2/ws --users $USERS --rate $RATE --duration $DURATION"
+    echo "### $backplane, history $history, $rate/s"
+    echo "\$ $BENCH direct --gateway ws://127.0.0.1:$port1/ws --gateway ws://127.0.0.1:$port2/ws --users $USERS --rate $rate --duration $DURATION"
     timeout 180 "$BENCH" direct --gateway "ws://127.0.0.1:$port1/ws" --gateway "ws://127.0.0.1:$port2/ws" \
-        --gateway-pid "$pid1" --gateway-pid "$pid2" "${brokers[@]}" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
+        --gateway-pid "$pid1" --gateway-pid "$pid2" "${brokers[@]}" --users "$USERS" --rate "$rate" --duration "$DURATION" \
         --label "$backplane+history-$history" --json || echo "(failed)"
+    grep -c "" "$WORK/gw-$port1.log" "$WORK/gw-$port2.log" | sed 's/^/log lines: /'
     stop_gateways
+done
 done
 
 echo "## storm: $STORM_USERS users drained from one gateway over $STORM_WINDOW s, $MISSED missed each, reconnect after $RECONNECT_DELAY_MS ms"

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Where a stream is: its epoch and an offset in it.
 ///
 /// Offsets start at 1 and grow by one per message of the stream. The epoch names one
@@ -30,10 +32,20 @@ public struct StreamPosition: Sendable, Hashable, CustomStringConvertible {
             }
     }
 
-    /// A new random epoch: 16 hex digits.
+    /// A new epoch, unique across processes and calls: 16 random hex digits drawn once per
+    /// process, then a counter. Stores offer one with every append (used only when the
+    /// stream has to be created), so this runs per message and must be cheap.
     public static func randomEpoch() -> String {
-        let value = UInt64.random(in: 1...UInt64.max)
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
+        let count = EpochSource.counter.wrappingAdd(1, ordering: .relaxed).newValue
+        return EpochSource.prefix + String(count, radix: 36)
     }
+}
+
+/// Where new epochs come from (``StreamPosition/randomEpoch()``).
+private enum EpochSource {
+    static let prefix: String = {
+        let digits = String(UInt64.random(in: 1...UInt64.max), radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }()
+    static let counter = Atomic<UInt64>(0)
 }

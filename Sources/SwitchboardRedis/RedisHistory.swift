@@ -15,7 +15,7 @@ import Synchronization
 /// `<prefix>:m:{user.bob}`, a hash of the epoch (`e`) and the top offset (`t`).
 ///
 /// One Lua script per append increments the offset, completes the frame with it, appends
-/// it (`XADD … MAXLEN size`), refreshes both expiries and, when Redis is also the backplane
+/// it (`XADD … MAXLEN ~ size`: trimmed by whole nodes, so at least `size` are kept), refreshes both expiries and, when Redis is also the backplane
 /// (``init(configuration:retention:publishing:eventLoop:logger:)`` with `publishing`),
 /// publishes it: the offset order is then the delivery order, and a gateway that dies
 /// between writing and publishing cannot exist. A read is one script too: top and range
@@ -238,7 +238,7 @@ enum HistoryScripts {
         local frame = ARGV[1] .. ',"offset":' .. digits .. ',"epoch":"' .. epoch .. '"}'
         local now = redis.call('TIME')
         local written = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-        redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], digits .. '-0', 'f', frame, 't', written)
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], digits .. '-0', 'f', frame, 't', written)
         redis.call('PEXPIRE', KEYS[1], ARGV[3])
         local receivers = -1
         if ARGV[6] ~= '' then receivers = redis.call('PUBLISH', ARGV[6], ARGV[7] .. frame) end

@@ -637,6 +637,14 @@ struct SessionStateMachine {
             error = ProtocolError(.recipientOffline, "no gateway hosts the recipient", correlationID: correlationID)
         case .success:
             return write(ServerFrame.ack(correlationID: correlationID), counted: .ack)
+        case .failure(let failure) where position != nil:
+            // Kept in history already: sending it again would store a second copy with a new offset.
+            actions.append(.log(.publishFailed(failure)))
+            error = ProtocolError(
+                .backplaneUnavailable,
+                "the backplane did not take the message, but it is kept in history at offset \(position!.offset): recipients get it when they resume, or when their next message shows the gap; do not send it again",
+                correlationID: correlationID
+            )
         case .failure(let failure) where failure.code == .overloaded:
             error = ProtocolError(
                 .backplaneUnavailable,

@@ -71,9 +71,15 @@ struct ResumeStormBench: AsyncParsableCommand {
         let sender = try await WebSocketConnection.connect(host: target.host, port: target.port, path: "\(target.path)?user=storm-sender")
         let senderAcks = Atomic<Int>(0)
         let senderOffline = Atomic<Int>(0)
+        let senderErrors = Mutex<[String]>([])
         Task {
             for await event in sender.events {
-                guard case .text(let text) = event, text.hasPrefix(#"{"type":"ack""#) else { continue }
+                guard case .text(let text) = event else { continue }
+                if text.hasPrefix(#"{"type":"error""#) {
+                    senderErrors.withLock { $0.append(text) }
+                    continue
+                }
+                guard text.hasPrefix(#"{"type":"ack""#) else { continue }
                 senderAcks.add(1, ordering: .relaxed)
                 if text.contains(#""recipient_offline":true"#) { senderOffline.add(1, ordering: .relaxed) }
             }
@@ -103,7 +109,12 @@ struct ResumeStormBench: AsyncParsableCommand {
                 group.addTask {
                     guard await tally.waitForEnd(index, until: deadline) else { return }
                     try? await Task.sleep(for: delay)
-                    await ResumeStormBench.resume(index, at: target, tally: tally, started: started, deadline: deadline)
+                    // Like a real client: an attempt that fails (refused, 1013, dropped) is
+                    // retried after a jittered 0.5–1 s, until the deadline.
+                    while await !ResumeStormBench.resume(index, at: target, tally: tally, started: started, final: ContinuousClock.now > deadline) {
+                        tally.retried()
+                        try? await Task.sleep(for: .milliseconds(Int.random(in: 500...1000)))
+                    }
                 }
             }
         }
@@ -117,10 +128,12 @@ struct ResumeStormBench: AsyncParsableCommand {
         var lines = ["resume storm [\(load.label.isEmpty ? "-" : load.label)]: \(load.users) users drained from one gateway, \(missed) missed each"]
         lines.append(
             String(
-                format: "resumed: %d recovered, %d not recovered, %d failed; replayed %d of %d missed; sender acks %d (recipient_offline %d)",
+                format:
+                    "resumed: %d recovered, %d not recovered, %d failed (%d attempts retried); replayed %d of %d missed; sender acks %d (recipient_offline %d)",
                 summary.recovered,
                 summary.notRecovered,
                 summary.failed,
+                tally.retries,
                 summary.replayed,
                 load.users * missed,
                 senderAcks.load(ordering: .relaxed),
@@ -129,7 +142,8 @@ struct ResumeStormBench: AsyncParsableCommand {
         )
         lines.append(
             String(
-                format: "all answered %.2f s after SIGTERM (last recovered at %.2f s); reconnect→ack p50 %.0f ms, p99 %.0f ms (after the %d ms wait)",
+                format:
+                    "all answered %.2f s after SIGTERM (last recovered at %.2f s); last attempt's connect→ack p50 %.0f ms, p99 %.0f ms (after the %d ms wait)",
                 elapsed,
                 summary.lastRecoveredSeconds,
                 summary.p50Milliseconds,
@@ -145,12 +159,14 @@ struct ResumeStormBench: AsyncParsableCommand {
                 generatorCPU / 1e6
             )
         )
+        let errors = senderErrors.withLock { $0 }
+        if !errors.isEmpty { lines.append("sender errors: \(errors.count), first: \(errors[0])") }
         print(lines.joined(separator: "\n"))
         if load.json {
             let object: [String: Any] = [
                 "scenario": "resume", "label": load.label, "users": load.users, "missed_each": missed,
                 "recovered": summary.recovered, "not_recovered": summary.notRecovered, "failed": summary.failed,
-                "replayed": summary.replayed, "seconds": elapsed, "last_recovered_s": summary.lastRecoveredSeconds,
+                "replayed": summary.replayed, "retried": tally.retries, "seconds": elapsed, "last_recovered_s": summary.lastRecoveredSeconds,
                 "reconnect_to_ack_ms_p50": summary.p50Milliseconds, "reconnect_to_ack_ms_p99": summary.p99Milliseconds,
                 "gateway_cpu_s": gatewayCPU / 1e6, "broker_cpu_s": brokerCPU / 1e6, "generator_cpu_s": generatorCPU / 1e6,
             ]
@@ -159,14 +175,15 @@ struct ResumeStormBench: AsyncParsableCommand {
         await sender.abort()
     }
 
-    /// One user's return: connect to B, resume from the last position it saw, count the replay.
+    /// One user's return: connect to B, resume from the last position it saw, count the
+    /// replay. False when the attempt failed and should be retried (unless `final`).
     static func resume(
         _ index: Int,
         at target: LoadOptions.Endpoint,
         tally: StormTally,
         started: ContinuousClock.Instant,
-        deadline: ContinuousClock.Instant
-    ) async {
+        final: Bool
+    ) async -> Bool {
         let began = ContinuousClock.now
         guard let since = tally.position(index),
             let connection = try? await WebSocketConnection.connect(
@@ -175,8 +192,8 @@ struct ResumeStormBench: AsyncParsableCommand {
                 path: "\(target.path)?user=\(Fleet.user(index))"
             )
         else {
-            tally.finished(index, outcome: .failed, replayed: 0, latency: .zero, at: .zero)
-            return
+            if final { tally.finished(index, outcome: .failed, replayed: 0, latency: .zero, at: .zero) }
+            return final
         }
         var replayed = 0
         var outcome = StormTally.Outcome.failed
@@ -201,10 +218,11 @@ struct ResumeStormBench: AsyncParsableCommand {
             } else if text.hasPrefix(#"{"type":"error""#) {
                 break reading
             }
-            if ContinuousClock.now > deadline { break reading }
         }
-        tally.finished(index, outcome: outcome, replayed: replayed, latency: ContinuousClock.now - began, at: ContinuousClock.now - started)
         await connection.abort()
+        guard outcome != .failed || final else { return false }
+        tally.finished(index, outcome: outcome, replayed: replayed, latency: ContinuousClock.now - began, at: ContinuousClock.now - started)
+        return true
     }
 }
 
@@ -223,6 +241,7 @@ final class StormTally: Sendable {
         var latencies: [Double] = []
         var lastRecovered = 0.0
         var onEnded: (@Sendable (Int) -> Void)?
+        var retries = 0
     }
 
     private let state: Mutex<State>
@@ -272,6 +291,10 @@ final class StormTally: Sendable {
             }
         }
     }
+
+    func retried() { state.withLock { $0.retries += 1 } }
+
+    var retries: Int { state.withLock { $0.retries } }
 
     func finished(_ index: Int, outcome: Outcome, replayed: Int, latency: Duration, at: Duration) {
         state.withLock { state in
