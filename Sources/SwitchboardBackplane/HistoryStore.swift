@@ -54,11 +54,15 @@ public struct HistoryRetention: Sendable, Equatable {
     /// the messages, so that a client away longer is told "not recovered" rather than
     /// handed a new epoch's offsets as if they continued its old ones.
     public var metadataTTL: Duration
+    /// The most bytes of messages ``MemoryHistory`` keeps per stream (oldest dropped first):
+    /// its memory is the gateway's. A Redis history is bounded by `size` and Redis's memory.
+    public var maximumStreamBytes: Int
 
-    public init(size: Int = 1_000, ttl: Duration = .seconds(300), metadataTTL: Duration = .seconds(86_400)) {
+    public init(size: Int = 1_000, ttl: Duration = .seconds(300), metadataTTL: Duration = .seconds(86_400), maximumStreamBytes: Int = 1 << 20) {
         self.size = size
         self.ttl = ttl
         self.metadataTTL = metadataTTL
+        self.maximumStreamBytes = maximumStreamBytes
     }
 }
 

@@ -13,6 +13,7 @@ public final class MemoryHistory: HistoryStore {
         var epoch: String
         var top: UInt64 = 0
         var entries = CircularBuffer<(offset: UInt64, frame: ByteBuffer, written: NIODeadline)>()
+        var bytes = 0
         var lastUsed: NIODeadline
     }
 
@@ -57,7 +58,10 @@ public final class MemoryHistory: HistoryStore {
             let position = StreamPosition(epoch: entry.epoch, offset: entry.top)
             let frame = HistoryFrame.complete(head, with: position)
             entry.entries.append((entry.top, frame, now))
-            while entry.entries.count > retention.size { entry.entries.removeFirst() }
+            entry.bytes += frame.readableBytes
+            while entry.entries.count > retention.size || (entry.bytes > retention.maximumStreamBytes && entry.entries.count > 1) {
+                entry.bytes -= entry.entries.removeFirst().frame.readableBytes
+            }
             entry.lastUsed = now
             state.streams[stream] = entry
             return HistoryAppend(position: position, frame: frame)
@@ -92,7 +96,7 @@ public final class MemoryHistory: HistoryStore {
 
     private func prune(_ stream: inout Stream, now: NIODeadline) {
         let oldest = now - TimeAmount(retention.ttl)
-        while let first = stream.entries.first, first.written < oldest { stream.entries.removeFirst() }
+        while let first = stream.entries.first, first.written < oldest { stream.bytes -= stream.entries.removeFirst().frame.readableBytes }
     }
 
     /// Drops streams unused for the metadata TTL, and expired messages of the others.

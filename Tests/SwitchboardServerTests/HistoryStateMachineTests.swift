@@ -368,6 +368,12 @@ struct HistoryStoreUnitTests {
         let expired = try await history.read(bob, after: 2, limit: 10)
         #expect(expired.entries.isEmpty)
         #expect(expired.top == StreamPosition(epoch: empty.top.epoch, offset: 5), "the metadata outlives the messages")
+
+        // Its memory is the gateway's: a byte cap per stream drops the oldest first.
+        let capped = MemoryHistory(retention: HistoryRetention(size: 1_000, maximumStreamBytes: 1_000))
+        for _ in 1...10 { _ = try await capped.append(ByteBuffer(string: String(repeating: "x", count: 280)), to: bob) }
+        let kept2 = try await capped.read(bob, after: 0, limit: 100, partial: true)
+        #expect(kept2.entries.map { $0.offset } == [8, 9, 10], "3 frames of about 320 bytes fit in 1,000")
     }
 }
 

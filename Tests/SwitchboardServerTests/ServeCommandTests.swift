@@ -29,12 +29,15 @@ struct ServeCommandTests {
         let gateway = RunningGatewayAddress(port: port)
         #expect(try await gateway.waitUntilHealthy(timeout: .seconds(20)))
 
+        // The embedded default keeps history (--history memory): positions and offsets.
         let alice = try await TestClient.connect(port: port, path: "/ws?user=alice")
-        #expect(try await alice.nextText() == #"{"type":"welcome","user":"alice","gateway":"gw-1"}"#)
+        let welcome = try await alice.next()
+        #expect(welcome["type"] == "welcome" && welcome["user"] == "alice" && welcome["gateway"] == "gw-1")
+        #expect(welcome.position?.offset == 0)
         let bob = try await TestClient.connect(port: port, path: "/ws?user=bob")
-        _ = try await bob.next()
+        let epoch = try #require(try await bob.next().position?.epoch)
         try await alice.send(#"{"type":"direct","to":"bob","data":"hi","id":"1"}"#)
-        #expect(try await bob.nextText() == #"{"type":"direct","from":"alice","to":"bob","data":"hi"}"#)
+        #expect(try await bob.nextText() == #"{"type":"direct","from":"alice","to":"bob","data":"hi","offset":1,"epoch":""# + epoch + #""}"#)
         #expect(try await alice.nextText() == #"{"type":"ack","id":"1"}"#)
         await alice.close()
         await bob.close()

@@ -24,6 +24,8 @@ struct SlowConsumerTests {
             arguments: [
                 "serve", "--port", "\(port)", "--auth", "none", "--max-outbound-bytes", "262144", "--rate-limit", "100000",
                 "--rate-burst", "100000", "--drain-grace", "0", "--drain-window", "0",
+                // Without history: the point is what is queued for a client, not what is kept for it.
+                "--history", "none",
             ],
             logDirectory: directory
         )
