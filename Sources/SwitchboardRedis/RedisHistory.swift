@@ -222,48 +222,52 @@ public final class RedisHistory: HistoryStore {
 /// The two scripts. Numbers are formatted with `%d`: Lua's default would write a large
 /// offset as `1e+14`.
 enum HistoryScripts {
-    /// KEYS: stream, meta. ARGV: head, size, ttl ms, metadata ttl s, new epoch, channel ('' to
-    /// not publish), payload prefix. Returns {epoch, offset, receivers or -1}. The write time
-    /// is Redis's (`TIME`), so every gateway ages entries by one clock.
-    static let append = """
+    /// The epoch of the stream, created with `newEpoch` (and top 0) when its metadata is
+    /// gone; messages left from a lost life of the stream are dropped with it.
+    static func openStream(newEpoch: String) -> String {
+        """
         local epoch = redis.call('HGET', KEYS[2], 'e')
         if not epoch then
-          epoch = ARGV[5]
+          epoch = \(newEpoch)
           redis.call('HSET', KEYS[2], 'e', epoch, 't', 0)
           redis.call('DEL', KEYS[1])
         end
-        local offset = redis.call('HINCRBY', KEYS[2], 't', 1)
-        redis.call('EXPIRE', KEYS[2], ARGV[4])
-        local digits = string.format('%d', offset)
-        local frame = ARGV[1] .. ',"offset":' .. digits .. ',"epoch":"' .. epoch .. '"}'
-        local now = redis.call('TIME')
-        local written = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], digits .. '-0', 'f', frame, 't', written)
-        redis.call('PEXPIRE', KEYS[1], ARGV[3])
-        local receivers = -1
-        if ARGV[6] ~= '' then receivers = redis.call('PUBLISH', ARGV[6], ARGV[7] .. frame) end
-        return {epoch, offset, receivers}
+
         """
+    }
+
+    /// KEYS: stream, meta. ARGV: head, size, ttl ms, metadata ttl s, new epoch, channel ('' to
+    /// not publish), payload prefix. Returns {epoch, offset, receivers or -1}. The write time
+    /// is Redis's (`TIME`), so every gateway ages entries by one clock.
+    static let append =
+        openStream(newEpoch: "ARGV[5]") + """
+            local offset = redis.call('HINCRBY', KEYS[2], 't', 1)
+            redis.call('EXPIRE', KEYS[2], ARGV[4])
+            local digits = string.format('%d', offset)
+            local frame = ARGV[1] .. ',"offset":' .. digits .. ',"epoch":"' .. epoch .. '"}'
+            local now = redis.call('TIME')
+            local written = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+            redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], digits .. '-0', 'f', frame, 't', written)
+            redis.call('PEXPIRE', KEYS[1], ARGV[3])
+            local receivers = -1
+            if ARGV[6] ~= '' then receivers = redis.call('PUBLISH', ARGV[6], ARGV[7] .. frame) end
+            return {epoch, offset, receivers}
+            """
 
     /// KEYS: stream, meta. ARGV: after (-1 for the top only), limit, new epoch, metadata ttl s,
     /// partial ('1': the first `limit` after `after` even when more are missing). Returns
     /// {epoch, top, rows, now ms}; rows is empty when more than `limit` are missing (unless partial).
-    static let read = """
-        local epoch = redis.call('HGET', KEYS[2], 'e')
-        if not epoch then
-          epoch = ARGV[3]
-          redis.call('HSET', KEYS[2], 'e', epoch, 't', 0)
-          redis.call('DEL', KEYS[1])
-        end
-        redis.call('EXPIRE', KEYS[2], ARGV[4])
-        local top = tonumber(redis.call('HGET', KEYS[2], 't'))
-        local after = tonumber(ARGV[1])
-        local limit = tonumber(ARGV[2])
-        local now = redis.call('TIME')
-        local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-        if after < 0 or after >= top or (ARGV[5] ~= '1' and top - after > limit) then return {epoch, top, {}, ms} end
-        return {epoch, top, redis.call('XRANGE', KEYS[1], string.format('%d', after + 1) .. '-0', '+', 'COUNT', limit), ms}
-        """
+    static let read =
+        openStream(newEpoch: "ARGV[3]") + """
+            redis.call('EXPIRE', KEYS[2], ARGV[4])
+            local top = tonumber(redis.call('HGET', KEYS[2], 't'))
+            local after = tonumber(ARGV[1])
+            local limit = tonumber(ARGV[2])
+            local now = redis.call('TIME')
+            local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+            if after < 0 or after >= top or (ARGV[5] ~= '1' and top - after > limit) then return {epoch, top, {}, ms} end
+            return {epoch, top, redis.call('XRANGE', KEYS[1], string.format('%d', after + 1) .. '-0', '+', 'COUNT', limit), ms}
+            """
 }
 
 extension ChannelNaming {

@@ -55,9 +55,11 @@ public final class ChildProcess: Sendable {
         guard log >= 0 else { throw TestFailure("cannot create \(logPath): errno \(errno)") }
         defer { close(log) }
         pid = try spawn(executable.path, arguments, environment: environment, output: log)
+        RunningChildren.add(pid)
         // Holds this object until the child exits (its log outlives a test that lets go early).
         Thread.detachNewThread { [self] in
             let exitStatus = waitForChild(pid)
+            RunningChildren.remove(pid)
             status.withLock { $0 = exitStatus }
             exits.append(exitStatus)
             exits.finish()
@@ -95,6 +97,28 @@ public final class ChildProcess: Sendable {
     }
 
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// The children still running, killed (SIGKILL, by PID) when the test process exits: a test
+/// that ends early (its time limit, a thrown error before its clean-up) never leaves a
+/// gateway or an HAProxy behind.
+enum RunningChildren {
+    private static let pids = Mutex<Set<Int32>>([])
+    private static let killAtExit: Void = {
+        atexit {
+            for pid in RunningChildren.pids.withLock({ $0 }) { _ = kill(pid, SIGKILL) }
+        }
+    }()
+
+    static func add(_ pid: Int32) {
+        _ = killAtExit
+        pids.withLock { _ = $0.insert(pid) }
+    }
+
+    /// Called once the child was reaped: its PID may be reused from then on.
+    static func remove(_ pid: Int32) {
+        pids.withLock { _ = $0.remove(pid) }
+    }
 }
 
 /// GET over plain HTTP; nil when nothing answered.
