@@ -238,6 +238,15 @@ final class AMQPConnectionShared: Sendable {
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
         var started = false
         var threadExited = false
+        /// The thread is in (or about to enter) `poll()`: the next command must wake it.
+        var threadSleeping = false
+
+        /// Whether the command just queued must wake the thread: only the first one queued
+        /// during a sleep does; the rest of a burst only queue.
+        mutating func takeSleeping() -> Bool {
+            defer { threadSleeping = false }
+            return threadSleeping
+        }
     }
 
     private let state = Mutex(State())
@@ -255,8 +264,6 @@ final class AMQPConnectionShared: Sendable {
     var phase: Phase { state.withLock { $0.phase } }
 
     var stopRequested: Bool { state.withLock { $0.stopRequested } }
-
-    var hasCommands: Bool { state.withLock { !$0.commands.isEmpty } }
 
     func setPhase(_ phase: Phase) {
         state.withLock { $0.phase = phase }
@@ -284,6 +291,7 @@ final class AMQPConnectionShared: Sendable {
     /// Queues a publish, counting it against `limits`, or returns why it cannot be sent now.
     func enqueue(_ publish: AMQPPublish, limits: AMQPConnection.PublishLimits) -> AMQPError? {
         let size = publish.body.readableBytes
+        var shouldWake = false
         let error: AMQPError? = state.withLock { state in
             switch state.phase {
             case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
@@ -300,10 +308,11 @@ final class AMQPConnectionShared: Sendable {
                 state.pendingPublishes += 1
                 state.pendingBytes += size
                 state.commands.append(.publish(publish))
+                shouldWake = state.takeSleeping()
                 return nil
             }
         }
-        if error == nil { wake() }
+        if shouldWake { wake() }
         return error
     }
 
@@ -316,16 +325,18 @@ final class AMQPConnectionShared: Sendable {
 
     /// Queues `command` for the thread, or returns why it cannot be sent now.
     func enqueue(_ command: AMQPCommand) -> AMQPError? {
+        var shouldWake = false
         let error: AMQPError? = state.withLock { state in
             switch state.phase {
             case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
             case .connecting: return AMQPError(.notConnected, "the AMQP connection is not open")
             case .open:
                 state.commands.append(command)
+                shouldWake = state.takeSleeping()
                 return nil
             }
         }
-        if error == nil { wake() }
+        if shouldWake { wake() }
         return error
     }
 
@@ -368,6 +379,21 @@ final class AMQPConnectionShared: Sendable {
             }
             return (state.commands, state.stopWaiters)
         }
+    }
+
+    /// Called by the thread before `poll()`: false when commands wait (do not sleep), else
+    /// the next command wakes it.
+    func prepareToSleep() -> Bool {
+        state.withLock { state in
+            guard state.commands.isEmpty, !state.stopRequested else { return false }
+            state.threadSleeping = true
+            return true
+        }
+    }
+
+    /// Called by the thread when `poll()` returned.
+    func awake() {
+        state.withLock { $0.threadSleeping = false }
     }
 
     func wake() {

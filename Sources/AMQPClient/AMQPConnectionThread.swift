@@ -41,6 +41,8 @@ final class AMQPConnectionThread {
     private var connection: OpaquePointer?
     private var confirmsEnabled = false
     private var confirms = AMQPConfirmWindow()
+    /// Publishes encoded and not written yet (see ``AMQPPublishFrames``); sized at connect.
+    private var publishFrames = AMQPPublishFrames(frameMax: 131_072)
     /// Commands taken from the shared queue and not sent yet (publishes wait here for room in the confirm window).
     private var backlog: [AMQPCommand] = []
     /// Replies expected on channel 2, in order: each completes the commands listed with it.
@@ -171,6 +173,7 @@ final class AMQPConnectionThread {
                 throw error
             }
         }
+        publishFrames = AMQPPublishFrames(frameMax: Int(amqp_get_frame_max(connection)))
         let setup = AMQPSetup(connection: connection)
         try context.setUp(setup)
         confirmsEnabled = setup.confirmsEnabled
@@ -207,9 +210,12 @@ final class AMQPConnectionThread {
                 context.onDeliveries(batch)
             }
             amqp_maybe_release_buffers(connection)
-            if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 || context.shared.hasCommands {
+            if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 {
                 continue
             }
+            // From here on, a new command writes the wake eventfd; before, it only queues (the
+            // loop comes round to it anyway), which spares the callers a system call each.
+            guard context.shared.prepareToSleep() else { continue }
             if heartbeat > 0, ContinuousClock.now - lastReceived > .seconds(2 * heartbeat + 1) {
                 throw AMQPError(.connectionLost, "no data or heartbeat from the broker for \(2 * heartbeat + 1) s")
             }
@@ -289,6 +295,7 @@ final class AMQPConnectionThread {
             pollfd(fd: context.shared.wakeDescriptor, events: Int16(POLLIN), revents: 0),
         ]
         let ready = poll(&descriptors, 2, milliseconds)
+        context.shared.awake()
         if ready < 0, errno != EINTR {
             throw AMQPError(.connectionLost, "poll: \(String(cString: strerror(errno)))")
         }
@@ -309,21 +316,60 @@ final class AMQPConnectionThread {
         var index = 0
         defer { backlog.removeFirst(index) }
         waitingForSocketRoom = false
+        // Publishes in a row are encoded together and written at once (a plain TCP socket;
+        // over TLS rabbitmq-c's own writes are the only way to the socket).
+        var batched: [AMQPPublish] = []
+        defer {
+            // Reached only when the batch could not be written: the connection is being
+            // torn down, and these publishes fail with it.
+            for publish in batched {
+                publish.completion(.failure(AMQPError(.connectionLost, "the AMQP connection was lost before the publish was written")))
+            }
+        }
+        func flushBatch() throws(AMQPError) {
+            guard !batched.isEmpty else { return }
+            try publishFrames.send(to: amqp_get_sockfd(connection), timeout: context.configuration.requestTimeout)
+            publishFrames.removeAll()
+            for publish in batched { published(publish) }
+            batched.removeAll(keepingCapacity: true)
+        }
         while index < backlog.count {
             switch backlog[index] {
             case .publish(let publish):
                 // Held (in order) while the broker blocks publishing, the window is full, or
                 // the socket could not take the publish without blocking; timeouts answer them.
-                if blocked { return }
-                if confirmsEnabled, confirms.count >= context.maximumUnconfirmed { return }
-                guard hasSocketRoom(connection, bytes: publish.wireSize) else {
+                if blocked { return try flushBatch() }
+                if confirmsEnabled, confirms.count + batched.count >= context.maximumUnconfirmed { return try flushBatch() }
+                guard hasSocketRoom(connection, bytes: publishFrames.byteCount + publish.wireSize) else {
                     waitingForSocketRoom = true
-                    return
+                    return try flushBatch()
                 }
                 index += 1
-                try self.publish(connection, publish)
+                if context.configuration.tls == nil {
+                    do throws(AMQPError) {
+                        try publishFrames.append(
+                            channel: 1,
+                            exchange: publish.exchange,
+                            routingKey: publish.routingKey,
+                            mandatory: publish.mandatory,
+                            messageID: String(confirms.nextTag + UInt64(batched.count)),
+                            persistent: publish.persistent,
+                            body: publish.body
+                        )
+                    } catch {
+                        // This one cannot be encoded (a name too long for AMQP); the others go on.
+                        publish.completion(.failure(error))
+                        continue
+                    }
+                    batched.append(publish)
+                    // A large burst goes out in pieces of about 256 KiB.
+                    if publishFrames.byteCount >= 256 * 1024 { try flushBatch() }
+                } else {
+                    try self.publish(connection, publish)
+                }
 
             case .bind:
+                try flushBatch()
                 // Consecutive binds: all no-wait but the last, whose reply fences them all.
                 var batch: [AMQPConnection.Completion] = []
                 while index < backlog.count, case .bind(let queue, let exchange, let routingKey, let completion) = backlog[index] {
@@ -341,6 +387,7 @@ final class AMQPConnectionThread {
                 bindReplies.append(batch)
 
             case .unbind(let queue, let exchange, let routingKey, let completion):
+                try flushBatch()
                 index += 1
                 do throws(AMQPError) {
                     try AMQPWire.sendUnbind(connection, queue: queue, exchange: exchange, routingKey: routingKey)
@@ -351,12 +398,14 @@ final class AMQPConnectionThread {
                 bindReplies.append([completion])
             }
         }
+        try flushBatch()
     }
 
     private func publish(_ connection: OpaquePointer, _ publish: AMQPPublish) throws(AMQPError) {
         let (exchange, routingKey, body, mandatory, persistent, completion) = (
             publish.exchange, publish.routingKey, publish.body, publish.mandatory, publish.persistent, publish.completion
         )
+        // Over TLS: rabbitmq-c writes the three frames (method, header, body) itself.
         let tag = confirms.nextTag
         // The delivery tag rides in message-id so that a basic.return (which carries no
         // tag) can be matched to its publish.
@@ -379,10 +428,15 @@ final class AMQPConnectionThread {
             completion(.failure(error))
             throw error
         }
+        published(publish)
+    }
+
+    /// A publish is in the socket: it awaits its confirm (its tag is the next one), or is done.
+    private func published(_ publish: AMQPPublish) {
         if confirmsEnabled {
-            confirms.add(deadline: publish.deadline, completion)
+            confirms.add(deadline: publish.deadline, publish.completion)
         } else {
-            completion(.success(.sent))
+            publish.completion(.success(.sent))
         }
     }
 

@@ -58,6 +58,7 @@ public final class RabbitMQBackplane: Backplane {
         self.logger = gatewayLogger
         let logger = gatewayLogger
         let exchange = configuration.exchange
+        let exchangeType = configuration.exchangeType.rawValue
         let eventsExchange = configuration.eventsExchange
         let queue = configuration.queueName
         let shared = self.shared
@@ -67,7 +68,7 @@ public final class RabbitMQBackplane: Backplane {
             name: "\(configuration.gatewayID)-consumer",
             logger: logger,
             setUp: { (setup) throws(AMQPError) in
-                try setup.declareExchange(exchange, type: "topic", durable: true)
+                try setup.declareExchange(exchange, type: exchangeType, durable: true)
                 try setup.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
                 // Everything the gateway hosts now, including what was bound before a reconnect.
                 let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
@@ -106,7 +107,7 @@ public final class RabbitMQBackplane: Backplane {
             maximumUnconfirmed: configuration.maximumUnconfirmed,
             publishLimits: configuration.publishLimits,
             setUp: { (setup) throws(AMQPError) in
-                try setup.declareExchange(exchange, type: "topic", durable: true)
+                try setup.declareExchange(exchange, type: exchangeType, durable: true)
                 if let eventsExchange { try setup.declareExchange(eventsExchange, type: "topic", durable: true) }
                 try setup.enableConfirms()
             },

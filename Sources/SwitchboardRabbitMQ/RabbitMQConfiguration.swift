@@ -6,8 +6,14 @@ public struct RabbitMQConfiguration: Sendable {
     public var amqp: AMQPConfiguration
     /// This gateway's id; its queue is `switchboard.gateway.<gatewayID>`.
     public var gatewayID: String
-    /// The topic exchange every gateway publishes to (durable).
+    /// The exchange every gateway publishes to (durable).
     public var exchange: String
+    /// Its type (`--exchange-type`). Gateways bind exact keys only (`user.<word>`,
+    /// `room.<word>`, `broadcast`), so `direct` routes the same messages as `topic`; on
+    /// RabbitMQ 3.10 it binds in well under half the broker CPU (no topic trie in Mnesia)
+    /// and routes by a hash lookup. An exchange keeps the type it was declared with:
+    /// switching an existing deployment needs a new `exchange` name.
+    public var exchangeType: ExchangeType
     /// Publishes awaiting a broker confirm at once (the sliding confirm window).
     public var maximumUnconfirmed: Int
     /// How many publishes may wait for the broker (count and body bytes) and for how long
@@ -19,10 +25,16 @@ public struct RabbitMQConfiguration: Sendable {
     /// background workers (`--events-exchange`); nil: none. Never the main exchange.
     public var eventsExchange: String?
 
+    /// The AMQP type of the main exchange.
+    public enum ExchangeType: String, Sendable, CaseIterable {
+        case topic, direct
+    }
+
     public init(
         amqp: AMQPConfiguration,
         gatewayID: String,
         exchange: String = "switchboard",
+        exchangeType: ExchangeType = .topic,
         maximumUnconfirmed: Int = 1000,
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
         eventsExchange: String? = nil
@@ -30,6 +42,7 @@ public struct RabbitMQConfiguration: Sendable {
         self.amqp = amqp
         self.gatewayID = gatewayID
         self.exchange = exchange
+        self.exchangeType = exchangeType
         self.maximumUnconfirmed = maximumUnconfirmed
         self.publishLimits = publishLimits
         self.eventsExchange = eventsExchange

@@ -1,4 +1,5 @@
 public import Logging
+import NIOCore
 public import SwitchboardBackplane
 public import SwitchboardProtocol
 import SwitchboardRegistry
@@ -84,7 +85,11 @@ public final class Gateway: Sendable {
     public func isLocal(room: RoomID) -> Bool { registry.isLocal(.room(room)) }
 
     /// Hands frames from the backplane to every local connection of their address.
+    ///
+    /// A batch from the backplane becomes one task per event loop rather than one per
+    /// recipient: each task is a lock, an allocation and perhaps a wake-up of that loop.
     static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>, metrics: GatewayMetrics, hasHistory: Bool) {
+        var batches = LoopBatches()
         for delivery in deliveries {
             let handles: [SessionHandle]
             let kind: GatewayMetrics.OutboundKind
@@ -96,8 +101,47 @@ public final class Gateway: Sendable {
             guard !handles.isEmpty else { continue }
             // Parsed once for all local recipients; frames from a gateway without history have none.
             let position = !hasHistory || kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
-            for handle in handles { handle.deliver(delivery.frame, address: delivery.address, position: position) }
-            if !handles.isEmpty { metrics.sent(kind, count: handles.count) }
+            for handle in handles {
+                batches.append(LoopBatches.Item(handle: handle, frame: delivery.frame, address: delivery.address, position: position))
+            }
+            metrics.sent(kind, count: handles.count)
+        }
+        batches.run()
+    }
+
+    /// Deliveries grouped by the event loop of their session, in arrival order per loop.
+    struct LoopBatches {
+        struct Item: Sendable {
+            let handle: SessionHandle
+            let frame: ByteBuffer
+            let address: BackplaneAddress
+            let position: StreamPosition?
+        }
+
+        // A gateway has a handful of loops: a linear search beats hashing.
+        private var loops: [any EventLoop] = []
+        private var items: [[Item]] = []
+
+        mutating func append(_ item: Item) {
+            let loop = item.handle.eventLoop
+            if let index = loops.firstIndex(where: { $0 === loop }) {
+                items[index].append(item)
+            } else {
+                loops.append(loop)
+                items.append([item])
+            }
+        }
+
+        func run() {
+            for (loop, batch) in zip(loops, items) {
+                if loop.inEventLoop {
+                    for item in batch { item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position) }
+                } else {
+                    loop.execute {
+                        for item in batch { item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position) }
+                    }
+                }
+            }
         }
     }
 

@@ -24,8 +24,16 @@ struct SessionHandle: Sendable {
         }
     }
 
+    /// The event loop the session runs on.
+    var eventLoop: any EventLoop { session.eventLoop }
+
     /// Writes an already-encoded text frame to the client, in its stream's order.
     func deliver(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
         withSession { $0.send(frame, address: address, position: position) }
+    }
+
+    /// The same, for a caller already on the session's event loop (a batch handed to that loop).
+    func deliverOnLoop(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
+        session.value.send(frame, address: address, position: position)
     }
 }

@@ -41,8 +41,14 @@ struct ServeCommand: AsyncParsableCommand {
     )
     var backplane = "memory"
 
-    @Option(help: "RabbitMQ topic exchange the gateways share (amqp backplane only).")
+    @Option(help: "RabbitMQ exchange the gateways share (amqp backplane only).")
     var exchange = "switchboard"
+
+    @Option(
+        help:
+            "Type of that exchange: topic (the default) or direct (binds and routes for well under half the broker CPU; every gateway must use the same, and an existing exchange keeps its type, so pick a new --exchange to switch). amqp backplane only."
+    )
+    var exchangeType = "topic"
 
     @Option(help: "A separate topic exchange that gets a copy of every client message for background workers (amqp backplane only; docs/workers.md).")
     var eventsExchange: String?
@@ -248,6 +254,7 @@ struct ServeCommand: AsyncParsableCommand {
             }
         }
         guard !exchange.isEmpty, exchange.utf8.count <= 127 else { throw ValidationError("--exchange must be 1…127 bytes") }
+        _ = try BackplaneFactory.exchangeType(exchangeType)
         if let eventsExchange {
             guard !eventsExchange.isEmpty, eventsExchange.utf8.count <= 127 else { throw ValidationError("--events-exchange must be 1…127 bytes") }
             guard eventsExchange != exchange else {
@@ -338,6 +345,7 @@ struct ServeCommand: AsyncParsableCommand {
             self.backplane,
             gatewayID: configuration.gatewayID,
             exchange: exchange,
+            exchangeType: exchangeType,
             eventsExchange: eventsExchange,
             publishLimits: AMQPConnection.PublishLimits(
                 maximumPending: maxPendingPublishes,
@@ -501,10 +509,18 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 /// Maps a `--backplane` URL (``BackplaneURL``) to its concrete backplane: the one place
 /// that knows RabbitMQ and Redis.
 enum BackplaneFactory {
+    static func exchangeType(_ value: String) throws -> RabbitMQConfiguration.ExchangeType {
+        guard let type = RabbitMQConfiguration.ExchangeType(rawValue: value) else {
+            throw ValidationError("--exchange-type must be topic or direct, not \(value)")
+        }
+        return type
+    }
+
     static func make(
         _ value: String,
         gatewayID: String,
         exchange: String,
+        exchangeType: String = "topic",
         eventsExchange: String? = nil,
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
         logger: Logger
@@ -519,11 +535,13 @@ enum BackplaneFactory {
         case .memory:
             return InMemoryBackplane()
         case .rabbitMQ:
+            let exchangeType = try Self.exchangeType(exchangeType)
             do {
                 let configuration = RabbitMQConfiguration(
                     amqp: try AMQPConfiguration(url: url.url),
                     gatewayID: gatewayID,
                     exchange: exchange,
+                    exchangeType: exchangeType,
                     publishLimits: publishLimits,
                     eventsExchange: eventsExchange
                 )

@@ -25,7 +25,7 @@ struct Switchboard: AsyncParsableCommand {
 enum EnvironmentOptions {
     /// The `serve` options that environment variables may set.
     static let serveOptions = [
-        "host", "port", "backplane", "exchange", "auth", "jwt-secret", "jwt-secret-file", "jwt-public-key", "jwks",
+        "host", "port", "backplane", "exchange", "exchange-type", "auth", "jwt-secret", "jwt-secret-file", "jwt-public-key", "jwks",
         "allowed-origin", "tls-cert", "tls-key", "gateway-id", "max-message-size", "max-outbound-bytes", "max-rooms-per-connection",
         "max-connections-per-user", "rate-limit", "rate-burst", "handshake-timeout", "ping-interval", "idle-timeout",
         "log-level", "drain-grace", "drain-window", "web-root", "events-exchange", "api-key", "event-loops",

@@ -14,7 +14,11 @@ import Testing
 /// broker connection. A case whose broker is not configured is skipped (see
 /// ``TestBrokers``); serialized, because the reconnect test cuts connections on the
 /// shared broker.
-@Suite("Backplane conformance: in-memory, RabbitMQ, Redis channels, Redis broadcast", .serialized, .timeLimit(.minutes(3)))
+@Suite(
+    "Backplane conformance: in-memory, RabbitMQ (topic and direct exchange), Redis channels, Redis broadcast",
+    .serialized,
+    .timeLimit(.minutes(3))
+)
 struct BackplaneConformanceTests {
     static let bob = BackplaneAddress.user(try! UserID(validating: "bob"))  // a valid literal: cannot throw
     static let carol = BackplaneAddress.user(try! UserID(validating: "carol"))
@@ -30,6 +34,36 @@ struct BackplaneConformanceTests {
             }
             // Each arrived once: the next thing delivered is the next frame published.
             try await pair.expectDelivered("fence", to: .broadcast)
+        }
+    }
+
+    @Test(
+        "a burst of publishes issued at once, some larger than one AMQP frame, arrives complete, in order, once",
+        arguments: BackplaneKind.allCases
+    )
+    func burst(kind: BackplaneKind) async throws {
+        try await BackplanePair.run(kind) { pair in
+            try await pair.receiver.bind(Self.bob)
+            // RabbitMQ's frame_max is 131,072 bytes: the large bodies span three body frames,
+            // and publishes queued together are encoded into one write.
+            let sizes = (0..<300).map { $0 % 50 == 7 ? 300_000 + $0 : 40 + $0 }
+            let frames = sizes.enumerated().map { index, size in
+                var frame = ByteBuffer(string: "#\(index):")
+                frame.writeRepeatingByte(UInt8(ascii: "a") + UInt8(index % 26), count: size)
+                return frame
+            }
+            let outcomes = EventInbox<PublishOutcome>()
+            for frame in frames {
+                pair.publisher.publish(frame, to: Self.bob) { result in
+                    if case .success(let outcome) = result { outcomes.append(outcome) }
+                }
+            }
+            for (index, frame) in frames.enumerated() {
+                let delivery = try await pair.deliveries.next(timeout: .seconds(10))
+                #expect(delivery?.frame == frame, "frame \(index) (\(frame.readableBytes) bytes)")
+                #expect(try await outcomes.next(timeout: .seconds(10)) == kind.outcome(publishingTo: Self.bob, bound: true))
+            }
+            try await pair.expectDelivered("fence", to: Self.bob)
         }
     }
 
@@ -83,10 +117,12 @@ struct BackplaneConformanceTests {
 enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case inMemory = "memory"
     case rabbitmq
+    /// RabbitMQ with `--exchange-type direct`: the same guarantees through a direct exchange.
+    case rabbitmqDirect = "rabbitmq-direct"
     case redisChannels = "redis-channels"
     case redisBroadcast = "redis-broadcast"
 
-    static let brokered: [BackplaneKind] = [.rabbitmq, .redisChannels, .redisBroadcast]
+    static let brokered: [BackplaneKind] = [.rabbitmq, .rabbitmqDirect, .redisChannels, .redisBroadcast]
 
     var testDescription: String { rawValue }
 
@@ -107,7 +143,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     func skipUnlessConfigured() throws {
         switch self {
         case .inMemory: break
-        case .rabbitmq:
+        case .rabbitmq, .rabbitmqDirect:
             try TestBrokers.skipUnless(Broker.isConfigured, TestBrokers.rabbitMQMissing)
         case .redisChannels, .redisBroadcast:
             try TestBrokers.skipUnless(RedisServer.isConfigured, TestBrokers.redisMissing)
@@ -124,11 +160,12 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         case .inMemory:
             let backplane = InMemoryBackplane()
             return (backplane, backplane)
-        case .rabbitmq:
+        case .rabbitmq, .rabbitmqDirect:
             let amqp = try AMQPConfiguration(url: try Broker.url)
+            let type: RabbitMQConfiguration.ExchangeType = self == .rabbitmq ? .topic : .direct
             let make = { (id: String) in
                 RabbitMQBackplane(
-                    configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)"),
+                    configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)", exchangeType: type),
                     logger: logger
                 )
             }
@@ -149,7 +186,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         switch self {
         case .inMemory:
             return []
-        case .rabbitmq:
+        case .rabbitmq, .rabbitmqDirect:
             return Set(try Broker.ctl(["list_connections", "name", "--quiet", "--no-table-headers"]).split(separator: "\n").map(String.init))
         case .redisChannels, .redisBroadcast:
             // Every client but redis-cli itself (the one running CLIENT LIST).
@@ -163,7 +200,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         switch self {
         case .inMemory:
             break
-        case .rabbitmq:
+        case .rabbitmq, .rabbitmqDirect:
             try Broker.ctl(["close_all_connections", "backplane conformance test"])
         case .redisChannels, .redisBroadcast:
             try RedisServer.cli(["CLIENT", "KILL", "TYPE", "pubsub"])
