@@ -75,6 +75,15 @@ struct LoadResult: Encodable {
         var p90: Double
         var p99: Double
         var max: Double
+
+        /// From a histogram of microseconds, in milliseconds.
+        init(_ histogram: Histogram<UInt64>) {
+            func ms(_ micros: UInt64) -> Double { Double(micros) / 1000 }
+            p50 = ms(histogram.valueAtPercentile(50))
+            p90 = ms(histogram.valueAtPercentile(90))
+            p99 = ms(histogram.valueAtPercentile(99))
+            max = ms(histogram.max)
+        }
     }
     struct CPU: Encodable {
         var gateways: Double
@@ -88,13 +97,21 @@ struct LoadResult: Encodable {
         var accepted_per_s: Double
         var all_reachable_s: Double
         var failed: Int
+        /// CPU seconds the load generator, the gateways and the brokers spent while the connections opened.
+        var generator_cpu_s: Double?
+        var gateways_cpu_s: Double?
+        var brokers_cpu_s: Double?
 
         /// A welcome is sent once the user's binding is in place: the last welcome is the
         /// moment every user is reachable by a direct message from any gateway.
         init(_ fleet: Fleet, users: Int) {
-            accepted_per_s = Double(fleet.connected) / max(fleet.connectSeconds, 0.001)
-            all_reachable_s = fleet.connectSeconds
-            failed = users - fleet.connected
+            self.init(connected: fleet.connected, seconds: fleet.connectSeconds, users: users)
+        }
+
+        init(connected: Int, seconds: Double, users: Int) {
+            accepted_per_s = Double(connected) / max(seconds, 0.001)
+            all_reachable_s = seconds
+            failed = users - connected
         }
     }
 
@@ -148,10 +165,14 @@ struct LoadResult: Encodable {
         if let connect {
             lines.append(
                 String(
-                    format: "connect: %.0f accepted/s, all reachable after %.2f s, %d failed",
+                    format:
+                        "connect: %.0f accepted/s, all reachable after %.2f s, %d failed; CPU s: gateways %.2f, brokers %.2f, the load generator %.2f",
                     connect.accepted_per_s,
                     connect.all_reachable_s,
-                    connect.failed
+                    connect.failed,
+                    connect.gateways_cpu_s ?? .nan,
+                    connect.brokers_cpu_s ?? .nan,
+                    connect.generator_cpu_s ?? .nan
                 )
             )
         }
@@ -291,79 +312,5 @@ final class Fleet: Sendable {
                 group.addTask { await connection.abort() }
             }
         }
-    }
-}
-
-/// Counts what arrived against what was expected, and the latency of each delivery.
-final class DeliveryLedger: Sendable {
-    private struct State {
-        var counts: [UInt16]
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-    }
-
-    private let state: Mutex<State>
-    let origin = ContinuousClock.now
-
-    init(capacity: Int) {
-        state = Mutex(State(counts: [UInt16](repeating: 0, count: capacity)))
-    }
-
-    /// Microseconds since the ledger began: the send stamp carried in each message.
-    var now: UInt64 { UInt64(max(0, (ContinuousClock.now - origin).seconds * 1_000_000)) }
-
-    /// `{"s":SEQ,"t":MICROS}` as the data of a message.
-    func payload(sequence: Int) -> String { #"{"s":"# + String(sequence) + #","t":"# + String(now) + "}" }
-
-    /// Records a delivered frame whose data is a payload from ``payload(sequence:)``.
-    func record(_ text: String) {
-        guard let sequence = Self.number(after: #""s":"#, in: text), let stamp = Self.number(after: #""t":"#, in: text) else { return }
-        let arrived = now
-        state.withLock { state in
-            guard sequence < state.counts.count else { return }
-            state.counts[sequence] &+= 1
-            _ = state.histogram.record(arrived >= UInt64(stamp) ? arrived - UInt64(stamp) : 0)
-        }
-    }
-
-    func delivered(expectedPerMessage: Int, sent: Int) -> (delivered: Int, lost: Int, duplicated: Int) {
-        state.withLock { state in
-            var delivered = 0
-            var lost = 0
-            var duplicated = 0
-            for sequence in 0..<min(sent, state.counts.count) {
-                let count = Int(state.counts[sequence])
-                delivered += min(count, expectedPerMessage)
-                lost += max(0, expectedPerMessage - count)
-                duplicated += max(0, count - expectedPerMessage)
-            }
-            return (delivered, lost, duplicated)
-        }
-    }
-
-    var totalArrived: Int { state.withLock { $0.counts.reduce(0) { $0 + Int($1) } } }
-
-    var latency: LoadResult.Latency {
-        state.withLock { state in
-            let h = state.histogram
-            func ms(_ micros: UInt64) -> Double { Double(micros) / 1000 }
-            return LoadResult.Latency(
-                p50: ms(h.valueAtPercentile(50)),
-                p90: ms(h.valueAtPercentile(90)),
-                p99: ms(h.valueAtPercentile(99)),
-                max: ms(h.max)
-            )
-        }
-    }
-
-    private static func number(after key: String, in text: String) -> Int? {
-        guard let range = text.range(of: key) else { return nil }
-        var value = 0
-        var digits = 0
-        for byte in text[range.upperBound...].utf8 {
-            guard byte >= 48, byte <= 57 else { break }
-            value = value * 10 + Int(byte - 48)
-            digits += 1
-        }
-        return digits > 0 ? value : nil
     }
 }

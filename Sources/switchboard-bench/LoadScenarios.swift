@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NIOCore
 import SwitchboardClient
 import Synchronization
 
@@ -30,10 +31,19 @@ struct ConnectBench: AsyncParsableCommand {
     func run() async throws {
         let endpoints = try load.endpoints()
         let bindsBefore = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
-        let fleet = try await Fleet.open(load)
+        let generatorCPUBefore = try ProcessStats.cpuMicroseconds(pid: getpid())
+        let gatewayCPUBefore = try ProcessStats.cpuMicroseconds(load.gatewayPIDs)
+        let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
+        let fleet = try await LeanFleet.open(load, capacity: 0)
+        let generatorCPU = try ProcessStats.cpuMicroseconds(pid: getpid()) - generatorCPUBefore
+        let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
+        let brokerCPU = try ProcessStats.cpuMicroseconds(load.brokerPIDs) - brokerCPUBefore
         let bindsAfter = await GatewayCounters.sum("switchboard_backplane_bindings_total", endpoints: endpoints)
         var result = LoadResult(scenario: "connect", label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
-        result.connect = .init(fleet, users: load.users)
+        result.connect = .init(connected: fleet.connected, seconds: fleet.connectSeconds, users: load.users)
+        result.connect?.generator_cpu_s = generatorCPU / 1_000_000
+        result.connect?.gateways_cpu_s = gatewayCPU / 1_000_000
+        result.connect?.brokers_cpu_s = brokerCPU / 1_000_000
         result.subscriptions_per_s = Double(bindsAfter - bindsBefore) / max(fleet.connectSeconds, 0.001)
         result.report(json: load.json)
         await fleet.closeAll()
@@ -181,11 +191,12 @@ struct FanoutBench: AsyncParsableCommand {
     }
 }
 
-/// The measured phase shared by direct, room and fanout.
+/// The measured phase shared by direct, room and fanout, on a ``LeanFleet``.
 enum TrafficRun {
     /// Opens the fleet, sends each connection's set-up frame (a join) and waits for the acks,
-    /// then offers `traffic.rate` messages/s for `traffic.duration` s, waits for the
-    /// deliveries (at most 5 s more), and measures CPU and backplane traffic over that window.
+    /// then offers `traffic.rate` messages/s for `traffic.duration` s, paced on the fleet's
+    /// loop every millisecond, waits for the deliveries (at most 5 s more), and measures CPU
+    /// and backplane traffic over that window.
     static func run(
         scenario: String,
         load: LoadOptions,
@@ -196,34 +207,27 @@ enum TrafficRun {
     ) async throws -> LoadResult {
         let endpoints = try load.endpoints()
         let capacity = traffic.rate * traffic.duration + traffic.rate
-        let ledger = DeliveryLedger(capacity: capacity)
-        let acks = Atomic<Int>(0)
-        let fleet = try await Fleet.open(
-            load,
-            onText: { _, text in
-                if text.hasPrefix(#"{"type":"ack""#) {
-                    acks.add(1, ordering: .relaxed)
-                } else if text.hasPrefix(#"{"type":"direct""#) || text.hasPrefix(#"{"type":"room""#) {
-                    ledger.record(text)
-                }
-            }
-        )
-        defer { Task { await fleet.closeAll() } }
+        let fleet = try await LeanFleet.open(load, capacity: capacity)
         var result = LoadResult(scenario: scenario, label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
         guard fleet.connected == load.users else {
             print("only \(fleet.connected) of \(load.users) connections opened; not sending")
+            await fleet.closeAll()
             return result
         }
 
         // Set-up frames (joins), then wait until each is acknowledged.
-        var setUpFrames = 0
-        for (index, connection) in fleet.connections.enumerated() {
-            guard let connection, let frame = setUp(index, load.users) else { continue }
-            try await connection.send(text: frame)
-            setUpFrames += 1
+        let users = load.users
+        let setUpFrames = try await fleet.onLoop {
+            var frames = 0
+            for index in 0..<users {
+                guard let frame = setUp(index, users), let channel = fleet.write(frame, to: index) else { continue }
+                channel.flush()
+                frames += 1
+            }
+            return frames
         }
         let setUpDeadline = ContinuousClock.now + .seconds(60)
-        while acks.load(ordering: .relaxed) < setUpFrames, ContinuousClock.now < setUpDeadline {
+        while try await fleet.onLoop({ fleet.acks }) < setUpFrames, ContinuousClock.now < setUpDeadline {
             try await Task.sleep(for: .milliseconds(20))
         }
 
@@ -232,25 +236,26 @@ enum TrafficRun {
         let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
         let generatorCPUBefore = try ProcessStats.cpuMicroseconds(pid: getpid())
 
-        // Paced sending: each millisecond, catch up to rate × elapsed.
-        let started = ContinuousClock.now
-        let end = started + .seconds(traffic.duration)
-        var sent = 0
-        var tick = started
-        while ContinuousClock.now < end, sent < capacity {
-            tick += .milliseconds(1)
-            try await Task.sleep(until: tick)
-            let due = min(capacity, Int((ContinuousClock.now - started).seconds * Double(traffic.rate)))
-            while sent < due {
-                let (sender, text) = message(sent, ledger.payload(sequence: sent))
-                try? await fleet.connections[sender]?.send(text: text)
-                sent += 1
+        // Paced sending on the loop: each millisecond, catch up to rate × elapsed, then one
+        // flush per connection written to.
+        let rate = traffic.rate
+        let duration = Duration.seconds(traffic.duration)
+        let sending = fleet.loop.makePromise(of: (sent: Int, seconds: Double).self)
+        try await fleet.onLoop {
+            let pacer = Pacer(fleet: fleet, started: ContinuousClock.now)
+            fleet.loop.scheduleRepeatedTask(initialDelay: .milliseconds(1), delay: .milliseconds(1)) { task in
+                let elapsed = ContinuousClock.now - pacer.started
+                pacer.send(upTo: min(capacity, Int(elapsed.seconds * Double(rate))), message)
+                if elapsed >= duration || pacer.sent >= capacity {
+                    task.cancel()
+                    sending.succeed((pacer.sent, elapsed.seconds))
+                }
             }
         }
-        let sendSeconds = (ContinuousClock.now - started).seconds
+        let (sent, sendSeconds) = try await sending.futureResult.get()
         let expected = sent * expectedPerMessage
         let drainDeadline = ContinuousClock.now + .seconds(5)
-        while ledger.totalArrived < expected, ContinuousClock.now < drainDeadline {
+        while try await fleet.onLoop({ fleet.arrived }) < expected, ContinuousClock.now < drainDeadline {
             try await Task.sleep(for: .milliseconds(10))
         }
         let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
@@ -258,7 +263,11 @@ enum TrafficRun {
         let generatorCPU = try ProcessStats.cpuMicroseconds(pid: getpid()) - generatorCPUBefore
         let receivedAfter = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
 
-        let (delivered, lost, duplicated) = ledger.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
+        let (delivered, lost, duplicated, latency) = try await fleet.onLoop {
+            let (delivered, lost, duplicated) = fleet.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
+            return (delivered, lost, duplicated, fleet.latency)
+        }
+        await fleet.closeAll()
         result.rate = traffic.rate
         result.duration_s = sendSeconds
         result.sent = sent
@@ -267,7 +276,7 @@ enum TrafficRun {
         result.lost = lost
         result.duplicated = duplicated
         result.achieved_rate = Double(sent) / max(sendSeconds, 0.001)
-        result.latency_ms = ledger.latency
+        result.latency_ms = latency
         if delivered > 0, !load.gatewayPIDs.isEmpty {
             let perMessage = Double(delivered)
             result.cpu_us_per_msg = .init(
@@ -280,5 +289,30 @@ enum TrafficRun {
         result.backplane_received = receivedAfter - receivedBefore
         result.amplification = sent > 0 ? Double(receivedAfter - receivedBefore) / Double(sent) : nil
         return result
+    }
+}
+
+/// The sending side of a traffic run, on the fleet's loop.
+private final class Pacer: @unchecked Sendable {
+    // @unchecked Sendable: created and used only on `fleet.loop` (its repeated task).
+    let fleet: LeanFleet
+    let started: ContinuousClock.Instant
+    private(set) var sent = 0
+    private var touched: [ObjectIdentifier: any Channel] = [:]
+
+    init(fleet: LeanFleet, started: ContinuousClock.Instant) {
+        self.fleet = fleet
+        self.started = started
+    }
+
+    /// Writes messages until `due` are sent, then flushes each connection written to once.
+    func send(upTo due: Int, _ message: (Int, String) -> (sender: Int, text: String)) {
+        while sent < due {
+            let (sender, text) = message(sent, fleet.payload(sequence: sent))
+            if let channel = fleet.write(text, to: sender) { touched[ObjectIdentifier(channel)] = channel }
+            sent += 1
+        }
+        for channel in touched.values { channel.flush() }
+        touched.removeAll(keepingCapacity: true)
     }
 }
