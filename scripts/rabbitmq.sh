@@ -27,8 +27,10 @@ ctl() {
 
 case "$command" in
 start)
-    amqp_port=${3:-$((20000 + RANDOM % 20000))}
-    dist_port=${4:-$((amqp_port + 20000))}
+    # Every port below Linux's ephemeral range (32768 and up): a port the kernel handed to
+    # an outgoing connection (a load test's thousands) cannot be taken when the node starts.
+    amqp_port=${3:-$((20000 + RANDOM % 6000))}
+    dist_port=${4:-$((amqp_port + 6000))}
     epmd_port=$((dist_port + 1))
     mkdir -p "$dir/mnesia" "$dir/log"
     node="sbtest$$x$amqp_port@localhost"

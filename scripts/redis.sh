@@ -16,7 +16,8 @@ dir=${2:?folder}
 
 case "$command" in
 start)
-    port=${3:-$((20000 + RANDOM % 20000))}
+    # Below Linux's ephemeral range (32768 and up), so no outgoing connection holds it.
+    port=${3:-$((20000 + RANDOM % 12000))}
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     echo "$port" >"$dir/port"

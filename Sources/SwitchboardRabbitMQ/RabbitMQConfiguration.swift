@@ -10,7 +10,7 @@ public struct RabbitMQConfiguration: Sendable {
     public var exchange: String
     /// Its type (`--exchange-type`). Gateways bind exact keys only (`user.<word>`,
     /// `room.<word>`, `broadcast`), so `direct` routes the same messages as `topic`; on
-    /// RabbitMQ 3.10 it binds in well under half the broker CPU (no topic trie in Mnesia)
+    /// RabbitMQ 3.10 it binds for less than half the broker CPU (no topic trie in Mnesia)
     /// and routes by a hash lookup. An exchange keeps the type it was declared with:
     /// switching an existing deployment needs a new `exchange` name.
     public var exchangeType: ExchangeType

@@ -163,18 +163,16 @@ struct LoadResult: Encodable {
             lines.append(String(format: "backplane: gateways received %d messages, %.2f per message sent", backplane_received, amplification))
         }
         if let connect {
-            lines.append(
-                String(
-                    format:
-                        "connect: %.0f accepted/s, all reachable after %.2f s, %d failed; CPU s: gateways %.2f, brokers %.2f, the load generator %.2f",
-                    connect.accepted_per_s,
-                    connect.all_reachable_s,
-                    connect.failed,
-                    connect.gateways_cpu_s ?? .nan,
-                    connect.brokers_cpu_s ?? .nan,
-                    connect.generator_cpu_s ?? .nan
-                )
+            var line = String(
+                format: "connect: %.0f accepted/s, all reachable after %.2f s, %d failed",
+                connect.accepted_per_s,
+                connect.all_reachable_s,
+                connect.failed
             )
+            if let gateways = connect.gateways_cpu_s, let brokers = connect.brokers_cpu_s, let generator = connect.generator_cpu_s {
+                line += String(format: "; CPU s: gateways %.2f, brokers %.2f, the load generator %.2f", gateways, brokers, generator)
+            }
+            lines.append(line)
         }
         if let subscriptions_per_s { lines.append(String(format: "binds/subscribes: %.0f/s", subscriptions_per_s)) }
         if let rss_kb_per_connection { lines.append(String(format: "gateway RSS per connection: %.2f KiB", rss_kb_per_connection)) }

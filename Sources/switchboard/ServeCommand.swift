@@ -46,7 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Type of that exchange: topic (the default) or direct (binds and routes for well under half the broker CPU; every gateway must use the same, and an existing exchange keeps its type, so pick a new --exchange to switch). amqp backplane only."
+            "Type of that exchange: topic (the default) or direct (binds and routes for less than half the broker CPU; every gateway must use the same, and an existing exchange keeps its type, so pick a new --exchange to switch). amqp backplane only."
     )
     var exchangeType = "topic"
 
