@@ -54,6 +54,8 @@ final class AMQPConnectionThread {
     private var blocked = false
     /// A publish waits because the socket's send buffer is too full to take it whole.
     private var waitingForSocketRoom = false
+    /// A batched write failed part-way: the stream holds a torn frame, so no clean close.
+    private var streamBroken = false
     private var lastReportedPressure: (blocked: Bool, stalled: Bool) = (false, false)
 
     init(context: Context) {
@@ -116,6 +118,7 @@ final class AMQPConnectionThread {
         self.connection = connection
         confirmsEnabled = false
         confirms = AMQPConfirmWindow()
+        streamBroken = false
         blocked = false
         waitingForSocketRoom = false
         // A new connection starts unblocked; what waited on the old one has failed already.
@@ -183,7 +186,7 @@ final class AMQPConnectionThread {
     private func closeConnection() {
         guard let connection else { return }
         // A broker that blocks publishing does not read the close either: do not wait for it.
-        if context.shared.stopRequested, !blocked, !confirms.holdsTimedOut {
+        if context.shared.stopRequested, !blocked, !confirms.holdsTimedOut, !streamBroken {
             // A clean close; bounded by the request timeout.
             _ = amqp_connection_close(connection, crmq_reply_success)
         }
@@ -277,15 +280,18 @@ final class AMQPConnectionThread {
     /// hold this thread until the alarm clears (no timeouts, no shutdown). Writing only while
     /// the kernel's send buffer is at most half full (after the write) keeps every write
     /// non-blocking: Linux accepts data while its accounted size is below SO_SNDBUF.
-    private func hasSocketRoom(_ connection: OpaquePointer, bytes: Int) -> Bool {
+    private func hasSocketRoom(_ connection: OpaquePointer, batched: Int, bytes: Int) -> Bool {
         let descriptor = amqp_get_sockfd(connection)
         let unsent = crmq_unsent_bytes(descriptor)
-        // An empty buffer takes any publish (a larger one than half the buffer may then wait
-        // for the broker to read, as any write would); an unknown one too.
-        guard unsent > 0 else { return true }
+        // An unknown buffer takes anything; an empty one takes one publish however large (it
+        // may then wait for the broker to read, as any write would). Publishes encoded and
+        // not written yet count as if they were in the kernel's buffer already: the whole
+        // batch is one write and must fit.
+        guard unsent >= 0 else { return true }
+        guard unsent > 0 || batched > 0 else { return true }
         let size = crmq_send_buffer_size(descriptor)
         guard size > 0 else { return true }
-        return Int(unsent) + bytes <= Int(size) / 2
+        return Int(unsent) + batched + bytes <= Int(size) / 2
     }
 
     /// Sleeps in `poll()` until the socket is readable, the thread is woken, or the timeout passes.
@@ -328,7 +334,12 @@ final class AMQPConnectionThread {
         }
         func flushBatch() throws(AMQPError) {
             guard !batched.isEmpty else { return }
-            try publishFrames.send(to: amqp_get_sockfd(connection), timeout: context.configuration.requestTimeout)
+            do throws(AMQPError) {
+                try publishFrames.send(to: amqp_get_sockfd(connection), timeout: context.configuration.requestTimeout)
+            } catch {
+                streamBroken = true
+                throw error
+            }
             publishFrames.removeAll()
             for publish in batched { published(publish) }
             batched.removeAll(keepingCapacity: true)
@@ -340,7 +351,7 @@ final class AMQPConnectionThread {
                 // the socket could not take the publish without blocking; timeouts answer them.
                 if blocked { return try flushBatch() }
                 if confirmsEnabled, confirms.count + batched.count >= context.maximumUnconfirmed { return try flushBatch() }
-                guard hasSocketRoom(connection, bytes: publishFrames.byteCount + publish.wireSize) else {
+                guard hasSocketRoom(connection, batched: publishFrames.byteCount, bytes: publish.wireSize) else {
                     waitingForSocketRoom = true
                     return try flushBatch()
                 }

@@ -76,7 +76,8 @@ final class LeanFleet: @unchecked Sendable {
                     path: "\(endpoint.path)?user=\(Fleet.user(index))"
                 )
                 handler.onWelcome = { welcomed in
-                    if welcomed { fleet.welcomed += 1 }
+                    // A welcome after the deadline does not count: the run has started.
+                    if welcomed, !completed { fleet.welcomed += 1 }
                     finished += 1
                     if finished == options.users || (next == finished && NIODeadline.now() >= deadline) {
                         complete()
@@ -93,6 +94,9 @@ final class LeanFleet: @unchecked Sendable {
                 }
                 bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
                     switch result {
+                    case .success(let channel) where completed:
+                        // Past the deadline: the run has started without this one.
+                        channel.close(promise: nil)
                     case .success(let channel): fleet.channels[index] = channel
                     case .failure: handler.finish(welcomed: false)
                     }

@@ -208,87 +208,93 @@ enum TrafficRun {
         let endpoints = try load.endpoints()
         let capacity = traffic.rate * traffic.duration + traffic.rate
         let fleet = try await LeanFleet.open(load, capacity: capacity)
-        var result = LoadResult(scenario: scenario, label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
-        guard fleet.connected == load.users else {
-            print("only \(fleet.connected) of \(load.users) connections opened; not sending")
-            await fleet.closeAll()
-            return result
-        }
-
-        // Set-up frames (joins), then wait until each is acknowledged.
-        let users = load.users
-        let setUpFrames = try await fleet.onLoop {
-            var frames = 0
-            for index in 0..<users {
-                guard let frame = setUp(index, users), let channel = fleet.write(frame, to: index) else { continue }
-                channel.flush()
-                frames += 1
+        // Every way out closes the connections and stops the loop.
+        do {
+            var result = LoadResult(scenario: scenario, label: load.label, gateways: endpoints.count, users: load.users, connected: fleet.connected)
+            guard fleet.connected == load.users else {
+                print("only \(fleet.connected) of \(load.users) connections opened; not sending")
+                await fleet.closeAll()
+                return result
             }
-            return frames
-        }
-        let setUpDeadline = ContinuousClock.now + .seconds(60)
-        while try await fleet.onLoop({ fleet.acks }) < setUpFrames, ContinuousClock.now < setUpDeadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
 
-        let receivedBefore = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
-        let gatewayCPUBefore = try ProcessStats.cpuMicroseconds(load.gatewayPIDs)
-        let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
-        let generatorCPUBefore = try ProcessStats.cpuMicroseconds(pid: getpid())
+            // Set-up frames (joins), then wait until each is acknowledged.
+            let users = load.users
+            let setUpFrames = try await fleet.onLoop {
+                var frames = 0
+                for index in 0..<users {
+                    guard let frame = setUp(index, users), let channel = fleet.write(frame, to: index) else { continue }
+                    channel.flush()
+                    frames += 1
+                }
+                return frames
+            }
+            let setUpDeadline = ContinuousClock.now + .seconds(60)
+            while try await fleet.onLoop({ fleet.acks }) < setUpFrames, ContinuousClock.now < setUpDeadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
 
-        // Paced sending on the loop: each millisecond, catch up to rate × elapsed, then one
-        // flush per connection written to.
-        let rate = traffic.rate
-        let duration = Duration.seconds(traffic.duration)
-        let sending = fleet.loop.makePromise(of: (sent: Int, seconds: Double).self)
-        try await fleet.onLoop {
-            let pacer = Pacer(fleet: fleet, started: ContinuousClock.now)
-            fleet.loop.scheduleRepeatedTask(initialDelay: .milliseconds(1), delay: .milliseconds(1)) { task in
-                let elapsed = ContinuousClock.now - pacer.started
-                pacer.send(upTo: min(capacity, Int(elapsed.seconds * Double(rate))), message)
-                if elapsed >= duration || pacer.sent >= capacity {
-                    task.cancel()
-                    sending.succeed((pacer.sent, elapsed.seconds))
+            let receivedBefore = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
+            let gatewayCPUBefore = try ProcessStats.cpuMicroseconds(load.gatewayPIDs)
+            let brokerCPUBefore = try ProcessStats.cpuMicroseconds(load.brokerPIDs)
+            let generatorCPUBefore = try ProcessStats.cpuMicroseconds(pid: getpid())
+
+            // Paced sending on the loop: each millisecond, catch up to rate × elapsed, then one
+            // flush per connection written to.
+            let rate = traffic.rate
+            let duration = Duration.seconds(traffic.duration)
+            let sending = fleet.loop.makePromise(of: (sent: Int, seconds: Double).self)
+            try await fleet.onLoop {
+                let pacer = Pacer(fleet: fleet, started: ContinuousClock.now)
+                fleet.loop.scheduleRepeatedTask(initialDelay: .milliseconds(1), delay: .milliseconds(1)) { task in
+                    let elapsed = ContinuousClock.now - pacer.started
+                    pacer.send(upTo: min(capacity, Int(elapsed.seconds * Double(rate))), message)
+                    if elapsed >= duration || pacer.sent >= capacity {
+                        task.cancel()
+                        sending.succeed((pacer.sent, elapsed.seconds))
+                    }
                 }
             }
-        }
-        let (sent, sendSeconds) = try await sending.futureResult.get()
-        let expected = sent * expectedPerMessage
-        let drainDeadline = ContinuousClock.now + .seconds(5)
-        while try await fleet.onLoop({ fleet.arrived }) < expected, ContinuousClock.now < drainDeadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
-        let brokerCPU = try ProcessStats.cpuMicroseconds(load.brokerPIDs) - brokerCPUBefore
-        let generatorCPU = try ProcessStats.cpuMicroseconds(pid: getpid()) - generatorCPUBefore
-        let receivedAfter = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
+            let (sent, sendSeconds) = try await sending.futureResult.get()
+            let expected = sent * expectedPerMessage
+            let drainDeadline = ContinuousClock.now + .seconds(5)
+            while try await fleet.onLoop({ fleet.arrived }) < expected, ContinuousClock.now < drainDeadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let gatewayCPU = try ProcessStats.cpuMicroseconds(load.gatewayPIDs) - gatewayCPUBefore
+            let brokerCPU = try ProcessStats.cpuMicroseconds(load.brokerPIDs) - brokerCPUBefore
+            let generatorCPU = try ProcessStats.cpuMicroseconds(pid: getpid()) - generatorCPUBefore
+            let receivedAfter = await GatewayCounters.sum("switchboard_backplane_received_messages_total", endpoints: endpoints)
 
-        let (delivered, lost, duplicated, latency) = try await fleet.onLoop {
-            let (delivered, lost, duplicated) = fleet.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
-            return (delivered, lost, duplicated, fleet.latency)
+            let (delivered, lost, duplicated, latency) = try await fleet.onLoop {
+                let (delivered, lost, duplicated) = fleet.delivered(expectedPerMessage: expectedPerMessage, sent: sent)
+                return (delivered, lost, duplicated, fleet.latency)
+            }
+            result.rate = traffic.rate
+            result.duration_s = sendSeconds
+            result.sent = sent
+            result.expected = expected
+            result.delivered = delivered
+            result.lost = lost
+            result.duplicated = duplicated
+            result.achieved_rate = Double(sent) / max(sendSeconds, 0.001)
+            result.latency_ms = latency
+            if delivered > 0, !load.gatewayPIDs.isEmpty {
+                let perMessage = Double(delivered)
+                result.cpu_us_per_msg = .init(
+                    gateways: gatewayCPU / perMessage,
+                    brokers: brokerCPU / perMessage,
+                    total: (gatewayCPU + brokerCPU) / perMessage,
+                    generator: generatorCPU / perMessage
+                )
+            }
+            result.backplane_received = receivedAfter - receivedBefore
+            result.amplification = sent > 0 ? Double(receivedAfter - receivedBefore) / Double(sent) : nil
+            await fleet.closeAll()
+            return result
+        } catch {
+            await fleet.closeAll()
+            throw error
         }
-        await fleet.closeAll()
-        result.rate = traffic.rate
-        result.duration_s = sendSeconds
-        result.sent = sent
-        result.expected = expected
-        result.delivered = delivered
-        result.lost = lost
-        result.duplicated = duplicated
-        result.achieved_rate = Double(sent) / max(sendSeconds, 0.001)
-        result.latency_ms = latency
-        if delivered > 0, !load.gatewayPIDs.isEmpty {
-            let perMessage = Double(delivered)
-            result.cpu_us_per_msg = .init(
-                gateways: gatewayCPU / perMessage,
-                brokers: brokerCPU / perMessage,
-                total: (gatewayCPU + brokerCPU) / perMessage,
-                generator: generatorCPU / perMessage
-            )
-        }
-        result.backplane_received = receivedAfter - receivedBefore
-        result.amplification = sent > 0 ? Double(receivedAfter - receivedBefore) / Double(sent) : nil
-        return result
     }
 }
 
