@@ -112,7 +112,9 @@ class Endpoint:
         self.port = port
         self.path = url.path or "/ws"
 
-    def ws_url(self, user):
+    def ws_url(self, user, nchan=False):
+        if nchan:
+            return f"ws://{self.netloc}/sub/{user}"
         return f"ws://{self.netloc}{self.path}?user={user}"
 
     def metrics_url(self):
@@ -132,6 +134,9 @@ def parse_arguments(argv):
     common.add_argument("--duration", type=int, default=10, help="seconds of sending (1..120)")
     common.add_argument("--connect-concurrency", type=int, default=256, help="handshakes in flight (1..256)")
     common.add_argument("--label", default="", help="copied into the JSON result")
+    common.add_argument("--target", choices=("switchboard", "nchan"), default="switchboard",
+                        help="nchan: the reference server (bench/nchan.sh); users subscribe on ws://HOST:PORT/sub/u<i>, "
+                             "a direct message is an HTTP POST to /pub/u<recipient> on the sender's server (direct only)")
     common.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -200,6 +205,44 @@ def cpu_sum(pids, gone):
         except (OSError, ValueError, IndexError):
             gone.add(pid)
     return total
+
+
+class NchanPublisher(asyncio.Protocol):
+    """Publishes to nchan over one keep-alive HTTP/1.1 connection (requests pipelined) and
+    reads the answers, counting them."""
+
+    def __init__(self):
+        self.transport = None
+        self.buffer = bytearray()
+        self.responses = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, error):
+        if self.buffer:
+            print("nchan closed the publisher connection after:", bytes(self.buffer[:300]))
+
+    def data_received(self, data):
+        buffer = self.buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).lower()
+            start = head.find(b"content-length:")
+            length = 0
+            if start >= 0:
+                stop = head.find(b"\r\n", start)
+                length = int(head[start + 15:stop if stop > 0 else len(head)])
+            if len(buffer) < end + 4 + length:
+                return
+            del buffer[:end + 4 + length]
+            self.responses += 1
+
+    def post(self, recipient, body):
+        self.transport.write(b"POST /pub/u%d HTTP/1.1\r\nHost: nchan\r\nContent-Length: %d\r\n\r\n%s" % (recipient, len(body), body))
 
 
 def gateway_counter(endpoints, series=METRICS_SERIES):
@@ -272,7 +315,11 @@ async def run(args):
     dropped = 0
     TEXT = WSMsgType.TEXT
     CLOSE = WSMsgType.CLOSE
-    DELIVERY = (b'{"type":"direct"', b'{"type":"room"')
+    nchan = args.target == "nchan"
+    if nchan and args.scenario != "direct":
+        fail("--target nchan runs direct only")
+    # nchan delivers the published body as it is: the bare {"s":…,"t":…}.
+    DELIVERY = (b'{"s":',) if nchan else (b'{"type":"direct"', b'{"type":"room"')
     ACK = b'{"type":"ack"'
     WELCOME = b'{"type":"welcome"'
     last = HIST_SIZE - 1
@@ -288,15 +335,20 @@ async def run(args):
 
         def on_ws_connected(self, transport):
             self.transport = transport
+            if nchan:
+                # nchan sends no welcome: the subscription is in place once the upgrade is done.
+                self.welcomed = True
+                if not self.welcome.done():
+                    self.welcome.set_result(True)
 
         def on_ws_frame(self, transport, frame):
             nonlocal arrived, acks
             data = frame.get_payload_as_bytes()
             if data.startswith(DELIVERY):
-                i = data.find(b'"data":{"s":')
+                i = data.find(b'{"s":')
                 if i < 0:
                     return
-                i += 12
+                i += 5
                 j = data.find(b',"t":', i)
                 k = data.find(b"}", j)
                 try:
@@ -367,7 +419,7 @@ async def run(args):
             return
         welcome = loop.create_future()
         listener = Client(welcome)
-        url = endpoints[index % gateways].ws_url(f"u{index}")
+        url = endpoints[index % gateways].ws_url(f"u{index}", nchan)
         transport = None
         try:
             transport, _ = await asyncio.wait_for(
@@ -418,6 +470,15 @@ async def run(args):
         if acks < setup_frames:
             print(f"only {acks} of {setup_frames} joins acknowledged within {SETUP_SECONDS:.0f} s; sending anyway")
 
+        # nchan: one keep-alive HTTP connection per server, requests pipelined on it.
+        publishers = []
+        if nchan:
+            for endpoint in endpoints:
+                _, publisher = await loop.create_connection(NchanPublisher, endpoint.host, endpoint.port)
+                publishers.append(publisher)
+            # Subscriptions reach Redis shortly after the upgrade.
+            await asyncio.sleep(2)
+
         gc.collect()
         gc.freeze()
         gc.disable()
@@ -460,6 +521,10 @@ async def run(args):
                     if gateways > 1 and sender % gateways == ((sender + 1) % users) % gateways:
                         sender = (sender + 1) % users
                     recipient = (sender + 1) % users
+                    if nchan:
+                        publishers[sender % gateways].post(recipient, b'{"s":%d,"t":%d}' % (sent, monotonic_ns() // 1000 - origin_us))
+                        sent += 1
+                        continue
                     frame = b'{"type":"direct","to":"u%d","data":{"s":%d,"t":%d}}' % (
                         recipient, sent, monotonic_ns() // 1000 - origin_us)
                     try:
