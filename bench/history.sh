@@ -35,13 +35,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/switchboard-history-bench.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/rabbitmq" "$WORK/redis"
-GW_PIDS=()
+# shellcheck source=bench/gateways.sh
+source bench/gateways.sh
 cleanup() {
-    for pid in "${GW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${GW_PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_gateways
     ./scripts/rabbitmq.sh stop "$WORK/rabbitmq" >/dev/null 2>&1 || true
     ./scripts/redis.sh stop "$WORK/redis" >/dev/null 2>&1 || true
     # The gateways' warnings (failed publishes, history writes) are kept beside the results.
@@ -57,28 +54,6 @@ REDIS=$(cat "$WORK/redis/redis.pid")
 echo "# $(date -u +%FT%TZ) $(nproc) cores; RabbitMQ pid $BEAM, Redis pid $REDIS; $("$BIN" --version 2>/dev/null || echo switchboard)"
 
 PORT=$BASE_PORT
-# start_gateway BACKPLANE_URL HISTORY EXTRA...: sets LAST_PID and LAST_PORT (no subshell:
-# the port counter and the PID list must survive).
-start_gateway() {
-    local url=$1 history=$2
-    shift 2
-    PORT=$((PORT + 1))
-    "$BIN" serve --port "$PORT" --backplane "$url" --history "$history" --auth none --gateway-id "gw-$PORT" \
-        --log-level warning --event-loops 1 --rate-limit 1000000 --rate-burst 1000000 --max-outbound-bytes 16777216 \
-        --drain-grace 0 --drain-window 1 "$@" >"$WORK/gw-$PORT.log" 2>&1 &
-    LAST_PID=$!
-    LAST_PORT=$PORT
-    GW_PIDS+=("$LAST_PID")
-    for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.05; done
-}
-stop_gateways() {
-    for pid in "${GW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${GW_PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    GW_PIDS=()
-}
 
 echo "## cost: direct at ${RATES:-$RATE}/s for $DURATION s, $USERS users over 2 gateways"
 for rate in ${RATES:-$RATE}; do

@@ -35,15 +35,8 @@ RESULTS=bench/results/path-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 WORK=$(mktemp -d /tmp/switchboard-path-bench.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/rabbitmq" "$WORK/redis"
-GW_PIDS=()
-stop_gateways() {
-    for pid in "${GW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${GW_PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    GW_PIDS=()
-}
+# shellcheck source=bench/gateways.sh
+source bench/gateways.sh
 cleanup() {
     stop_gateways
     ./scripts/rabbitmq.sh stop "$WORK/rabbitmq" >/dev/null 2>&1 || true
@@ -60,22 +53,10 @@ REDIS=$(cat "$WORK/redis/redis.pid")
 echo "# $(date -u +%FT%TZ) $(nproc) cores; commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' with local changes'); RabbitMQ pid $BEAM, Redis pid $REDIS"
 
 PORT=$BASE_PORT
-start_gateway() {
-    local url=$1
-    PORT=$((PORT + 1))
-    "$BIN" serve --port "$PORT" --backplane "$url" --history none --auth none --gateway-id "gw-$PORT" \
-        --log-level warning --event-loops 1 --rate-limit 1000000 --rate-burst 1000000 --max-outbound-bytes 16777216 \
-        --drain-grace 0 --drain-window 1 "${@:2}" >"$WORK/gw-$PORT.log" 2>&1 &
-    LAST_PID=$!
-    LAST_PORT=$PORT
-    GW_PIDS+=("$LAST_PID")
-    for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.05; done
-}
 
-# Waits (at most 60 s) until the broker uses under a tenth of a core: a stopped gateway's
-# queue and its thousands of bindings are deleted after the gateway is gone, and that work
-# must not be counted in the next point.
-# Both brokers: the one idle in this point may still be cleaning up after the last.
+# Waits (at most 60 s) until both brokers together use under a tenth of a core: a stopped
+# gateway's queue and its thousands of bindings are deleted after the gateway is gone (on
+# the broker this point may not even use), and that work must not be counted in the next.
 settle() {
     local before after
     for _ in $(seq 1 60); do
@@ -102,8 +83,8 @@ for backplane in $BACKPLANES; do
             for generator in $GENERATORS; do
                 [ "$scenario" = connect ] && [ "$generator" != swift ] && continue
                 settle
-                start_gateway "$url" ${extra[@]+"${extra[@]}"}; a_pid=$LAST_PID a_port=$LAST_PORT
-                start_gateway "$url" ${extra[@]+"${extra[@]}"}; b_pid=$LAST_PID b_port=$LAST_PORT
+                start_gateway "$url" none ${extra[@]+"${extra[@]}"}; a_pid=$LAST_PID a_port=$LAST_PORT
+                start_gateway "$url" none ${extra[@]+"${extra[@]}"}; b_pid=$LAST_PID b_port=$LAST_PORT
                 args=(--gateway "ws://127.0.0.1:$a_port/ws" --gateway "ws://127.0.0.1:$b_port/ws"
                     --gateway-pid "$a_pid" --gateway-pid "$b_pid" --broker-pid "$broker"
                     --users "$USERS" --rate "$rate" --duration "$DURATION" --label "$backplane" --json)
