@@ -252,6 +252,7 @@ let package = Package(
         .testTarget(
             name: "BackplaneIntegrationTests",
             dependencies: [
+                "SwitchboardClient",
                 "SwitchboardRabbitMQ",
                 "SwitchboardRedis",
                 "RedisClient",

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# A local Switchboard cluster without Docker: RabbitMQ, Redis (the shared history for
-# resume, docs/recovery.md), three gateways and HAProxy, all on loopback, from Debian packages.
+# A local Switchboard cluster without Docker: a three-node RabbitMQ cluster, Redis (the
+# shared history for resume, docs/recovery.md), three gateways and HAProxy, all on
+# loopback, from Debian packages. Each gateway gets all three nodes and starts on its own.
 #
 #   scripts/cluster.sh          start, print the URL, and stop everything on Ctrl-C
 #   scripts/cluster.sh start    start in the background and return
 #   scripts/cluster.sh stop     stop a background cluster (by the PIDs it recorded)
 #
 # Ports (override with the variables): HAProxy $CLUSTER_PORT (8080), gateways 8081-8083
-# ($CLUSTER_PORT+1…+3), RabbitMQ $CLUSTER_AMQP_PORT (5682), Redis $CLUSTER_REDIS_PORT (6389).
+# ($CLUSTER_PORT+1…+3), RabbitMQ nodes $CLUSTER_AMQP_PORT, +2, +4 (5682, 5684, 5686), Redis
+# $CLUSTER_REDIS_PORT (6389). Stop a node to watch the gateways fail over:
+# scripts/rabbitmq.sh node-kill $CLUSTER_DIR/rabbitmq/node1 (node-start brings it back).
 # State: $CLUSTER_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +37,7 @@ stop_cluster() {
         kill -TERM "$(cat "$CLUSTER_DIR/haproxy.pid")" 2>/dev/null || true
         rm -f "$CLUSTER_DIR/haproxy.pid"
     fi
-    ./scripts/rabbitmq.sh stop "$CLUSTER_DIR/rabbitmq"
+    ./scripts/rabbitmq.sh cluster-stop "$CLUSTER_DIR/rabbitmq"
     ./scripts/redis.sh stop "$CLUSTER_DIR/redis" || true
     echo "cluster stopped"
 }
@@ -48,13 +51,12 @@ start_cluster() {
     swift build -c release --product switchboard
     mkdir -p "$CLUSTER_DIR/rabbitmq" "$CLUSTER_DIR/redis"
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    broker_env=$(./scripts/rabbitmq.sh start "$CLUSTER_DIR/rabbitmq" "$CLUSTER_AMQP_PORT")
-eval "$broker_env"
+    eval "$(./scripts/rabbitmq.sh cluster-start "$CLUSTER_DIR/rabbitmq" 3 "$CLUSTER_AMQP_PORT")"
     eval "$(./scripts/redis.sh start "$CLUSTER_DIR/redis" "$CLUSTER_REDIS_PORT")"
     for index in 1 2 3; do
         port=$((CLUSTER_PORT + index))
         .build/release/switchboard serve --host 127.0.0.1 --port "$port" --gateway-id "gw-$index" \
-            --auth none --backplane "$SWITCHBOARD_AMQP_URL" --history "$SWITCHBOARD_REDIS_URL" >"$CLUSTER_DIR/gw-$index.log" 2>&1 &
+            --auth none --backplane "$SWITCHBOARD_AMQP_CLUSTER_URLS" --history "$SWITCHBOARD_REDIS_URL" >"$CLUSTER_DIR/gw-$index.log" 2>&1 &
         echo $! >"$CLUSTER_DIR/gw-$index.pid"
     done
     for index in 1 2 3; do
@@ -70,10 +72,12 @@ eval "$broker_env"
     for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$CLUSTER_PORT/readyz" >/dev/null && break; sleep 0.1; done
     cat <<TEXT
 
-Switchboard cluster is up: 3 gateways behind HAProxy, RabbitMQ backplane, Redis history.
+Switchboard cluster is up: 3 gateways behind HAProxy, a 3-node RabbitMQ cluster, Redis history.
   open:     http://127.0.0.1:$CLUSTER_PORT/            (WebSocket: ws://127.0.0.1:$CLUSTER_PORT/ws?user=NAME)
   gateways: http://127.0.0.1:$((CLUSTER_PORT + 1)) … $((CLUSTER_PORT + 3))   logs: $CLUSTER_DIR/*.log
-  broker:   $SWITCHBOARD_AMQP_URL   history: $SWITCHBOARD_REDIS_URL
+  brokers:  $SWITCHBOARD_AMQP_CLUSTER_URLS
+  history:  $SWITCHBOARD_REDIS_URL
+  fail over: scripts/rabbitmq.sh node-kill $CLUSTER_DIR/rabbitmq/node1   (node-start brings it back)
 TEXT
 }
 

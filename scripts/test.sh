@@ -14,11 +14,15 @@ swift build --build-tests
 # The browser client's logic, against a fake WebSocket (node's own test runner, no npm).
 node --test Tests/JavaScript/
 
-# The tests' own RabbitMQ and Redis: own names, ports and folders; stopped on exit.
+# The tests' own RabbitMQ, RabbitMQ cluster (three nodes) and Redis: own names, ports and
+# folders; stopped on exit.
 work=$(mktemp -d /tmp/switchboard-test.XXXXXX)
 chmod 755 "$work"  # the rabbitmq user reads its node folder below it
-mkdir "$work/rabbitmq" "$work/redis"
+mkdir "$work/rabbitmq" "$work/redis" "$work/cluster"
+cluster_pid=""
 cleanup() {
+    if [ -n "$cluster_pid" ]; then wait "$cluster_pid" 2>/dev/null || true; fi
+    ./scripts/rabbitmq.sh cluster-stop "$work/cluster" || true
     ./scripts/rabbitmq.sh stop "$work/rabbitmq" || true
     ./scripts/redis.sh stop "$work/redis" || true
     rm -rf "$work"
@@ -27,6 +31,9 @@ trap cleanup EXIT
 eval "$(./scripts/rabbitmq.sh start "$work/rabbitmq")"
 eval "$(./scripts/redis.sh start "$work/redis")"
 export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDIS_DIR
+# The cluster boots while the Python checks below run (it takes half a minute or more).
+./scripts/rabbitmq.sh cluster-start "$work/cluster" 3 >"$work/cluster.env" &
+cluster_pid=$!
 # A broker suite that finds no broker fails rather than skipping (Sources/SwitchboardTesting/Brokers.swift).
 export SWITCHBOARD_REQUIRE_BROKERS=1
 
@@ -40,6 +47,15 @@ python3 -m venv "$work/venv"
 "$work/venv/bin/python" Tests/Python/demo_check.py .build/debug/switchboard
 # Background workers and the publish API, with pika as an independent AMQP client.
 "$work/venv/bin/python" Tests/Python/workers_check.py .build/debug/switchboard
+
+if ! wait "$cluster_pid"; then
+    cluster_pid=""
+    echo "the test RabbitMQ cluster did not start" >&2
+    exit 1
+fi
+cluster_pid=""
+eval "$(cat "$work/cluster.env")"
+export SWITCHBOARD_AMQP_CLUSTER_URLS SWITCHBOARD_RABBITMQ_CLUSTER_DIR
 
 # Serial: the broker-restart tests take a shared broker away from every other test while they run.
 swift test --skip-build --no-parallel

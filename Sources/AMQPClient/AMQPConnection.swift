@@ -17,6 +17,11 @@ import Glibc
 /// Nothing here runs on a NIO event loop or in the Swift concurrency pool, and no
 /// method of this type blocks: each enqueues and returns.
 ///
+/// With several brokers (the nodes of a cluster), the first attempt goes to
+/// `brokers[firstBroker]`, and each failed attempt or lost connection moves on to the next
+/// one in the list: a gateway whose node dies is on another node after one attempt. The
+/// backoff applies once a whole round of the list has failed.
+///
 /// Channels: channel 1 carries publishes and consumers; channel 2 carries bindings, so a
 /// failed binding cannot take the consumer down with it.
 ///
@@ -81,7 +86,8 @@ public final class AMQPConnection: Sendable {
     }
 
     let shared: AMQPConnectionShared
-    private let configuration: AMQPConfiguration
+    private let brokers: [AMQPConfiguration]
+    private let firstBroker: Int
     private let name: String
     private let logger: Logger
     private let backoff: Backoff
@@ -92,7 +98,9 @@ public final class AMQPConnection: Sendable {
     private let onStateChange: @Sendable (AMQPConnectionState) -> Void
 
     /// - Parameters:
-    ///   - configuration: Broker address and credentials.
+    ///   - brokers: Broker addresses and credentials, tried in order from `firstBroker`
+    ///     (the nodes of one cluster; not empty).
+    ///   - firstBroker: Where the first attempt goes (taken modulo the count).
     ///   - name: Names the thread and appears in logs.
     ///   - logger: Where the connection logs (never the password).
     ///   - backoff: Delay between reconnect attempts, doubled up to `maximum`, with jitter.
@@ -102,7 +110,8 @@ public final class AMQPConnection: Sendable {
     ///   - onDeliveries: Receives consumed messages in batches, on the connection thread. Must not block.
     ///   - onStateChange: Told about every state change, on the connection thread. Must not block.
     public init(
-        configuration: AMQPConfiguration,
+        brokers: [AMQPConfiguration],
+        firstBroker: Int = 0,
         name: String,
         logger: Logger,
         backoff: Backoff = Backoff(),
@@ -112,8 +121,10 @@ public final class AMQPConnection: Sendable {
         onDeliveries: @escaping @Sendable ([AMQPDelivery]) -> Void = { _ in },
         onStateChange: @escaping @Sendable (AMQPConnectionState) -> Void = { _ in }
     ) {
+        precondition(!brokers.isEmpty, "an AMQP connection needs at least one broker")
         self.shared = AMQPConnectionShared()
-        self.configuration = configuration
+        self.brokers = brokers
+        self.firstBroker = ((firstBroker % brokers.count) + brokers.count) % brokers.count
         self.name = name
         var logger = logger
         logger[metadataKey: LoggingKeys.connection] = .string(name)
@@ -135,7 +146,8 @@ public final class AMQPConnection: Sendable {
     /// Starts the connection thread; it connects at once. Call once.
     public func start() {
         let context = AMQPConnectionThread.Context(
-            configuration: configuration,
+            brokers: brokers,
+            firstBroker: firstBroker,
             logger: logger,
             backoff: backoff,
             maximumUnconfirmed: maximumUnconfirmed,
@@ -201,14 +213,19 @@ public final class AMQPConnection: Sendable {
 
     /// Binds `queue` to `exchange` with `routingKey` on channel 2. Consecutive binds are sent
     /// no-wait with one synchronous bind as a fence; the completion runs after the fence's reply.
-    public func bind(queue: String, exchange: String, routingKey: String, completion: @escaping Completion) {
+    ///
+    /// A nil `queue` is the queue the last `setUp` declared (``AMQPSetup/declareQueue(_:durable:exclusive:autoDelete:)``),
+    /// resolved on the connection thread when the bind is sent: a connection that declares a
+    /// fresh queue name after each reconnect never binds a name of an earlier connection.
+    public func bind(queue: String?, exchange: String, routingKey: String, completion: @escaping Completion) {
         enqueue(.bind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion)) {
             completion(.failure($0))
         }
     }
 
     /// Unbinds on channel 2; unbinds are pipelined (sent without waiting for earlier replies).
-    public func unbind(queue: String, exchange: String, routingKey: String, completion: @escaping Completion) {
+    /// A nil `queue` is the one `setUp` declared, as for ``bind(queue:exchange:routingKey:completion:)``.
+    public func unbind(queue: String?, exchange: String, routingKey: String, completion: @escaping Completion) {
         enqueue(.unbind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion)) {
             completion(.failure($0))
         }
@@ -427,8 +444,9 @@ struct AMQPPublish {
 /// Work for the connection thread.
 enum AMQPCommand {
     case publish(AMQPPublish)
-    case bind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
-    case unbind(queue: String, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
+    /// A nil queue: the one the connection's `setUp` declared.
+    case bind(queue: String?, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
+    case unbind(queue: String?, exchange: String, routingKey: String, completion: AMQPConnection.Completion)
 
     func fail(_ error: AMQPError) {
         switch self {

@@ -12,7 +12,8 @@ import Glibc
 final class AMQPConnectionThread {
     /// What the thread is given when it starts; all of it is `Sendable`.
     struct Context: Sendable {
-        let configuration: AMQPConfiguration
+        let brokers: [AMQPConfiguration]
+        let firstBroker: Int
         let logger: Logger
         let backoff: AMQPConnection.Backoff
         let maximumUnconfirmed: Int
@@ -39,6 +40,11 @@ final class AMQPConnectionThread {
     private let context: Context
     private var logger: Logger { context.logger }
     private var connection: OpaquePointer?
+    /// The broker of the current (or next) attempt, an index into `context.brokers`.
+    private var brokerIndex: Int
+    private var broker: AMQPConfiguration { context.brokers[brokerIndex] }
+    /// The queue the last `setUp` declared: where binds without a queue name go.
+    private var ownQueue: String?
     private var confirmsEnabled = false
     private var confirms = AMQPConfirmWindow()
     /// Publishes encoded and not written yet (see ``AMQPPublishFrames``); sized at connect.
@@ -60,11 +66,14 @@ final class AMQPConnectionThread {
 
     init(context: Context) {
         self.context = context
+        self.brokerIndex = context.firstBroker
     }
 
     func run() {
         var delay = context.backoff.initial
         var failedAttempts = 0
+        // Where the current round through the brokers began: the backoff waits only after a whole round failed.
+        var roundStart = brokerIndex
         while !context.shared.stopRequested {
             context.onStateChange(.connecting)
             var wasOpen = false
@@ -72,7 +81,7 @@ final class AMQPConnectionThread {
                 try connect()
                 context.shared.setPhase(.open)
                 context.onStateChange(.open)
-                logger.info("AMQP connection open", metadata: [LoggingKeys.broker: .string(context.configuration.redactedDescription)])
+                logger.info("AMQP connection open", metadata: [LoggingKeys.broker: .string(broker.redactedDescription)])
                 delay = context.backoff.initial
                 failedAttempts = 0
                 wasOpen = true
@@ -82,6 +91,7 @@ final class AMQPConnectionThread {
                 failEverything(error)
                 failedAttempts += 1
                 let metadata: Logger.Metadata = [
+                    LoggingKeys.broker: .string(broker.redactedDescription),
                     LoggingKeys.errorType: .string("\(error)"),
                     LoggingKeys.retryInMilliseconds: .stringConvertible(delay.milliseconds),
                     LoggingKeys.failedAttempts: .stringConvertible(failedAttempts),
@@ -96,6 +106,17 @@ final class AMQPConnectionThread {
             }
             closeConnection()
             guard !context.shared.stopRequested else { break }
+            // The next attempt goes to the next broker. A lost connection starts a new round
+            // there at once (its node is likely gone, another one likely answers); a failed
+            // attempt waits only when it completed a round in which no broker answered. With
+            // one broker this is the plain backoff.
+            brokerIndex = (brokerIndex + 1) % context.brokers.count
+            if wasOpen && context.brokers.count > 1 {
+                roundStart = brokerIndex
+                continue
+            }
+            if wasOpen { roundStart = brokerIndex }
+            guard brokerIndex == roundStart else { continue }
             sleepInterruptibly(delay)
             failEverything(AMQPError(.notConnected, "the AMQP connection is reconnecting"))
             delay = min(delay * 2, context.backoff.maximum)
@@ -111,7 +132,8 @@ final class AMQPConnectionThread {
     // MARK: Connecting
 
     private func connect() throws(AMQPError) {
-        let configuration = context.configuration
+        let configuration = broker
+        ownQueue = nil
         guard let connection = amqp_new_connection() else {
             throw AMQPError(.connectFailed, "amqp_new_connection failed (out of memory)")
         }
@@ -177,10 +199,32 @@ final class AMQPConnectionThread {
             }
         }
         publishFrames = AMQPPublishFrames(frameMax: Int(amqp_get_frame_max(connection)))
-        let setup = AMQPSetup(connection: connection)
+        let setup = AMQPSetup(connection: connection, broker: configuration, brokerIndex: brokerIndex)
         try context.setUp(setup)
         confirmsEnabled = setup.confirmsEnabled
+        ownQueue = setup.declaredQueue
         lastReceived = .now
+    }
+
+    /// The command with a nil queue name replaced by the queue this connection declared, or
+    /// nil when it has none (the command has then failed).
+    private func resolvingOwnQueue(_ command: AMQPCommand) -> AMQPCommand? {
+        switch command {
+        case .bind(nil, let exchange, let routingKey, let completion):
+            guard let ownQueue else {
+                completion(.failure(AMQPError(.requestFailed, "queue.bind \(routingKey): this connection declared no queue")))
+                return nil
+            }
+            return .bind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
+        case .unbind(nil, let exchange, let routingKey, let completion):
+            guard let ownQueue else {
+                completion(.failure(AMQPError(.requestFailed, "queue.unbind \(routingKey): this connection declared no queue")))
+                return nil
+            }
+            return .unbind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
+        default:
+            return command
+        }
     }
 
     private func closeConnection() {
@@ -200,10 +244,12 @@ final class AMQPConnectionThread {
 
     private func serve() throws(AMQPError) {
         guard let connection else { return }
-        let heartbeat = context.configuration.heartbeatSeconds
+        let heartbeat = broker.heartbeatSeconds
         let pollMilliseconds = Int32(heartbeat > 0 ? min(1000, heartbeat * 250) : 1000)
         while !context.shared.stopRequested {
-            backlog.append(contentsOf: context.shared.takeCommands())
+            for command in context.shared.takeCommands() {
+                if let command = resolvingOwnQueue(command) { backlog.append(command) }
+            }
             try sendBacklog(connection)
             try readFrames(connection)
             let nextDeadline = expirePublishes()
@@ -335,7 +381,7 @@ final class AMQPConnectionThread {
         func flushBatch() throws(AMQPError) {
             guard !batched.isEmpty else { return }
             do throws(AMQPError) {
-                try publishFrames.send(to: amqp_get_sockfd(connection), timeout: context.configuration.requestTimeout)
+                try publishFrames.send(to: amqp_get_sockfd(connection), timeout: broker.requestTimeout)
             } catch {
                 streamBroken = true
                 throw error
@@ -356,7 +402,7 @@ final class AMQPConnectionThread {
                     return try flushBatch()
                 }
                 index += 1
-                if context.configuration.tls == nil {
+                if broker.tls == nil {
                     do throws(AMQPError) {
                         try publishFrames.append(
                             channel: 1,
@@ -387,6 +433,8 @@ final class AMQPConnectionThread {
                     let isLast: Bool
                     if index + 1 < backlog.count, case .bind = backlog[index + 1] { isLast = false } else { isLast = true }
                     index += 1
+                    // Resolved when taken from the queue (``resolvingOwnQueue``).
+                    let queue = queue ?? ""
                     batch.append(completion)
                     do throws(AMQPError) {
                         try AMQPWire.sendBind(connection, queue: queue, exchange: exchange, routingKey: routingKey, noWait: !isLast)
@@ -401,7 +449,7 @@ final class AMQPConnectionThread {
                 try flushBatch()
                 index += 1
                 do throws(AMQPError) {
-                    try AMQPWire.sendUnbind(connection, queue: queue, exchange: exchange, routingKey: routingKey)
+                    try AMQPWire.sendUnbind(connection, queue: queue ?? "", exchange: exchange, routingKey: routingKey)
                 } catch {
                     completion(.failure(error))
                     throw error

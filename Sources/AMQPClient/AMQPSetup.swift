@@ -9,9 +9,17 @@ internal import CRabbitMQ
 public final class AMQPSetup {
     let connection: OpaquePointer
     private(set) var confirmsEnabled = false
+    /// The last queue declared here: what binds with a nil queue name go to.
+    private(set) var declaredQueue: String?
+    /// The broker this connection reached (one of the connection's brokers).
+    public let broker: AMQPConfiguration
+    /// Its position in the connection's list of brokers.
+    public let brokerIndex: Int
 
-    init(connection: OpaquePointer) {
+    init(connection: OpaquePointer, broker: AMQPConfiguration, brokerIndex: Int) {
         self.connection = connection
+        self.broker = broker
+        self.brokerIndex = brokerIndex
     }
 
     /// Declares an exchange (`type` is `topic`, `direct`, `fanout` or `headers`).
@@ -30,6 +38,7 @@ public final class AMQPSetup {
             _ = amqp_queue_declare(connection, 1, queue, 0, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0, amqp_empty_table)
             try checkReply("queue.declare \(name)")
         }
+        declaredQueue = name
     }
 
     /// Binds `queue` to `exchange` once per routing key, on channel 2: all but the last
@@ -45,6 +54,20 @@ public final class AMQPSetup {
                 try withAMQPBytes(last) { (keyBytes) throws(AMQPError) in
                     _ = amqp_queue_bind(connection, 2, queueBytes, exchangeBytes, keyBytes, amqp_empty_table)
                     try checkReply("queue.bind \(last)")
+                }
+            }
+        }
+    }
+
+    /// Unbinds `queue` from `exchange` for each routing key, on channel 2, waiting for each reply.
+    public func unbind(queue: String, exchange: String, routingKeys: [String]) throws(AMQPError) {
+        for key in routingKeys {
+            try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
+                try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
+                    try withAMQPBytes(key) { (keyBytes) throws(AMQPError) in
+                        _ = amqp_queue_unbind(connection, 2, queueBytes, exchangeBytes, keyBytes, amqp_empty_table)
+                        try checkReply("queue.unbind \(key)")
+                    }
                 }
             }
         }

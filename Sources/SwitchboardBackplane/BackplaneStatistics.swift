@@ -35,6 +35,12 @@ public struct BackplaneStatistics: Sendable, Equatable {
     /// Worker events (``EventSink``) the broker confirmed, and those that failed.
     public var eventsPublished = 0
     public var eventFailures = 0
+    /// Times the backplane lost its broker connection and became ready again (on the same
+    /// node, or on another node of a cluster), and how long those outages lasted in all,
+    /// and the last one: from the loss to the new queue and all its bindings in place.
+    public var failovers = 0
+    public var failoverMilliseconds = 0
+    public var lastFailoverMilliseconds = 0
 
     public init() {}
 }
@@ -56,8 +62,19 @@ package final class BackplaneCounters: Sendable {
     package let unbinds = Atomic<Int>(0)
     package let eventsPublished = Atomic<Int>(0)
     package let eventFailures = Atomic<Int>(0)
+    package let failovers = Atomic<Int>(0)
+    package let failoverMilliseconds = Atomic<Int>(0)
+    package let lastFailoverMilliseconds = Atomic<Int>(0)
 
     package init() {}
+
+    /// Counts one recovery from a lost broker connection that took `milliseconds`.
+    package func countRecovery(milliseconds: Int64) {
+        let value = Int(clamping: milliseconds)
+        failoverMilliseconds.add(value, ordering: .relaxed)
+        lastFailoverMilliseconds.store(value, ordering: .relaxed)
+        failovers.add(1, ordering: .relaxed)
+    }
 
     /// Counts one publish's result.
     package func count(_ result: Result<PublishOutcome, BackplaneError>) {
@@ -97,6 +114,9 @@ package final class BackplaneCounters: Sendable {
         statistics.unbinds = unbinds.load(ordering: .relaxed)
         statistics.eventsPublished = eventsPublished.load(ordering: .relaxed)
         statistics.eventFailures = eventFailures.load(ordering: .relaxed)
+        statistics.failovers = failovers.load(ordering: .relaxed)
+        statistics.failoverMilliseconds = failoverMilliseconds.load(ordering: .relaxed)
+        statistics.lastFailoverMilliseconds = lastFailoverMilliseconds.load(ordering: .relaxed)
         return statistics
     }
 }

@@ -20,6 +20,9 @@ public struct BackplaneURL: Sendable, Equatable {
     public let kind: Kind
     /// The URL as given (credentials included: redact it before logging).
     public let url: String
+    /// The URLs of a comma-separated list (the nodes of a RabbitMQ cluster); one URL
+    /// otherwise. A comma inside a password stays with its URL, but percent-encode it (%2C).
+    public let urls: [String]
 
     /// Parses `value` (the `--backplane` option).
     /// - Throws: ``BackplaneURLError`` when the scheme names no backplane, or the user or
@@ -29,11 +32,18 @@ public struct BackplaneURL: Sendable, Equatable {
             let scheme = value.split(separator: ":", maxSplits: 1).first.map(String.init) ?? value
             throw .unsupportedScheme(value, scheme: scheme)
         }
-        if kind != .memory, let problem = CredentialRedaction.reservedCharacterProblem(in: value) {
-            throw .invalid(value, reason: problem)
+        let urls = kind == .memory ? [value] : CredentialRedaction.urls(in: value).map { String($0.drop { $0 == " " }) }
+        if urls.count > 1 {
+            guard kind == .rabbitMQ, urls.allSatisfy({ Self.kind(of: $0) == .rabbitMQ }) else {
+                throw .invalid(value, reason: "a list of several URLs is for the nodes of a RabbitMQ cluster: every one amqp:// or amqps://")
+            }
+        }
+        for one in urls where kind != .memory {
+            if let problem = CredentialRedaction.reservedCharacterProblem(in: one) { throw .invalid(value, reason: problem) }
         }
         self.kind = kind
         self.url = value
+        self.urls = urls
     }
 
     /// The kind `value`'s scheme names, without checking the rest; nil for an unknown scheme.

@@ -9,9 +9,15 @@ import Synchronization
 /// The RabbitMQ backplane: routed delivery through one topic exchange.
 ///
 /// Topology (docs/architecture.md): a durable topic exchange (`switchboard`); one exclusive,
-/// auto-delete queue per gateway (`switchboard.gateway.<id>`), bound to `broadcast`
-/// and to exactly the `user.<word>` and `room.<word>` keys the gateway hosts. A direct
-/// message therefore reaches only the gateways that host its recipient.
+/// auto-delete queue per gateway connection (`switchboard.gateway.<id>.<incarnation>`),
+/// bound to `broadcast` and to exactly the `user.<word>` and `room.<word>` keys the gateway
+/// hosts. A direct message therefore reaches only the gateways that host its recipient.
+///
+/// On a cluster (several ``RabbitMQConfiguration/brokers``) both connections start at the
+/// node ``RabbitMQConfiguration/firstBroker`` picks from the gateway id and move to the next
+/// node that answers when theirs is lost. There the consumer declares a queue of a new
+/// name, binds every address in force from the gateway's own state, and only then is the
+/// backplane ready again; ``BackplaneStatistics/failovers`` counts these recoveries.
 ///
 /// Two AMQP connections, each on a thread of its own (see ``AMQPConnection``): the
 /// consumer owns the queue, its bindings (channel 2) and the consumer (channel 1, no-ack);
@@ -43,6 +49,9 @@ public final class RabbitMQBackplane: Backplane {
         let counters = BackplaneCounters()
         let consumerOpen = Atomic<Bool>(false)
         let publisherOpen = Atomic<Bool>(false)
+        /// The queue of the consumer connection now (nil before the first one).
+        let queue = Mutex<String?>(nil)
+        let recoveries = Mutex(RecoveryClock())
     }
 
     public let configuration: RabbitMQConfiguration
@@ -60,23 +69,40 @@ public final class RabbitMQBackplane: Backplane {
         let exchange = configuration.exchange
         let exchangeType = configuration.exchangeType.rawValue
         let eventsExchange = configuration.eventsExchange
-        let queue = configuration.queueName
         let shared = self.shared
+        let brokers = configuration.brokers
+        let firstBroker = configuration.firstBroker
+        let configuration = configuration
 
         consumer = AMQPConnection(
-            configuration: configuration.amqp,
+            brokers: brokers,
+            firstBroker: firstBroker,
             name: "\(configuration.gatewayID)-consumer",
             logger: logger,
             setUp: { (setup) throws(AMQPError) in
+                let started = ContinuousClock.now
                 try setup.declareExchange(exchange, type: exchangeType, durable: true)
+                let queue = configuration.queueName(incarnation: RabbitMQConfiguration.newIncarnation())
                 try setup.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
                 // Everything the gateway hosts now, including what was bound before a reconnect.
                 let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
                 try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
+                // An address unbound while these binds were sent (its unbind failed: not
+                // connected) must not stay bound on the new queue.
+                let stillWanted = Set(shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) })
+                try setup.unbind(queue: queue, exchange: exchange, routingKeys: keys.filter { !stillWanted.contains($0) })
                 try setup.consume(queue: queue, noAck: true)
+                shared.queue.withLock { $0 = queue }
+                shared.recoveries.withLock { $0.consumerBroker = setup.brokerIndex }
+                let elapsed = ContinuousClock.now - started
                 logger.info(
                     "RabbitMQ queue ready",
-                    metadata: [LoggingKeys.queue: .string(queue), LoggingKeys.bindings: .stringConvertible(keys.count)]
+                    metadata: [
+                        LoggingKeys.queue: .string(queue),
+                        LoggingKeys.broker: .string(setup.broker.redactedDescription),
+                        LoggingKeys.bindings: .stringConvertible(keys.count),
+                        LoggingKeys.setupMilliseconds: .stringConvertible(elapsed.milliseconds),
+                    ]
                 )
             },
             onDeliveries: { deliveries in
@@ -98,10 +124,12 @@ public final class RabbitMQBackplane: Backplane {
             },
             onStateChange: { change in
                 shared.consumerOpen.store(change.isOpen, ordering: .releasing)
+                Self.track(change, consumer: true, shared: shared, logger: logger)
             }
         )
         publisher = AMQPConnection(
-            configuration: configuration.amqp,
+            brokers: brokers,
+            firstBroker: firstBroker,
             name: "\(configuration.gatewayID)-publisher",
             logger: logger,
             maximumUnconfirmed: configuration.maximumUnconfirmed,
@@ -110,12 +138,37 @@ public final class RabbitMQBackplane: Backplane {
                 try setup.declareExchange(exchange, type: exchangeType, durable: true)
                 if let eventsExchange { try setup.declareExchange(eventsExchange, type: "topic", durable: true) }
                 try setup.enableConfirms()
+                shared.recoveries.withLock { $0.publisherBroker = setup.brokerIndex }
             },
             onStateChange: { change in
                 shared.publisherOpen.store(change.isOpen, ordering: .releasing)
+                Self.track(change, consumer: false, shared: shared, logger: logger)
             }
         )
     }
+
+    /// Feeds the recovery clock; logs each recovery with how long the backplane was not ready.
+    private static func track(_ change: AMQPConnectionState, consumer: Bool, shared: Shared, logger: Logger) {
+        let now = ContinuousClock.now
+        let recovery: RecoveryClock.Recovery? = shared.recoveries.withLock { clock in
+            switch change {
+            case .open: return clock.opened(consumer: consumer, at: now)
+            case .disconnected: clock.lost(consumer: consumer, at: now)
+            case .connecting, .closed: break
+            }
+            return nil
+        }
+        guard let recovery else { return }
+        shared.counters.countRecovery(milliseconds: recovery.duration.milliseconds)
+        logger.warning(
+            recovery.movedNode ? "RabbitMQ backplane failed over to another node" : "RabbitMQ backplane reconnected",
+            metadata: [LoggingKeys.failoverMilliseconds: .stringConvertible(recovery.duration.milliseconds)]
+        )
+    }
+
+    /// The consumer's queue now (`switchboard.gateway.<id>.<incarnation>`); nil before the
+    /// first connection. It changes with every reconnect.
+    public var currentQueueName: String? { shared.queue.withLock { $0 } }
 
     public var statistics: BackplaneStatistics {
         var statistics = shared.counters.snapshot
@@ -149,7 +202,8 @@ public final class RabbitMQBackplane: Backplane {
     public func bind(_ address: BackplaneAddress, completion: @escaping @Sendable (Result<Void, BackplaneError>) -> Void) {
         let shared = self.shared
         shared.wanted.insert(address)
-        consumer.bind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
+        // nil: whichever queue the consumer connection has when the bind is sent.
+        consumer.bind(queue: nil, exchange: configuration.exchange, routingKey: address.routingKey) { result in
             switch result {
             case .success:
                 shared.counters.binds.add(1, ordering: .relaxed)
@@ -167,7 +221,7 @@ public final class RabbitMQBackplane: Backplane {
         shared.wanted.remove(address)
         shared.counters.unbinds.add(1, ordering: .relaxed)
         let logger = self.logger
-        consumer.unbind(queue: configuration.queueName, exchange: configuration.exchange, routingKey: address.routingKey) { result in
+        consumer.unbind(queue: nil, exchange: configuration.exchange, routingKey: address.routingKey) { result in
             if case .failure(let error) = result {
                 // The queue is exclusive to the consumer connection: if that connection is
                 // down, the queue and all its bindings are gone, and a reconnect restores
@@ -205,6 +259,41 @@ public final class RabbitMQBackplane: Backplane {
             shared.counters.count(outcome)
             completion(outcome)
         }
+    }
+}
+
+/// When the backplane stopped being ready and on which nodes it was, so that each
+/// recovery is counted once, with its duration (loss of the first connection to both open).
+struct RecoveryClock {
+    struct Recovery {
+        var duration: Duration
+        /// Either connection is on another node than before the loss.
+        var movedNode: Bool
+    }
+
+    var consumerBroker: Int?
+    var publisherBroker: Int?
+    private var consumerOpen = false
+    private var publisherOpen = false
+    private var downSince: ContinuousClock.Instant?
+    private var brokersBeforeLoss: (consumer: Int?, publisher: Int?) = (nil, nil)
+
+    mutating func lost(consumer: Bool, at now: ContinuousClock.Instant) {
+        let wasReady = consumerOpen && publisherOpen
+        if consumer { consumerOpen = false } else { publisherOpen = false }
+        if wasReady {
+            downSince = now
+            brokersBeforeLoss = (consumerBroker, publisherBroker)
+        }
+    }
+
+    /// The recovery this opening completes, if any.
+    mutating func opened(consumer: Bool, at now: ContinuousClock.Instant) -> Recovery? {
+        if consumer { consumerOpen = true } else { publisherOpen = true }
+        guard consumerOpen, publisherOpen, let since = downSince else { return nil }
+        downSince = nil
+        let moved = brokersBeforeLoss.consumer != consumerBroker || brokersBeforeLoss.publisher != publisherBroker
+        return Recovery(duration: now - since, movedNode: moved)
     }
 }
 
@@ -251,5 +340,13 @@ private struct RabbitMQEventSink: EventSink {
                 logger.debug("event not published", metadata: [LoggingKeys.routingKey: .string(key), LoggingKeys.errorType: .string("\(error)")])
             }
         }
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, for logs and counters.
+    fileprivate var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }

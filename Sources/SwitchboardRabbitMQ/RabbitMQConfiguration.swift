@@ -2,9 +2,10 @@ public import AMQPClient
 
 /// Settings of the RabbitMQ backplane; the topology is described in docs/architecture.md.
 public struct RabbitMQConfiguration: Sendable {
-    /// Broker address and credentials.
-    public var amqp: AMQPConfiguration
-    /// This gateway's id; its queue is `switchboard.gateway.<gatewayID>`.
+    /// Broker addresses and credentials: one, or the nodes of a cluster (not empty). The
+    /// gateway starts at ``firstBroker`` and moves on to the next node when its own is lost.
+    public var brokers: [AMQPConfiguration]
+    /// This gateway's id; its queues are `switchboard.gateway.<gatewayID>.<incarnation>`.
     public var gatewayID: String
     /// The exchange every gateway publishes to (durable).
     public var exchange: String
@@ -31,7 +32,7 @@ public struct RabbitMQConfiguration: Sendable {
     }
 
     public init(
-        amqp: AMQPConfiguration,
+        brokers: [AMQPConfiguration],
         gatewayID: String,
         exchange: String = "switchboard",
         exchangeType: ExchangeType = .topic,
@@ -39,7 +40,8 @@ public struct RabbitMQConfiguration: Sendable {
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
         eventsExchange: String? = nil
     ) {
-        self.amqp = amqp
+        precondition(!brokers.isEmpty, "the RabbitMQ backplane needs at least one broker")
+        self.brokers = brokers
         self.gatewayID = gatewayID
         self.exchange = exchange
         self.exchangeType = exchangeType
@@ -48,6 +50,34 @@ public struct RabbitMQConfiguration: Sendable {
         self.eventsExchange = eventsExchange
     }
 
-    /// `switchboard.gateway.<gatewayID>`: exclusive and auto-delete, it dies with the gateway's connection.
-    public var queueName: String { "switchboard.gateway.\(gatewayID)" }
+    /// The first broker of ``brokers``.
+    public var amqp: AMQPConfiguration { brokers[0] }
+
+    /// Where this gateway's connections go first: the gateway id's FNV-1a hash modulo the
+    /// broker count, so that the gateways of a deployment spread over the nodes of a cluster
+    /// instead of all starting at the first one, and a restarted gateway returns to the same node.
+    public var firstBroker: Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in gatewayID.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        return Int(hash % UInt64(brokers.count))
+    }
+
+    /// Every queue of this gateway starts with this: `switchboard.gateway.<gatewayID>.`
+    public var queuePrefix: String { "switchboard.gateway.\(gatewayID)." }
+
+    /// `switchboard.gateway.<gatewayID>.<incarnation>`: exclusive and auto-delete, it dies with
+    /// the gateway's consumer connection. Each connection declares a new name: re-declaring
+    /// the old one on another node while the cluster still cleans up the dead node's queue of
+    /// that name can get the new queue deleted (rabbitmq/rabbitmq-server#6271, #9798).
+    public func queueName(incarnation: String) -> String { queuePrefix + incarnation }
+
+    /// A fresh incarnation: 8 random hex digits, new for every connection.
+    public static func newIncarnation() -> String {
+        let value = UInt32.random(in: .min ... .max)
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 8 - hex.count) + hex
+    }
 }

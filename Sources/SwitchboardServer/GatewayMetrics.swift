@@ -184,6 +184,9 @@ private final class BackplaneCounterMirror: Sendable {
     private let unbinds: CoreMetrics.Counter
     private let eventsPublished: CoreMetrics.Counter
     private let eventFailures: CoreMetrics.Counter
+    private let failovers: CoreMetrics.Counter
+    private let failoverSeconds: CoreMetrics.FloatingPointCounter
+    private let lastFailoverSeconds: CoreMetrics.Gauge
 
     init(factory: PrometheusMetricsFactory) {
         func counter(_ name: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Counter {
@@ -205,6 +208,9 @@ private final class BackplaneCounterMirror: Sendable {
         unbinds = counter("switchboard_backplane_unbindings_total")
         eventsPublished = counter("switchboard_events_published_total")
         eventFailures = counter("switchboard_events_publish_failures_total")
+        failovers = counter("switchboard_backplane_failovers_total")
+        failoverSeconds = CoreMetrics.FloatingPointCounter(label: "switchboard_backplane_failover_seconds_total", factory: factory)
+        lastFailoverSeconds = CoreMetrics.Gauge(label: "switchboard_backplane_last_failover_seconds", factory: factory)
     }
 
     func update(from now: BackplaneStatistics) {
@@ -232,5 +238,9 @@ private final class BackplaneCounterMirror: Sendable {
         add(unbinds, \.unbinds)
         add(eventsPublished, \.eventsPublished)
         add(eventFailures, \.eventFailures)
+        add(failovers, \.failovers)
+        let failoverDelta = now.failoverMilliseconds - before.failoverMilliseconds
+        if failoverDelta > 0 { failoverSeconds.increment(by: Double(failoverDelta) / 1000) }
+        lastFailoverSeconds.record(Double(now.lastFailoverMilliseconds) / 1000)
     }
 }

@@ -15,6 +15,9 @@ public enum TestBrokers {
 
     /// Why a RabbitMQ suite was skipped.
     public static let rabbitMQMissing = "needs RabbitMQ: set SWITCHBOARD_AMQP_URL and SWITCHBOARD_RABBITMQ_DIR (scripts/test.sh starts one)"
+    /// Why a RabbitMQ cluster suite was skipped.
+    public static let rabbitMQClusterMissing =
+        "needs a RabbitMQ cluster: set SWITCHBOARD_AMQP_CLUSTER_URLS and SWITCHBOARD_RABBITMQ_CLUSTER_DIR (scripts/test.sh starts one)"
     /// Why a Redis suite was skipped.
     public static let redisMissing = "needs Redis: set SWITCHBOARD_REDIS_URL and SWITCHBOARD_REDIS_DIR (scripts/test.sh starts one)"
 
@@ -37,6 +40,11 @@ extension Trait where Self == ConditionTrait {
     }
 
     /// The suite talks to the test Redis (``RedisServer``).
+    /// The suite takes nodes of the test RabbitMQ cluster away (``BrokerCluster``).
+    public static var needsRabbitMQCluster: Self {
+        .enabled(if: BrokerCluster.isConfigured || TestBrokers.areRequired, Comment(rawValue: TestBrokers.rabbitMQClusterMissing))
+    }
+
     public static var needsRedis: Self {
         .enabled(if: RedisServer.isConfigured || TestBrokers.areRequired, Comment(rawValue: TestBrokers.redisMissing))
     }
@@ -81,6 +89,73 @@ public enum Broker {
             self.key = key
         }
         public var description: String { "\(queue)←\(key)" }
+    }
+}
+
+/// The throwaway three-node RabbitMQ cluster that `scripts/test.sh` starts
+/// (`scripts/rabbitmq.sh cluster-start`), found through `SWITCHBOARD_AMQP_CLUSTER_URLS`
+/// and `SWITCHBOARD_RABBITMQ_CLUSTER_DIR`. Nodes are numbered from 1, in URL order.
+public enum BrokerCluster {
+    public static var isConfigured: Bool { isSet("SWITCHBOARD_AMQP_CLUSTER_URLS") && isSet("SWITCHBOARD_RABBITMQ_CLUSTER_DIR") }
+
+    /// The AMQP URL of every node, in node order.
+    public static var urls: [String] {
+        get throws { try requiredEnvironment("SWITCHBOARD_AMQP_CLUSTER_URLS").split(separator: ",").map(String.init) }
+    }
+
+    /// Runs `rabbitmqctl ARGS` against node `node`.
+    @discardableResult
+    public static func ctl(node: Int, _ arguments: [String]) throws -> String {
+        let (status, text) = try runProcess(script, ["ctl", try folder(node)] + arguments)
+        guard status == 0 else { throw TestFailure("rabbitmqctl \(arguments) on node \(node) failed: \(text)") }
+        return text
+    }
+
+    /// `kill -9` of the nodes' Erlang VMs: a crash, no clean close for anyone.
+    public static func kill(nodes: Int...) throws { try run("node-kill", nodes) }
+
+    /// A clean stop of the node (it closes its client connections first).
+    public static func stop(node: Int) throws { try run("node-stop", [node]) }
+
+    /// Starts stopped or killed nodes again, all at once; they rejoin the cluster. Returns once all have booted.
+    public static func start(nodes: Int...) throws { try run("node-start", nodes) }
+
+    /// The cluster's view, asked of node `via`: (queue, routing key) of every binding on `exchange`.
+    public static func bindings(exchange: String, via node: Int) throws -> Set<Broker.Binding> {
+        let text = try ctl(node: node, ["list_bindings", "source_name", "destination_name", "routing_key", "--quiet", "--no-table-headers"])
+        var result: Set<Broker.Binding> = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard fields.count == 3, fields[0] == exchange else { continue }
+            result.insert(Broker.Binding(queue: fields[1], key: fields[2]))
+        }
+        return result
+    }
+
+    /// The node (1…) that holds `queue`, asked of node `via`; nil when the cluster has no such queue.
+    public static func node(holding queue: String, via node: Int) throws -> Int? {
+        let text = try ctl(node: node, ["list_queues", "name", "pid", "--quiet", "--no-table-headers"])
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: "\t").map(String.init)
+            guard fields.count == 2, fields[0] == queue else { continue }
+            // A queue's pid reads <sbcluster123n2@localhost.1.2.3>: the node's name ends in n<i>.
+            guard let at = fields[1].firstIndex(of: "@") else { return nil }
+            let name = fields[1][..<at]
+            guard let n = name.lastIndex(of: "n"), let index = Int(name[name.index(after: n)...]) else { return nil }
+            return index
+        }
+        return nil
+    }
+
+    private static var script: String { packageRoot.appendingPathComponent("scripts/rabbitmq.sh").path }
+
+    private static func folder(_ node: Int) throws -> String {
+        try requiredEnvironment("SWITCHBOARD_RABBITMQ_CLUSTER_DIR") + "/node\(node)"
+    }
+
+    private static func run(_ command: String, _ nodes: [Int]) throws {
+        let (status, text) = try runProcess(script, [command] + (try nodes.map(folder)))
+        guard status == 0 else { throw TestFailure("scripts/rabbitmq.sh \(command) nodes \(nodes) failed: \(text)") }
     }
 }
 

@@ -232,7 +232,7 @@ enum BenchBackplane {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let rabbit = RabbitMQBackplane(
-            configuration: RabbitMQConfiguration(amqp: try AMQPConfiguration(url: url), gatewayID: gatewayID, exchange: exchange),
+            configuration: RabbitMQConfiguration(brokers: [try AMQPConfiguration(url: url)], gatewayID: gatewayID, exchange: exchange),
             logger: logger
         )
         let service = Task { try await rabbit.run() }

@@ -37,7 +37,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS), or redis://[:pass@]host:6379?mode=channels|broadcast."
+            "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS; several, comma-separated, for the nodes of a RabbitMQ cluster), or redis://[:pass@]host:6379?mode=channels|broadcast."
     )
     var backplane = "memory"
 
@@ -537,8 +537,10 @@ enum BackplaneFactory {
         case .rabbitMQ:
             let exchangeType = try Self.exchangeType(exchangeType)
             do {
+                var brokers: [AMQPConfiguration] = []
+                for one in url.urls { brokers.append(try AMQPConfiguration(url: one)) }
                 let configuration = RabbitMQConfiguration(
-                    amqp: try AMQPConfiguration(url: url.url),
+                    brokers: brokers,
                     gatewayID: gatewayID,
                     exchange: exchange,
                     exchangeType: exchangeType,

@@ -165,7 +165,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
             let type: RabbitMQConfiguration.ExchangeType = self == .rabbitmq ? .topic : .direct
             let make = { (id: String) in
                 RabbitMQBackplane(
-                    configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)", exchangeType: type),
+                    configuration: RabbitMQConfiguration(brokers: [amqp], gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)", exchangeType: type),
                     logger: logger
                 )
             }

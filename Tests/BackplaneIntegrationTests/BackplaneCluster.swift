@@ -47,7 +47,7 @@ struct BackplaneCluster: Sendable {
             let amqp = try amqp ?? AMQPConfiguration(url: try Broker.url)
             let exchange = namespace
             backplanes = ids.map { id in
-                RabbitMQBackplane(configuration: RabbitMQConfiguration(amqp: amqp, gatewayID: id, exchange: exchange), logger: logger)
+                RabbitMQBackplane(configuration: RabbitMQConfiguration(brokers: [amqp], gatewayID: id, exchange: exchange), logger: logger)
             }
         case .redisChannels, .redisBroadcast:
             let mode = kind == .redisChannels ? "channels" : "broadcast"
@@ -58,8 +58,8 @@ struct BackplaneCluster: Sendable {
         }
     }
 
-    /// The RabbitMQ queue of gateway `index`.
-    func queue(_ index: Int) -> String { "switchboard.gateway.\(gatewayIDs[index])" }
+    /// The RabbitMQ queue of gateway `index` now (`switchboard.gateway.<id>.<incarnation>`).
+    func queue(_ index: Int) -> String { (backplanes[index] as? RabbitMQBackplane)?.currentQueueName ?? "none" }
 
     /// Runs `body` with every gateway up and its backplane ready.
     func run<T: Sendable>(

@@ -40,7 +40,7 @@ struct BrokerStallTests {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let backplane = RabbitMQBackplane(
             configuration: RabbitMQConfiguration(
-                amqp: try AMQPConfiguration(url: try Broker.url),
+                brokers: [try AMQPConfiguration(url: try Broker.url)],
                 gatewayID: "stall-\(tag)",
                 exchange: "sbtest.\(tag)",
                 publishLimits: AMQPConnection.PublishLimits(maximumPending: Self.bound, timeout: .seconds(2))
@@ -106,7 +106,7 @@ struct BrokerStallTests {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let backplane = RabbitMQBackplane(
             configuration: RabbitMQConfiguration(
-                amqp: try AMQPConfiguration(url: try Broker.url),
+                brokers: [try AMQPConfiguration(url: try Broker.url)],
                 gatewayID: "stall-\(tag)",
                 exchange: "sbtest.\(tag)",
                 publishLimits: AMQPConnection.PublishLimits(maximumPending: Self.bound, timeout: .seconds(30))
@@ -139,7 +139,7 @@ struct BrokerStallTests {
         amqp.heartbeatSeconds = 2
         let backplane = RabbitMQBackplane(
             configuration: RabbitMQConfiguration(
-                amqp: amqp,
+                brokers: [amqp],
                 gatewayID: "stall-\(tag)",
                 exchange: "sbtest.\(tag)",
                 publishLimits: AMQPConnection.PublishLimits(maximumPending: Self.bound, timeout: .seconds(2))

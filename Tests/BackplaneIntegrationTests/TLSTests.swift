@@ -36,7 +36,7 @@ struct TLSTests {
         let url = try Self.amqpsURL.replacingOccurrences(of: "tls/ca.pem", with: "tls/other-ca.pem")
         let errors = Mutex<[AMQPError]>([])
         let connection = AMQPConnection(
-            configuration: try AMQPConfiguration(url: url),
+            brokers: [try AMQPConfiguration(url: url)],
             name: "tls-wrong-ca",
             logger: Logger(label: "test.tls"),
             setUp: { _ in },

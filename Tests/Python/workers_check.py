@@ -515,7 +515,9 @@ async def scenario(gw1, gw2, worker, api_keys, rabbitmq_dir, users, done):
         # 6. Only gateway queues are bound to the main exchange.
         if rabbitmq_dir:
             rows = list_bindings(rabbitmq_dir)
-            main_rows = [r for r in rows if r[0] == exchange]
+            # A gateway's queue is switchboard.gateway.<id>.<incarnation> (a new one per connection).
+            main_rows = [(r[0], r[1].rsplit(".", 1)[0], r[2]) if r[1].startswith("switchboard.gateway.") else r
+                         for r in rows if r[0] == exchange]
             strangers = [r for r in main_rows if not r[1].startswith("switchboard.gateway.")]
             if strangers:
                 raise CheckFailed(f"non-gateway bindings on the main exchange {exchange!r}: {strangers}")

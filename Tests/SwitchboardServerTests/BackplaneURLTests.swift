@@ -23,6 +23,21 @@ struct BackplaneURLTests {
         #expect(BackplaneURL.kind(of: value) == kind)
     }
 
+    @Test("a comma-separated list names the nodes of a RabbitMQ cluster; a comma in a password stays with its URL")
+    func clusterLists() throws {
+        let list = try BackplaneURL(parsing: "amqp://u:p@10.0.0.1:5672/,amqps://u:p,q@10.0.0.2:5671/, amqp://10.0.0.3/")
+        #expect(list.kind == .rabbitMQ)
+        #expect(list.urls == ["amqp://u:p@10.0.0.1:5672/", "amqps://u:p,q@10.0.0.2:5671/", "amqp://10.0.0.3/"])
+        #expect(try BackplaneURL(parsing: "amqp://h/").urls == ["amqp://h/"])
+        #expect(try BackplaneURL(parsing: "memory").urls == ["memory"])
+        for value in ["amqp://h1/,redis://h2:6379", "redis://h1:6379,redis://h2:6379", "amqp://h1/,kafka://h2/"] {
+            #expect(throws: BackplaneURLError.self, "\(value)") { try BackplaneURL(parsing: value) }
+        }
+        // A raw reserved character in any one of them is refused, and no password is shown.
+        let error = #expect(throws: BackplaneURLError.self) { try BackplaneURL(parsing: "amqp://u:ok@h1/,amqp://u:se/cret@h2/") }
+        #expect(error?.description.contains("cret") == false)
+    }
+
     @Test("an unknown scheme is refused with the scheme named and the password redacted")
     func unsupported() {
         #expect(throws: BackplaneURLError.unsupportedScheme("kafka://guest:secret@127.0.0.1:5672/", scheme: "kafka")) {
