@@ -51,8 +51,11 @@ start_cluster() {
     swift build -c release --product switchboard
     mkdir -p "$CLUSTER_DIR/rabbitmq" "$CLUSTER_DIR/redis"
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    eval "$(./scripts/rabbitmq.sh cluster-start "$CLUSTER_DIR/rabbitmq" 3 "$CLUSTER_AMQP_PORT")"
-    eval "$(./scripts/redis.sh start "$CLUSTER_DIR/redis" "$CLUSTER_REDIS_PORT")"
+    # Assigned first: `eval "$(…)"` would hide a failed start from set -e.
+    brokers_env=$(./scripts/rabbitmq.sh cluster-start "$CLUSTER_DIR/rabbitmq" 3 "$CLUSTER_AMQP_PORT")
+    eval "$brokers_env"
+    redis_env=$(./scripts/redis.sh start "$CLUSTER_DIR/redis" "$CLUSTER_REDIS_PORT")
+    eval "$redis_env"
     for index in 1 2 3; do
         port=$((CLUSTER_PORT + index))
         .build/release/switchboard serve --host 127.0.0.1 --port "$port" --gateway-id "gw-$index" \

@@ -91,12 +91,16 @@ start_epmd() {
 # launch_node: starts the node in $dir in the background (it detaches; its PID lands in $RABBITMQ_PID_FILE).
 launch_node() {
     node_env
+    if [ -f "$RABBITMQ_PID_FILE" ] && kill -0 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null; then
+        return 0 # running already: keep its PID file, so that stop can still reach it
+    fi
     rm -f "$RABBITMQ_PID_FILE"
     HOME="$dir" setsid rabbitmq-server >"$dir/server.out" 2>&1 </dev/null &
     echo $! >"$dir/wrapper.pid"
 }
 
-# await_node: waits until the node in $dir has booted; false after about a minute.
+# await_node: waits until the node in $dir has booted: up to 120 tries of `await_startup`
+# (each bounded by 30 s when the node answers but is still booting); false after that.
 await_node() {
     for _ in $(seq 1 120); do
         if ctl await_startup --timeout 30 >/dev/null 2>&1; then return 0; fi
@@ -149,14 +153,15 @@ cluster-start)
     count=${3:-3}
     mkdir -p "$dir"
     cluster=$(cd "$dir" && pwd)
-    # Node i: AMQP on base+2(i-1) (TLS on the next port), distribution on base+6000+i; one epmd for all.
-    base=${4:-$((20000 + RANDOM % 5000))}
-    epmd_port=$((base + 6000 + count + 1))
+    # Node i: AMQP on base+2(i-1) (TLS on the next port), distribution on base+3000+i; one
+    # epmd for all. 13000-19100: apart from the single node's 20000-32001 (start, above).
+    base=${4:-$((13000 + RANDOM % 3000))}
+    epmd_port=$((base + 3000 + count + 1))
     start_epmd "$cluster" "$epmd_port"
     urls=()
     for i in $(seq 1 "$count"); do
         dir="$cluster/node$i"
-        write_node "$((base + 2 * i - 2))" "$((base + 6000 + i))" "$epmd_port" "sbcluster$$n$i@localhost"
+        write_node "$((base + 2 * i - 2))" "$((base + 3000 + i))" "$epmd_port" "sbcluster$$n$i@localhost"
         launch_node
         urls+=("amqp://guest:guest@127.0.0.1:$((base + 2 * i - 2))/")
     done
@@ -195,8 +200,13 @@ cluster-stop)
 node-kill)
     for dir in "${@:2}"; do
         node_env
-        [ -f "$RABBITMQ_PID_FILE" ] && kill -9 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null || break; sleep 0.1; done
+        if [ -f "$RABBITMQ_PID_FILE" ]; then
+            pid=$(cat "$RABBITMQ_PID_FILE")
+            kill -9 "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            # Gone: a later stop must not signal whatever process gets this PID next.
+            rm -f "$RABBITMQ_PID_FILE"
+        fi
         if [ -f "$dir/wrapper.pid" ]; then kill "$(cat "$dir/wrapper.pid")" 2>/dev/null || true; fi
     done
     ;;

@@ -77,14 +77,15 @@ final class AMQPConnectionThread {
         while !context.shared.stopRequested {
             context.onStateChange(.connecting)
             var wasOpen = false
+            var openedAt = ContinuousClock.now
             do throws(AMQPError) {
                 try connect()
                 context.shared.setPhase(.open)
                 context.onStateChange(.open)
                 logger.info("AMQP connection open", metadata: [LoggingKeys.broker: .string(broker.redactedDescription)])
-                delay = context.backoff.initial
                 failedAttempts = 0
                 wasOpen = true
+                openedAt = .now
                 try serve()
             } catch {
                 context.shared.setPhase(.connecting)
@@ -96,8 +97,9 @@ final class AMQPConnectionThread {
                     LoggingKeys.retryInMilliseconds: .stringConvertible(delay.milliseconds),
                     LoggingKeys.failedAttempts: .stringConvertible(failedAttempts),
                 ]
-                // Loud when an open connection drops or the first attempt fails; then every 10th attempt.
-                if wasOpen || failedAttempts == 1 || failedAttempts % 10 == 0 {
+                // Loud when an open connection drops and for the first three failed attempts (a
+                // failover's set-up that fails must show); then every 10th attempt.
+                if wasOpen || failedAttempts <= 3 || failedAttempts % 10 == 0 {
                     logger.warning(wasOpen ? "AMQP connection lost; reconnecting" : "AMQP connection failed; retrying", metadata: metadata)
                 } else {
                     logger.debug("AMQP connection failed; retrying", metadata: metadata)
@@ -106,16 +108,18 @@ final class AMQPConnectionThread {
             }
             closeConnection()
             guard !context.shared.stopRequested else { break }
-            // The next attempt goes to the next broker. A lost connection starts a new round
-            // there at once (its node is likely gone, another one likely answers); a failed
-            // attempt waits only when it completed a round in which no broker answered. With
-            // one broker this is the plain backoff.
+            // The next attempt goes to the next broker. A connection lost after it had served
+            // for a while starts a new round there at once (its node is likely gone, another
+            // one likely answers). A failed attempt, or a connection that dropped soon after
+            // it opened (a broker that closes every connection, say), counts as a failure: the
+            // backoff waits once a round of them has gone by, so nothing spins. With one
+            // broker this is the plain backoff.
             brokerIndex = (brokerIndex + 1) % context.brokers.count
-            if wasOpen && context.brokers.count > 1 {
+            if wasOpen, ContinuousClock.now - openedAt >= context.backoff.maximum {
+                delay = context.backoff.initial
                 roundStart = brokerIndex
-                continue
+                if context.brokers.count > 1 { continue }
             }
-            if wasOpen { roundStart = brokerIndex }
             guard brokerIndex == roundStart else { continue }
             sleepInterruptibly(delay)
             failEverything(AMQPError(.notConnected, "the AMQP connection is reconnecting"))

@@ -52,6 +52,10 @@ public final class RabbitMQBackplane: Backplane {
         /// The queue of the consumer connection now (nil before the first one).
         let queue = Mutex<String?>(nil)
         let recoveries = Mutex(RecoveryClock())
+        /// The keys the last set-up bound: checked against the wanted set once the connection is open.
+        let boundAtSetUp = Mutex<[String]>([])
+        /// The consumer connection, for what its state handler sends once it is open.
+        let consumer = Mutex<AMQPConnection?>(nil)
     }
 
     public let configuration: RabbitMQConfiguration
@@ -87,11 +91,8 @@ public final class RabbitMQBackplane: Backplane {
                 // Everything the gateway hosts now, including what was bound before a reconnect.
                 let keys = shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) }
                 try setup.bind(queue: queue, exchange: exchange, routingKeys: keys)
-                // An address unbound while these binds were sent (its unbind failed: not
-                // connected) must not stay bound on the new queue.
-                let stillWanted = Set(shared.wanted.withAddresses { addresses, _ in addresses.map(\.routingKey) })
-                try setup.unbind(queue: queue, exchange: exchange, routingKeys: keys.filter { !stillWanted.contains($0) })
                 try setup.consume(queue: queue, noAck: true)
+                shared.boundAtSetUp.withLock { $0 = keys }
                 shared.queue.withLock { $0 = queue }
                 shared.recoveries.withLock { $0.consumerBroker = setup.brokerIndex }
                 let elapsed = ContinuousClock.now - started
@@ -124,6 +125,7 @@ public final class RabbitMQBackplane: Backplane {
             },
             onStateChange: { change in
                 shared.consumerOpen.store(change.isOpen, ordering: .releasing)
+                if change.isOpen { Self.unbindLeftDuringSetUp(shared: shared, exchange: exchange) }
                 Self.track(change, consumer: true, shared: shared, logger: logger)
             }
         )
@@ -145,6 +147,31 @@ public final class RabbitMQBackplane: Backplane {
                 Self.track(change, consumer: false, shared: shared, logger: logger)
             }
         )
+        shared.consumer.withLock { $0 = consumer }
+    }
+
+    /// An address unbound while the set-up ran had its unbind refused (not connected yet)
+    /// and may have been bound on the new queue anyway: unbind it now that commands go
+    /// through. Under the wanted set's lock, so that a bind of the same address issued
+    /// meanwhile is queued after this unbind and wins.
+    private static func unbindLeftDuringSetUp(shared: Shared, exchange: String) {
+        let bound = shared.boundAtSetUp.withLock { keys in
+            defer { keys = [] }
+            return keys
+        }
+        guard !bound.isEmpty, let consumer = shared.consumer.withLock({ $0 }) else { return }
+        shared.wanted.withAddresses { addresses, _ in
+            let wanted = Set(addresses.map(\.routingKey))
+            for key in bound where !wanted.contains(key) {
+                consumer.unbind(queue: nil, exchange: exchange, routingKey: key) { _ in }
+            }
+        }
+    }
+
+    /// Where the two connections are now: indexes into ``RabbitMQConfiguration/brokers``
+    /// (nil before their first connection). Both change only when a connection opens elsewhere.
+    public var connectedBrokers: (consumer: Int?, publisher: Int?) {
+        shared.recoveries.withLock { ($0.consumerBroker, $0.publisherBroker) }
     }
 
     /// Feeds the recovery clock; logs each recovery with how long the backplane was not ready.

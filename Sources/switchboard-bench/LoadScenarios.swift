@@ -61,17 +61,47 @@ struct IdleBench: AsyncParsableCommand {
     @Option(help: "Seconds to hold the connections before measuring (1…300).")
     var hold = 5
 
+    @Option(help: "Rooms to spread the users over: user i joins r<i mod rooms> before the hold (0: none; at most 10000).")
+    var rooms = 0
+
     func validate() throws {
         try load.validateCommon()
         guard (1...300).contains(hold) else { throw ValidationError("--hold must be 1…300") }
+        guard (0...10_000).contains(rooms) else { throw ValidationError("--rooms must be 0…10000") }
         guard !load.gatewayPIDs.isEmpty else { throw ValidationError("idle needs --gateway-pid to read RSS") }
     }
 
     func run() async throws {
         let baseline = try ProcessStats.residentKiB(load.gatewayPIDs)
-        let fleet = try await Fleet.open(load)
+        let joins = JoinCounter()
+        let fleet = try await Fleet.open(
+            load,
+            onText: { _, text in
+                if text.hasPrefix(#"{"type":"ack","id":"j""#) { joins.count.add(1, ordering: .relaxed) }
+            }
+        )
+        var joined = 0
+        if rooms > 0 {
+            for (index, connection) in fleet.connections.enumerated() {
+                try? await connection?.send(text: #"{"type":"join","room":"r\#(index % rooms)","id":"j"}"#)
+            }
+            // Bounded: at most 60 s for the joins' acks.
+            let deadline = ContinuousClock.now + .seconds(60)
+            while joins.count.load(ordering: .relaxed) < fleet.connected, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            joined = joins.count.load(ordering: .relaxed)
+        }
         // Scripts wait for this line before doing something to the held connections.
-        let line = String(format: "connections opened: %d of %d in %.1f s; holding %d s\n", fleet.connected, load.users, fleet.connectSeconds, hold)
+        let line = String(
+            format: "connections opened: %d of %d in %.1f s; %d joined %d rooms; holding %d s\n",
+            fleet.connected,
+            load.users,
+            fleet.connectSeconds,
+            joined,
+            rooms,
+            hold
+        )
         FileHandle.standardOutput.write(Data(line.utf8))
         try await Task.sleep(for: .seconds(hold))
         let held = try ProcessStats.residentKiB(load.gatewayPIDs)
@@ -81,6 +111,11 @@ struct IdleBench: AsyncParsableCommand {
         result.report(json: load.json)
         await fleet.closeAll()
     }
+}
+
+/// Join acks seen by the idle fleet's readers.
+private final class JoinCounter: Sendable {
+    let count = Atomic<Int>(0)
 }
 
 /// `bench direct`: direct messages between users on different gateways.
