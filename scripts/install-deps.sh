@@ -14,6 +14,7 @@ PACKAGES=(
     libhiredis-dev  # the RESP reader the Redis backplane wraps (RedisClient)
     rabbitmq-server # the broker the tests start on loopback
     redis-server    # the Redis backplane's broker (scripts/redis.sh, bench/run.sh)
+    redis-sentinel  # a Sentinel-managed Redis in the failover tests (scripts/redis.sh sentinel-start)
     openssl         # a throwaway CA for the broker's TLS listener in tests
     haproxy         # the load balancer of the end-to-end tests and scripts/cluster.sh
     nginx-light     # only to lint deploy/nginx/nginx.conf (nginx -t)

@@ -57,17 +57,8 @@ ENV
     echo "$amqp_port" >"$dir/amqp.port"
     echo "[]." >"$dir/enabled_plugins"
     local tls_port=$((amqp_port + 1))
-    # A throwaway CA and a server certificate for localhost, for the amqps:// listener;
-    # a second, unrelated CA lets tests check that verification really happens.
-    mkdir -p "$dir/tls"
-    (
-        cd "$dir/tls"
-        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=switchboard-test-ca" 2>/dev/null
-        openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj "/CN=unrelated-ca" 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
-    )
+    # A throwaway CA and a server certificate for the amqps:// listener.
+    "$(dirname "$0")/throwaway-tls.sh" "$dir/tls"
     cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$amqp_port
 listeners.ssl.default = 127.0.0.1:$tls_port

@@ -28,9 +28,12 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-eval "$(./scripts/rabbitmq.sh start "$work/rabbitmq")"
-eval "$(./scripts/redis.sh start "$work/redis")"
-export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDIS_DIR
+# Assigned first: `eval "$(…)"` would hide a failed start from set -e.
+broker_env=$(./scripts/rabbitmq.sh start "$work/rabbitmq")
+eval "$broker_env"
+redis_env=$(./scripts/redis.sh start "$work/redis")
+eval "$redis_env"
+export SWITCHBOARD_AMQP_URL SWITCHBOARD_AMQPS_URL SWITCHBOARD_RABBITMQ_DIR SWITCHBOARD_REDIS_URL SWITCHBOARD_REDISS_URL SWITCHBOARD_REDIS_DIR
 # The cluster boots while the Python checks below run (it takes half a minute or more).
 ./scripts/rabbitmq.sh cluster-start "$work/cluster" 3 >"$work/cluster.env" &
 cluster_pid=$!

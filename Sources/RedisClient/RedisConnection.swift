@@ -1,6 +1,7 @@
 public import Logging
 public import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// One Redis connection that opens itself again after every loss.
@@ -20,6 +21,10 @@ import Synchronization
 /// pending command fails with `connectionLost`, `onStateChange(false)` runs, and it
 /// reconnects after a jittered, growing delay. Commands sent while it is not open fail
 /// at once with `notConnected`: nothing is queued for later.
+///
+/// With ``RedisConfiguration/tls`` (`rediss://`) the socket speaks TLS (swift-nio-ssl):
+/// the server's chain is verified against the configured CA and its certificate must
+/// name the host (an IP address is matched against its IP SANs), unless `verify_none`.
 ///
 /// Pending commands are bounded (``RedisConfiguration/maximumPendingCommands`` and
 /// `maximumPendingBytes`): past the bound `send` fails at once with `overloaded`, so a
@@ -54,6 +59,8 @@ public final class RedisConnection: Sendable {
     private let onMessages: @Sendable ([RedisMessage]) -> Void
     private let onStateChange: @Sendable (Bool) -> Void
     private let core: NIOLoopBoundBox<Core>
+    /// Built once from ``RedisConfiguration/tls``; a failure fails every connect with it.
+    private let tlsContext: Result<NIOSSLContext?, RedisError>
     private let open = Atomic<Bool>(false)
     /// Commands accepted and not answered yet, and their bytes: the bound's count.
     private let pending = Mutex<(commands: Int, bytes: Int)>((0, 0))
@@ -88,6 +95,7 @@ public final class RedisConnection: Sendable {
         onStateChange: @escaping @Sendable (Bool) -> Void = { _ in }
     ) {
         self.configuration = configuration
+        self.tlsContext = Result { () throws(RedisError) in try configuration.makeTLSContext() }
         self.name = name
         self.eventLoop = eventLoop
         var logger = logger
@@ -162,6 +170,12 @@ public final class RedisConnection: Sendable {
                 pending.commands -= 1
                 pending.bytes -= size
             }
+            if self.configuration.sentinel != nil, case .failure(let error) = result, error.code == .serverError, error.message.hasPrefix("READONLY")
+            {
+                // A demoted master: drop it, and the reconnect asks the sentinels again.
+                self.logger.warning("Redis answered READONLY: reconnecting to the current master")
+                self.core.value.channel?.close(promise: nil)
+            }
             completion(result)
         }
         if eventLoop.inEventLoop {
@@ -203,21 +217,41 @@ public final class RedisConnection: Sendable {
         let isSubscriber = isSubscriber
         let onMessages = onMessages
         let configuration = configuration
-        ClientBootstrap(group: eventLoop)
-            .connectTimeout(TimeAmount(configuration.connectTimeout))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(isSubscriber: isSubscriber, onMessages: onMessages))
-                }
+        let tls: NIOSSLContext?
+        switch tlsContext {
+        case .success(let context): tls = context
+        case .failure(let error):
+            logger.error("Redis TLS configuration unusable", metadata: [LoggingKeys.errorType: .string("\(error)")])
+            scheduleReconnect()
+            return
+        }
+        let eventLoop = eventLoop
+        serverAddress()
+            .flatMap { (host: String, port: Int) -> EventLoopFuture<any Channel> in
+                // SNI and host-name verification take a name; an IP address literal is checked
+                // against the certificate's IP SANs instead (NIOSSL does that when the name is nil).
+                let serverHostname: String? = (try? SocketAddress(ipAddress: host, port: 0)) == nil ? host : nil
+                return ClientBootstrap(group: eventLoop)
+                    .connectTimeout(TimeAmount(configuration.connectTimeout))
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            if let tls {
+                                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverHostname))
+                            }
+                            try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(isSubscriber: isSubscriber, onMessages: onMessages))
+                        }
+                    }
+                    .connect(host: host, port: port)
             }
-            .connect(host: configuration.host, port: configuration.port)
             .flatMap { channel -> EventLoopFuture<any Channel> in
                 // On the channel's own loop (the bootstrap's), so the pipeline can be read directly.
                 self.core.value.channel = channel
                 self.core.value.handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
                 let setUp = SetUp(channel: channel)
-                return self.authenticate(setUp)
+                return self.handshake(setUp, tls: tls != nil)
+                    .flatMap { self.authenticate(setUp) }
+                    .flatMap { self.checkMaster(setUp) }
                     .flatMap { self.setUp(setUp) }
                     .map { channel }
             }
@@ -231,7 +265,10 @@ public final class RedisConnection: Sendable {
                     self.core.value.phase = .open
                     self.core.value.attempt = 0
                     self.setOpen(true)
-                    self.logger.info("Redis connection open")
+                    self.logger.info(
+                        "Redis connection open",
+                        metadata: [LoggingKeys.address: .string("\(channel.remoteAddress.map { "\($0)" } ?? "?")")]
+                    )
                     channel.closeFuture.whenComplete { _ in self.connectionClosed(channel) }
                 case .failure(let error):
                     self.logger.warning("Redis connect failed", metadata: [LoggingKeys.errorType: .string("\(error)")])
@@ -243,10 +280,90 @@ public final class RedisConnection: Sendable {
             }
     }
 
+    /// Where to connect: the configured server, or the master the sentinels name now.
+    private func serverAddress() -> EventLoopFuture<(host: String, port: Int)> {
+        guard let sentinel = configuration.sentinel else {
+            return eventLoop.makeSucceededFuture((configuration.host, configuration.port))
+        }
+        return askSentinel(sentinel, index: 0, failures: [])
+    }
+
+    /// `SENTINEL get-master-addr-by-name` of sentinel `index`, then of the next ones until one answers.
+    private func askSentinel(_ sentinel: RedisConfiguration.Sentinel, index: Int, failures: [String]) -> EventLoopFuture<(host: String, port: Int)> {
+        guard index < sentinel.addresses.count else {
+            return eventLoop.makeFailedFuture(
+                RedisError(.connectFailed, "no sentinel named a master '\(sentinel.masterName)': \(failures.joined(separator: "; "))")
+            )
+        }
+        let address = sentinel.addresses[index]
+        let eventLoop = eventLoop
+        let timeout = configuration.commandTimeout
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(configuration.connectTimeout))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(isSubscriber: false, onMessages: { _ in }))
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .flatMap { channel -> EventLoopFuture<RedisValue> in
+                // A sentinel that accepts and never answers is given up on after the command timeout.
+                let deadline = eventLoop.scheduleTask(in: TimeAmount(timeout)) { channel.close(promise: nil) }
+                let reply = SetUp(channel: channel).send(RedisCommand("SENTINEL", "get-master-addr-by-name", sentinel.masterName))
+                reply.whenComplete { _ in
+                    deadline.cancel()
+                    channel.close(promise: nil)
+                }
+                return reply
+            }
+            .flatMapThrowing { reply -> (host: String, port: Int) in
+                guard case .array(let parts) = reply, parts.count == 2, let host = parts[0].string, !host.isEmpty,
+                    let portText = parts[1].string, let port = Int(portText), (1...65535).contains(port)
+                else {
+                    throw RedisError(.connectFailed, "it knows no master '\(sentinel.masterName)' (\(reply))")
+                }
+                return (host, port)
+            }
+            .flatMapError { error in
+                let reason = "\(address.host):\(address.port): \((error as? RedisError)?.message ?? "\(error)")"
+                return self.askSentinel(sentinel, index: index + 1, failures: failures + [reason])
+            }
+    }
+
+    /// With Sentinel, `ROLE` must say `master`: a sentinel may still name a demoted master
+    /// for a moment after a failover.
+    private func checkMaster(_ setUp: SetUp) -> EventLoopFuture<Void> {
+        guard configuration.sentinel != nil else { return eventLoop.makeSucceededVoidFuture() }
+        return setUp.send(RedisCommand("ROLE")).flatMapThrowing { reply in
+            guard case .array(let parts) = reply, let role = parts.first?.string else {
+                throw RedisError(.protocolError, "ROLE answered \(reply)")
+            }
+            guard role == "master" else { throw RedisError(.connectFailed, "the server the sentinels named is a \(role), not the master") }
+        }
+    }
+
+    /// Over TLS, a `PING` whose reply proves the handshake succeeded: without it a
+    /// connection that sends nothing at set-up would count as open until the failed
+    /// handshake closes it. With a password, the `AUTH` reply proves it instead (a `PING`
+    /// before `AUTH` would be refused).
+    private func handshake(_ setUp: SetUp, tls: Bool) -> EventLoopFuture<Void> {
+        guard tls, configuration.password == nil else { return eventLoop.makeSucceededVoidFuture() }
+        let server = configuration.serverDescription
+        return setUp.send(RedisCommand("PING")).flatMapErrorThrowing { error in
+            let cause = (error as? RedisError)?.cause ?? IOErrorDescription(error)
+            throw RedisError(.connectFailed, "TLS handshake with \(server) failed", cause: cause)
+        }.map { _ in }
+    }
+
     private func authenticate(_ setUp: SetUp) -> EventLoopFuture<Void> {
         guard let password = configuration.password else { return eventLoop.makeSucceededVoidFuture() }
         let command = configuration.username.map { RedisCommand("AUTH", $0, password) } ?? RedisCommand("AUTH", password)
+        let server = configuration.serverDescription
         return setUp.send(command).flatMapErrorThrowing { error in
+            if let error = error as? RedisError, error.code != .serverError {
+                // No reply at all: the connection (or its TLS handshake) failed.
+                throw RedisError(.connectFailed, "no answer to AUTH from \(server)", cause: error)
+            }
             // The server's words only: they never contain the password.
             let reason = (error as? RedisError)?.message ?? "\(error)"
             throw RedisError(.authenticationFailed, reason)

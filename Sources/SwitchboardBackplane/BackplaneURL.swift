@@ -12,7 +12,8 @@ public struct BackplaneURL: Sendable, Equatable {
         case memory
         /// `amqp://` or `amqps://` (TLS): RabbitMQ.
         case rabbitMQ
-        /// `redis://` or `rediss://` (TLS): Redis Pub/Sub.
+        /// `redis://`, `rediss://` (TLS), or `redis+sentinel://` / `rediss+sentinel://` (a
+        /// Sentinel-managed master): Redis Pub/Sub.
         case redis
     }
 
@@ -50,7 +51,11 @@ public struct BackplaneURL: Sendable, Equatable {
     public static func kind(of value: String) -> Kind? {
         if value == "memory" || value == "memory://" { return .memory }
         if value.hasPrefix("amqp://") || value.hasPrefix("amqps://") { return .rabbitMQ }
-        if value.hasPrefix("redis://") || value.hasPrefix("rediss://") { return .redis }
+        if value.hasPrefix("redis://") || value.hasPrefix("rediss://") || value.hasPrefix("redis+sentinel://")
+            || value.hasPrefix("rediss+sentinel://")
+        {
+            return .redis
+        }
         return nil
     }
 }

@@ -57,7 +57,10 @@ public struct RedisBackplaneConfiguration: Sendable {
         }
         if parameters.keys.contains(where: { $0 != "mode" && $0 != "prefix" }) {
             // Not quoted: with a raw '?' in a password, the "parameter" is the password's tail.
-            throw RedisError(.invalidConfiguration, "unknown parameter (known: mode, prefix, timeout)")
+            throw RedisError(
+                .invalidConfiguration,
+                "unknown parameter (known: mode, prefix, timeout, and for rediss:// cacertfile, certfile, keyfile, verify)"
+            )
         }
         self.init(redis: redis, mode: mode, prefix: prefix, gatewayID: gatewayID)
     }

@@ -23,6 +23,14 @@ import Synchronization
 /// filtered by their own write time; the metadata lives `metadataTTL` after the last use,
 /// so a client away longer than `ttl` is told "not recovered" in the same epoch, and a
 /// flushed or evicted stream gets a new epoch.
+///
+/// With a Sentinel-managed Redis (`redis+sentinel://`) every epoch a client sees ends in
+/// `-` and the first 8 characters of the master's replication id (`INFO replication`,
+/// `master_replid`), read at every connect. Replication is asynchronous, so a promoted
+/// replica can lack the newest writes and would hand their offsets out again; a
+/// promotion gives the master a new replication id, so every stream's epoch changes
+/// with it and clients are told `recovered: false` (`epoch_changed`) instead of a
+/// silent gap.
 public final class RedisHistory: HistoryStore {
     public let retention: HistoryRetention
     public var publishesOnAppend: Bool { naming != nil }
@@ -34,6 +42,11 @@ public final class RedisHistory: HistoryStore {
         let value = Mutex<(append: String, read: String)?>(nil)
     }
     private let scripts = Digests()
+    /// What ends every epoch shown: "" without Sentinel, else `-` and the master's replication id (8 characters).
+    private final class Generation: Sendable {
+        let value = Mutex("")
+    }
+    private let generation = Generation()
     private let logger: Logger
 
     /// - Parameters:
@@ -55,6 +68,8 @@ public final class RedisHistory: HistoryStore {
         logger[metadataKey: LoggingKeys.gatewayID] = .string(gatewayID)
         self.logger = logger
         let scripts = self.scripts
+        let generation = self.generation
+        let sentinel = configuration.sentinel != nil
         connection = RedisConnection(
             configuration: configuration,
             name: "\(gatewayID)-history",
@@ -64,11 +79,23 @@ public final class RedisHistory: HistoryStore {
                 // Loaded on every connect: a restarted Redis has no scripts.
                 let append = setUp.send(RedisCommand("SCRIPT", "LOAD", HistoryScripts.append))
                 let read = setUp.send(RedisCommand("SCRIPT", "LOAD", HistoryScripts.read))
-                return append.and(read).flatMapThrowing { loaded in
-                    guard let appendSHA = loaded.0.string, let readSHA = loaded.1.string else {
+                let replication =
+                    sentinel
+                    ? setUp.send(RedisCommand("INFO", "replication"))
+                    : setUp.channel.eventLoop.makeSucceededFuture(RedisValue.null)
+                return append.and(read).and(replication).flatMapThrowing { loaded in
+                    guard let appendSHA = loaded.0.0.string, let readSHA = loaded.0.1.string else {
                         throw RedisError(.protocolError, "SCRIPT LOAD did not answer a digest")
                     }
+                    var suffix = ""
+                    if sentinel {
+                        guard let replid = Self.replicationID(in: loaded.1) else {
+                            throw RedisError(.protocolError, "INFO replication named no master_replid")
+                        }
+                        suffix = "-" + replid.prefix(8)
+                    }
                     scripts.value.withLock { $0 = (appendSHA, readSHA) }
+                    generation.value.withLock { $0 = suffix }
                 }
             }
         )
@@ -100,6 +127,7 @@ public final class RedisHistory: HistoryStore {
             ByteBuffer(string: StreamPosition.randomEpoch()),
             channel,
             payloadPrefix,
+            ByteBuffer(string: generation.value.withLock { $0 }),
         ]
         let naming = self.naming
         evaluate(\.append, script: HistoryScripts.append, stream: stream, arguments: arguments) { result in
@@ -143,6 +171,7 @@ public final class RedisHistory: HistoryStore {
             ByteBuffer(string: StreamPosition.randomEpoch()),
             ByteBuffer(string: String(metadataTTL)),
             ByteBuffer(string: partial ? "1" : "0"),
+            ByteBuffer(string: generation.value.withLock { $0 }),
         ]
         let ttl = Self.milliseconds(retention.ttl)
         evaluate(\.read, script: HistoryScripts.read, stream: stream, arguments: arguments) { result in
@@ -193,6 +222,18 @@ public final class RedisHistory: HistoryStore {
         }
     }
 
+    /// `master_replid` from an `INFO replication` reply: 40 hex digits.
+    static func replicationID(in reply: RedisValue) -> Substring? {
+        guard let text = reply.string else { return nil }
+        // "\r\n" is one Character in Swift: split on newlines of any kind.
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("master_replid:") {
+            let id = line.dropFirst("master_replid:".count)
+            guard id.count >= 8, id.allSatisfy(\.isHexDigit) else { return nil }
+            return id
+        }
+        return nil
+    }
+
     /// One `XRANGE` row, `[id, [f, frame, t, ms]]`; nil when malformed or older than the TTL.
     private static func entry(_ row: RedisValue, writtenAfter oldest: Int64) -> HistoryEntry? {
         guard case .array(let parts) = row, parts.count == 2, let id = parts[0].string, case .array(let fields) = parts[1],
@@ -237,10 +278,12 @@ enum HistoryScripts {
     }
 
     /// KEYS: stream, meta. ARGV: head, size, ttl ms, metadata ttl s, new epoch, channel ('' to
-    /// not publish), payload prefix. Returns {epoch, offset, receivers or -1}. The write time
-    /// is Redis's (`TIME`), so every gateway ages entries by one clock.
+    /// not publish), payload prefix, what ends the epoch shown (the Sentinel generation, or
+    /// ''). Returns {epoch shown, offset, receivers or -1}. The write time is Redis's
+    /// (`TIME`), so every gateway ages entries by one clock.
     static let append =
         openStream(newEpoch: "ARGV[5]") + """
+            epoch = epoch .. ARGV[8]
             local offset = redis.call('HINCRBY', KEYS[2], 't', 1)
             redis.call('EXPIRE', KEYS[2], ARGV[4])
             local digits = string.format('%d', offset)
@@ -255,10 +298,12 @@ enum HistoryScripts {
             """
 
     /// KEYS: stream, meta. ARGV: after (-1 for the top only), limit, new epoch, metadata ttl s,
-    /// partial ('1': the first `limit` after `after` even when more are missing). Returns
-    /// {epoch, top, rows, now ms}; rows is empty when more than `limit` are missing (unless partial).
+    /// partial ('1': the first `limit` after `after` even when more are missing), what ends
+    /// the epoch shown. Returns {epoch shown, top, rows, now ms}; rows is empty when more
+    /// than `limit` are missing (unless partial).
     static let read =
         openStream(newEpoch: "ARGV[3]") + """
+            epoch = epoch .. ARGV[6]
             redis.call('EXPIRE', KEYS[2], ARGV[4])
             local top = tonumber(redis.call('HGET', KEYS[2], 't'))
             local after = tonumber(ARGV[1])

@@ -159,6 +159,56 @@ public enum BrokerCluster {
     }
 }
 
+/// A throwaway Sentinel-managed Redis of the test's own (`scripts/redis.sh sentinel-start`):
+/// a master, one replica and three sentinels on loopback, stopped by their PIDs.
+public struct RedisSentinelSetup: Sendable {
+    /// `redis+sentinel://127.0.0.1:…,…/sbmaster`.
+    public let url: String
+    public let folder: String
+
+    /// Starts one in a new temporary folder; returns once the replica has synced and the sentinels know each other.
+    public static func start() throws -> RedisSentinelSetup {
+        let folder = NSTemporaryDirectory() + "switchboard-sentinel-\(UInt32.random(in: 0...UInt32.max))"
+        let text = try script(["sentinel-start", folder])
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("export ") {
+            let pair = line.dropFirst("export ".count).split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { values[String(pair[0])] = String(pair[1]) }
+        }
+        guard let url = values["SWITCHBOARD_REDIS_SENTINEL_URL"] else { throw TestFailure("sentinel-start printed no URL: \(text)") }
+        return RedisSentinelSetup(url: url, folder: folder)
+    }
+
+    /// The port of the server the sentinels call the master now.
+    public func masterPort() throws -> Int {
+        guard let port = Int(try Self.script(["sentinel-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw TestFailure("no master port")
+        }
+        return port
+    }
+
+    /// `kill -9` of the master; returns its port.
+    @discardableResult
+    public func killMaster() throws -> Int {
+        guard let port = Int(try Self.script(["sentinel-kill-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw TestFailure("sentinel-kill-master printed no port")
+        }
+        return port
+    }
+
+    public func stop() {
+        _ = try? Self.script(["sentinel-stop", folder])
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
+    @discardableResult
+    private static func script(_ arguments: [String]) throws -> String {
+        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/redis.sh").path, arguments)
+        guard status == 0 else { throw TestFailure("scripts/redis.sh \(arguments) failed: \(text)") }
+        return text
+    }
+}
+
 /// The throwaway Redis that `scripts/test.sh` starts (scripts/redis.sh), found through
 /// `SWITCHBOARD_REDIS_URL` and `SWITCHBOARD_REDIS_DIR`.
 public enum RedisServer {

@@ -37,7 +37,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS; several, comma-separated, for the nodes of a RabbitMQ cluster), or redis://[:pass@]host:6379?mode=channels|broadcast."
+            "Backplane URL: 'memory' (one gateway, the default), amqp://user:pass@host:5672/vhost (amqps:// for TLS; several, comma-separated, for the nodes of a RabbitMQ cluster), or redis://[:pass@]host:6379?mode=channels|broadcast (rediss:// for TLS; redis+sentinel://host1:26379,host2:26379/master-name for a Sentinel-managed master)."
     )
     var backplane = "memory"
 
@@ -192,7 +192,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "History for recovery (docs/recovery.md): 'memory' (this gateway only; the default with the memory backplane), redis://[:pass@]host:6379 (shared by every gateway; with a Redis backplane on the same server one script writes and publishes), or 'none' (the default with a broker backplane)."
+            "History for recovery (docs/recovery.md): 'memory' (this gateway only; the default with the memory backplane), redis://[:pass@]host:6379 (shared by every gateway; with a Redis backplane on the same server one script writes and publishes; rediss:// and redis+sentinel:// as for --backplane), or 'none' (the default with a broker backplane)."
     )
     var history: String?
 
@@ -554,6 +554,7 @@ enum BackplaneFactory {
         case .redis:
             do {
                 var redis = try RedisBackplaneConfiguration(url: url.url, gatewayID: gatewayID)
+                _ = try redis.redis.makeTLSContext()
                 redis.pendingLimits = (publishLimits.maximumPending, publishLimits.maximumPendingBytes)
                 return RedisBackplane(configuration: redis, logger: logger)
             } catch {
@@ -579,8 +580,8 @@ enum HistoryFactory {
         case "none", "off": return .none
         default:
             let lowered = value.lowercased()
-            guard lowered.hasPrefix("redis://") || lowered.hasPrefix("rediss://") else {
-                throw ValidationError("--history must be memory, none, or a redis:// URL")
+            guard ["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"].contains(where: { lowered.hasPrefix($0) }) else {
+                throw ValidationError("--history must be memory, none, or a redis://, rediss:// or redis+sentinel:// URL")
             }
             return .redis
         }
@@ -609,9 +610,13 @@ enum HistoryFactory {
                 var redis = try RedisConfiguration(url: value)
                 let prefix = redis.parameters["prefix"] ?? "switchboard"
                 guard redis.parameters.keys.allSatisfy({ $0 == "prefix" }) else {
-                    throw ValidationError("--history: unknown parameter (known: prefix, timeout)")
+                    throw ValidationError(
+                        "--history: unknown parameter (known: prefix, timeout, and for rediss:// cacertfile, certfile, keyfile, verify)"
+                    )
                 }
                 redis.parameters = [:]
+                // Unreadable TLS files stop the start, rather than every reconnect.
+                _ = try redis.makeTLSContext()
                 // The same Redis as the backplane: one script writes, offsets and publishes.
                 var publishing: RedisBackplaneConfiguration?
                 if BackplaneURL.kind(of: backplane) == .redis, Self.server(of: backplane) == Self.server(of: value) {

@@ -20,13 +20,28 @@ struct RedisURLTests {
         #expect(full.redis.commandTimeout == .milliseconds(2500))
         #expect(full.mode == .broadcast && full.prefix == "chat")
 
+        let sentinel = try RedisBackplaneConfiguration(
+            url: "redis+sentinel://:pw@10.0.0.1,10.0.0.2:26380,[::1]:26381/my%2Dmaster?prefix=p",
+            gatewayID: "gw"
+        )
+        #expect(
+            sentinel.redis.sentinel
+                == RedisConfiguration.Sentinel(
+                    addresses: [.init(host: "10.0.0.1"), .init(host: "10.0.0.2", port: 26380), .init(host: "::1", port: 26381)],
+                    masterName: "my-master"
+                )
+        )
+        #expect(sentinel.redis.password == "pw" && sentinel.prefix == "p" && sentinel.redis.tls == nil)
+        #expect(try RedisConfiguration(url: "rediss+sentinel://h1/m?cacertfile=/ca.pem").tls?.caCertificatePath == "/ca.pem")
+
         let plain = try RedisBackplaneConfiguration(url: "redis://:pw@localhost", gatewayID: "gw")
         #expect(plain.redis.port == 6379 && plain.redis.password == "pw" && plain.redis.username == nil)
         #expect(plain.mode == .channels, "channels is the default mode")
 
         for bad in [
-            "redis://:topsecret@h?mode=fanout", "redis://:topsecret@h?colour=blue", "rediss://:topsecret@h", "redis://:topsecret@h/notadb",
-            "http://h",
+            "redis://:topsecret@h?mode=fanout", "redis://:topsecret@h?colour=blue", "rediss://:topsecret@h?verify=sometimes",
+            "redis://:topsecret@h/notadb", "http://h", "redis+sentinel://:topsecret@h1,h2", "redis+sentinel://:topsecret@h1:99999/m",
+            "redis+sentinel://:topsecret@h1,,h2/m", "redis+sentinel://:topsecret@h1/",
         ] {
             do {
                 _ = try RedisBackplaneConfiguration(url: bad, gatewayID: "gw")

@@ -14,6 +14,7 @@ struct BackplaneURLTests {
             ("amqps://broker.example:5671/vhost", .rabbitMQ),
             ("redis://:secret@127.0.0.1:6379?mode=broadcast", .redis),
             ("rediss://cache.example:6380", .redis),
+            ("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster", .redis),
         ]
     )
     func kinds(value: String, kind: BackplaneURL.Kind) throws {
@@ -30,6 +31,8 @@ struct BackplaneURLTests {
         #expect(list.urls == ["amqp://u:p@10.0.0.1:5672/", "amqps://u:p,q@10.0.0.2:5671/", "amqp://10.0.0.3/"])
         #expect(try BackplaneURL(parsing: "amqp://h/").urls == ["amqp://h/"])
         #expect(try BackplaneURL(parsing: "memory").urls == ["memory"])
+        // A Sentinel URL's host list is one URL, not a list of backplanes.
+        #expect(try BackplaneURL(parsing: "redis+sentinel://h1:26379,h2:26379/m").urls == ["redis+sentinel://h1:26379,h2:26379/m"])
         for value in ["amqp://h1/,redis://h2:6379", "redis://h1:6379,redis://h2:6379", "amqp://h1/,kafka://h2/"] {
             #expect(throws: BackplaneURLError.self, "\(value)") { try BackplaneURL(parsing: value) }
         }
