@@ -70,9 +70,13 @@ cli)
     ;;
 sentinel-start)
     # Master on base, replica on base+1, sentinels on base+2…base+4; each writes DIR/<port>.pid.
-    base=${3:-$((20000 + RANDOM % 12000))}
+    # 10000-12904: apart from the single server's (20000-32000) and the brokers' ports.
+    base=${3:-$((10000 + RANDOM % 2900))}
+    command -v redis-sentinel >/dev/null || { echo "redis-sentinel is not installed (scripts/install-deps.sh)" >&2; exit 1; }
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
+    # Whatever started is stopped again when a step fails.
+    trap '"$0" sentinel-stop "$dir"' ERR
     echo "$base" >"$dir/base"
     for role in master replica; do
         port=$base
@@ -100,20 +104,25 @@ CONF
         redis-sentinel "$dir/sentinel-$port.conf" >/dev/null 2>&1 </dev/null
         sentinels+=("127.0.0.1:$port")
     done
-    # Ready when the replica has synced and every sentinel knows the master and the others.
+    # Ready when the replica has synced and every sentinel knows the master, the replica (a
+    # sentinel learns of replicas from the master's INFO, every 10 s) and the other two.
     ready=""
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 300); do
         if redis-cli -p $((base + 1)) info replication 2>/dev/null | grep -q "master_link_status:up"; then
             known=0
             for index in 2 3 4; do
-                redis-cli -p $((base + index)) sentinel master sbmaster 2>/dev/null | grep -A1 -x "num-other-sentinels" | grep -qx 2 && known=$((known + 1))
+                view=$(redis-cli -p $((base + index)) sentinel master sbmaster 2>/dev/null || true)
+                if echo "$view" | grep -A1 -x "num-other-sentinels" | grep -qx 2 && echo "$view" | grep -A1 -x "num-slaves" | grep -qx 1; then
+                    known=$((known + 1))
+                fi
             done
             if [ "$known" -eq 3 ]; then ready=yes; break; fi
         fi
         sleep 0.1
     done
+    trap - ERR
     if [ -z "$ready" ]; then
-        echo "the Sentinel setup did not come up; see $dir/*.log" >&2
+        echo "the Sentinel setup did not come up within 30 s; see $dir/*.log" >&2
         "$0" sentinel-stop "$dir"
         exit 1
     fi

@@ -206,7 +206,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         for piece in hosts.split(separator: ",", omittingEmptySubsequences: false) {
             // Parsed as the authority of a plain URL, which knows [v6]:port.
             guard let parsed = URLComponents(string: "redis://\(piece)"), let host = parsed.host, !host.isEmpty, parsed.path.isEmpty else {
-                throw RedisError(.invalidConfiguration, "not a sentinel host[:port]: '\(piece)'")
+                // Not quoted: with a raw '/' in a password, the "host" is part of the password.
+                throw RedisError(.invalidConfiguration, "a sentinel is not host[:port] (percent-encode '/', '?', '#' and ',' in passwords)")
             }
             let port = parsed.port ?? 26379
             guard (1...65535).contains(port) else { throw RedisError(.invalidConfiguration, "sentinel port \(port) out of range") }

@@ -78,6 +78,9 @@ public final class RedisConnection: Sendable {
         var watchdog: RepeatedTask?
         var flushScheduled = false
         var lastPing = NIODeadline.now()
+        /// The sentinel asked first; moved on after a connect that failed, so that one
+        /// sentinel still naming a dead master cannot hold the connection back.
+        var firstSentinel = 0
     }
 
     /// - Parameters:
@@ -170,7 +173,9 @@ public final class RedisConnection: Sendable {
                 pending.commands -= 1
                 pending.bytes -= size
             }
-            if self.configuration.sentinel != nil, case .failure(let error) = result, error.code == .serverError, error.message.hasPrefix("READONLY")
+            if self.configuration.sentinel != nil, case .failure(let error) = result, error.code == .serverError,
+                // The message reads "<command>: <the server's words>".
+                error.message.contains(": READONLY")
             {
                 // A demoted master: drop it, and the reconnect asks the sentinels again.
                 self.logger.warning("Redis answered READONLY: reconnecting to the current master")
@@ -249,10 +254,16 @@ public final class RedisConnection: Sendable {
                 self.core.value.channel = channel
                 self.core.value.handler = try? channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
                 let setUp = SetUp(channel: channel)
+                // A server (or TLS proxy) that accepts and then stalls must not hold the
+                // connection in "connecting": the set-up gets the connect and command timeouts.
+                let deadline = eventLoop.scheduleTask(in: TimeAmount(configuration.connectTimeout + configuration.commandTimeout)) {
+                    channel.close(promise: nil)
+                }
                 return self.handshake(setUp, tls: tls != nil)
                     .flatMap { self.authenticate(setUp) }
                     .flatMap { self.checkMaster(setUp) }
                     .flatMap { self.setUp(setUp) }
+                    .always { _ in deadline.cancel() }
                     .map { channel }
             }
             .whenComplete { result in
@@ -271,6 +282,7 @@ public final class RedisConnection: Sendable {
                     )
                     channel.closeFuture.whenComplete { _ in self.connectionClosed(channel) }
                 case .failure(let error):
+                    self.core.value.firstSentinel &+= 1
                     self.logger.warning("Redis connect failed", metadata: [LoggingKeys.errorType: .string("\(error)")])
                     self.core.value.channel?.close(promise: nil)
                     self.core.value.channel = nil
@@ -285,17 +297,22 @@ public final class RedisConnection: Sendable {
         guard let sentinel = configuration.sentinel else {
             return eventLoop.makeSucceededFuture((configuration.host, configuration.port))
         }
-        return askSentinel(sentinel, index: 0, failures: [])
+        return askSentinel(sentinel, index: 0, first: core.value.firstSentinel % sentinel.addresses.count, failures: [])
     }
 
-    /// `SENTINEL get-master-addr-by-name` of sentinel `index`, then of the next ones until one answers.
-    private func askSentinel(_ sentinel: RedisConfiguration.Sentinel, index: Int, failures: [String]) -> EventLoopFuture<(host: String, port: Int)> {
+    /// `SENTINEL get-master-addr-by-name` of the sentinels from `first` on, in turn, until one answers.
+    private func askSentinel(
+        _ sentinel: RedisConfiguration.Sentinel,
+        index: Int,
+        first: Int,
+        failures: [String]
+    ) -> EventLoopFuture<(host: String, port: Int)> {
         guard index < sentinel.addresses.count else {
             return eventLoop.makeFailedFuture(
                 RedisError(.connectFailed, "no sentinel named a master '\(sentinel.masterName)': \(failures.joined(separator: "; "))")
             )
         }
-        let address = sentinel.addresses[index]
+        let address = sentinel.addresses[(first + index) % sentinel.addresses.count]
         let eventLoop = eventLoop
         let timeout = configuration.commandTimeout
         return ClientBootstrap(group: eventLoop)
@@ -326,7 +343,7 @@ public final class RedisConnection: Sendable {
             }
             .flatMapError { error in
                 let reason = "\(address.host):\(address.port): \((error as? RedisError)?.message ?? "\(error)")"
-                return self.askSentinel(sentinel, index: index + 1, failures: failures + [reason])
+                return self.askSentinel(sentinel, index: index + 1, first: first, failures: failures + [reason])
             }
     }
 
@@ -350,6 +367,8 @@ public final class RedisConnection: Sendable {
         guard tls, configuration.password == nil else { return eventLoop.makeSucceededVoidFuture() }
         let server = configuration.serverDescription
         return setUp.send(RedisCommand("PING")).flatMapErrorThrowing { error in
+            // The server's own answer (NOAUTH, say) came through TLS: the handshake worked.
+            if let error = error as? RedisError, error.code == .serverError { throw error }
             let cause = (error as? RedisError)?.cause ?? IOErrorDescription(error)
             throw RedisError(.connectFailed, "TLS handshake with \(server) failed", cause: cause)
         }.map { _ in }
@@ -359,10 +378,12 @@ public final class RedisConnection: Sendable {
         guard let password = configuration.password else { return eventLoop.makeSucceededVoidFuture() }
         let command = configuration.username.map { RedisCommand("AUTH", $0, password) } ?? RedisCommand("AUTH", password)
         let server = configuration.serverDescription
+        let isTLS = configuration.tls != nil
         return setUp.send(command).flatMapErrorThrowing { error in
             if let error = error as? RedisError, error.code != .serverError {
                 // No reply at all: the connection (or its TLS handshake) failed.
-                throw RedisError(.connectFailed, "no answer to AUTH from \(server)", cause: error)
+                let what = isTLS ? "TLS handshake with \(server) failed (no answer to AUTH)" : "no answer to AUTH from \(server)"
+                throw RedisError(.connectFailed, what, cause: error.cause ?? error)
             }
             // The server's words only: they never contain the password.
             let reason = (error as? RedisError)?.message ?? "\(error)"

@@ -607,6 +607,9 @@ enum HistoryFactory {
             return MemoryHistory(retention: retention)
         case .redis:
             do {
+                if let problem = CredentialRedaction.reservedCharacterProblem(in: value) {
+                    throw ValidationError("--history: \(problem)")
+                }
                 var redis = try RedisConfiguration(url: value)
                 let prefix = redis.parameters["prefix"] ?? "switchboard"
                 guard redis.parameters.keys.allSatisfy({ $0 == "prefix" }) else {
