@@ -70,14 +70,7 @@ public enum Broker {
 
     /// The broker's own view: (queue, routing key) of every binding on `exchange`.
     public static func bindings(exchange: String) throws -> Set<Binding> {
-        let text = try ctl(["list_bindings", "source_name", "destination_name", "routing_key", "--quiet", "--no-table-headers"])
-        var result: Set<Binding> = []
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            guard fields.count == 3, fields[0] == exchange else { continue }
-            result.insert(Binding(queue: fields[1], key: fields[2]))
-        }
-        return result
+        Binding.parse(try ctl(Binding.listArguments), exchange: exchange)
     }
 
     /// One binding of an exchange, as `rabbitmqctl list_bindings` shows it.
@@ -89,6 +82,20 @@ public enum Broker {
             self.key = key
         }
         public var description: String { "\(queue)←\(key)" }
+
+        /// What `rabbitmqctl` is asked for: source, destination and key of every binding.
+        static let listArguments = ["list_bindings", "source_name", "destination_name", "routing_key", "--quiet", "--no-table-headers"]
+
+        /// The bindings of `exchange` in the output of ``listArguments``.
+        static func parse(_ text: String, exchange: String) -> Set<Binding> {
+            var result: Set<Binding> = []
+            for line in text.split(separator: "\n") {
+                let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+                guard fields.count == 3, fields[0] == exchange else { continue }
+                result.insert(Binding(queue: fields[1], key: fields[2]))
+            }
+            return result
+        }
     }
 }
 
@@ -122,14 +129,7 @@ public enum BrokerCluster {
 
     /// The cluster's view, asked of node `via`: (queue, routing key) of every binding on `exchange`.
     public static func bindings(exchange: String, via node: Int) throws -> Set<Broker.Binding> {
-        let text = try ctl(node: node, ["list_bindings", "source_name", "destination_name", "routing_key", "--quiet", "--no-table-headers"])
-        var result: Set<Broker.Binding> = []
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            guard fields.count == 3, fields[0] == exchange else { continue }
-            result.insert(Broker.Binding(queue: fields[1], key: fields[2]))
-        }
-        return result
+        Broker.Binding.parse(try ctl(node: node, Broker.Binding.listArguments), exchange: exchange)
     }
 
     /// The node (1…) that holds `queue`, asked of node `via`; nil when the cluster has no such queue.
@@ -169,7 +169,7 @@ public struct RedisSentinelSetup: Sendable {
     /// Starts one in a new temporary folder; returns once the replica has synced and the sentinels know each other.
     public static func start() throws -> RedisSentinelSetup {
         let folder = NSTemporaryDirectory() + "switchboard-sentinel-\(UInt32.random(in: 0...UInt32.max))"
-        let text = try script(["sentinel-start", folder])
+        let text = try redisScript(["sentinel-start", folder])
         var values: [String: String] = [:]
         for line in text.split(separator: "\n") where line.hasPrefix("export ") {
             let pair = line.dropFirst("export ".count).split(separator: "=", maxSplits: 1)
@@ -181,7 +181,7 @@ public struct RedisSentinelSetup: Sendable {
 
     /// The port of the server the sentinels call the master now.
     public func masterPort() throws -> Int {
-        guard let port = Int(try Self.script(["sentinel-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        guard let port = Int(try redisScript(["sentinel-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw TestFailure("no master port")
         }
         return port
@@ -190,22 +190,15 @@ public struct RedisSentinelSetup: Sendable {
     /// `kill -9` of the master; returns its port.
     @discardableResult
     public func killMaster() throws -> Int {
-        guard let port = Int(try Self.script(["sentinel-kill-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        guard let port = Int(try redisScript(["sentinel-kill-master", folder]).trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw TestFailure("sentinel-kill-master printed no port")
         }
         return port
     }
 
     public func stop() {
-        _ = try? Self.script(["sentinel-stop", folder])
+        _ = try? redisScript(["sentinel-stop", folder])
         try? FileManager.default.removeItem(atPath: folder)
-    }
-
-    @discardableResult
-    private static func script(_ arguments: [String]) throws -> String {
-        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/redis.sh").path, arguments)
-        guard status == 0 else { throw TestFailure("scripts/redis.sh \(arguments) failed: \(text)") }
-        return text
     }
 }
 
@@ -221,7 +214,7 @@ public enum RedisServer {
     /// Runs `redis-cli ARGS` against the test server and returns its output.
     @discardableResult
     public static func cli(_ arguments: [String]) throws -> String {
-        try script(["cli", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")] + arguments)
+        try redisScript(["cli", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")] + arguments)
     }
 
     /// Subscribers of `channel`, as the server counts them (`PUBSUB NUMSUB`).
@@ -235,22 +228,23 @@ public enum RedisServer {
 
     /// Stops the server (its PID, from its folder).
     public static func stop() throws {
-        try script(["stop", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")])
+        try redisScript(["stop", try requiredEnvironment("SWITCHBOARD_REDIS_DIR")])
     }
 
     /// Starts it again on the same port and folder.
     public static func start() throws {
         let dir = try requiredEnvironment("SWITCHBOARD_REDIS_DIR")
         let port = try String(contentsOfFile: dir + "/port", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        try script(["start", dir, port])
+        try redisScript(["start", dir, port])
     }
+}
 
-    @discardableResult
-    private static func script(_ arguments: [String]) throws -> String {
-        let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/redis.sh").path, arguments)
-        guard status == 0 else { throw TestFailure("scripts/redis.sh \(arguments) failed: \(text)") }
-        return text
-    }
+/// Runs `scripts/redis.sh ARGS`; its output, or a failure with it.
+@discardableResult
+private func redisScript(_ arguments: [String]) throws -> String {
+    let (status, text) = try runProcess(packageRoot.appendingPathComponent("scripts/redis.sh").path, arguments)
+    guard status == 0 else { throw TestFailure("scripts/redis.sh \(arguments) failed: \(text)") }
+    return text
 }
 
 private func isSet(_ name: String) -> Bool {
