@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local Switchboard cluster without Docker: a three-node RabbitMQ cluster, Redis (the
-# shared history for resume, docs/recovery.md), three gateways and HAProxy, all on
+# shared history for resume, docs/recovery.md, and presence), three gateways and HAProxy, all on
 # loopback, from Debian packages. Each gateway gets all three nodes and starts on its own.
 #
 #   scripts/cluster.sh          start, print the URL, and stop everything on Ctrl-C
@@ -59,7 +59,7 @@ start_cluster() {
     for index in 1 2 3; do
         port=$((CLUSTER_PORT + index))
         .build/release/switchboard serve --host 127.0.0.1 --port "$port" --gateway-id "gw-$index" \
-            --auth none --backplane "$SWITCHBOARD_AMQP_CLUSTER_URLS" --history "$SWITCHBOARD_REDIS_URL" >"$CLUSTER_DIR/gw-$index.log" 2>&1 &
+            --auth none --backplane "$SWITCHBOARD_AMQP_CLUSTER_URLS" --history "$SWITCHBOARD_REDIS_URL" --presence "$SWITCHBOARD_REDIS_URL" >"$CLUSTER_DIR/gw-$index.log" 2>&1 &
         echo $! >"$CLUSTER_DIR/gw-$index.pid"
     done
     for index in 1 2 3; do
@@ -75,7 +75,7 @@ start_cluster() {
     for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$CLUSTER_PORT/readyz" >/dev/null && break; sleep 0.1; done
     cat <<TEXT
 
-Switchboard cluster is up: 3 gateways behind HAProxy, a 3-node RabbitMQ cluster, Redis history.
+Switchboard cluster is up: 3 gateways behind HAProxy, a 3-node RabbitMQ cluster, Redis history and presence.
   open:     http://127.0.0.1:$CLUSTER_PORT/            (WebSocket: ws://127.0.0.1:$CLUSTER_PORT/ws?user=NAME)
   gateways: http://127.0.0.1:$((CLUSTER_PORT + 1)) … $((CLUSTER_PORT + 3))   logs: $CLUSTER_DIR/*.log
   brokers:  $SWITCHBOARD_AMQP_CLUSTER_URLS

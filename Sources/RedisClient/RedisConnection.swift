@@ -455,3 +455,28 @@ public struct RedisMessage: Sendable {
     public var channel: ByteBuffer
     public var payload: ByteBuffer
 }
+
+extension RedisConnection {
+    /// Runs a Lua script by its digest (`sha`, from a `SCRIPT LOAD` of this connection's
+    /// set-up), or by its text when there is none yet; a `NOSCRIPT` answer (the server
+    /// flushed its scripts) runs it once more by its text.
+    public func evaluate(
+        script: String,
+        sha: String?,
+        keys: [ByteBuffer],
+        arguments: [ByteBuffer],
+        completion: @escaping Completion
+    ) {
+        let rest = [ByteBuffer(string: String(keys.count))] + keys + arguments
+        guard let sha else {
+            return send(RedisCommand("EVAL", [ByteBuffer(string: script)] + rest), completion: completion)
+        }
+        send(RedisCommand("EVALSHA", [ByteBuffer(string: sha)] + rest)) { [self] result in
+            if case .failure(let error) = result, error.code == .serverError, "\(error)".contains("NOSCRIPT") {
+                send(RedisCommand("EVAL", [ByteBuffer(string: script)] + rest), completion: completion)
+            } else {
+                completion(result)
+            }
+        }
+    }
+}

@@ -19,6 +19,8 @@ struct Acknowledgement: Sendable, Hashable {
     var offset: Int?
     /// A direct message whose recipient is connected nowhere was kept for it.
     var recipientOffline = false
+    /// The answer to a `presence` request.
+    var presence: GatewayClient.Presence?
 }
 
 /// A frame from the gateway, as ``GatewayClient`` reads it.
@@ -41,6 +43,8 @@ enum IncomingFrame: Equatable {
     /// `position` is the room stream's position of the message.
     case room(room: String, from: String, data: String, position: GatewayClient.StreamPosition? = nil)
     case broadcast(from: String, data: String)
+    /// `joined` (`isJoin`) or `left` in a room joined with presence events.
+    case presenceEvent(isJoin: Bool, room: String, user: String)
     /// Valid JSON, but a type this client does not know, or a known type missing a member.
     case unknown
 
@@ -96,6 +100,16 @@ enum IncomingFrame: Equatable {
                 return
             }
             self = .broadcast(from: from, data: data)
+        case "presence":
+            var ack = Acknowledgement()
+            ack.presence = object.presence()
+            self = .reply(id: id(), ack)
+        case "joined", "left":
+            guard let room = string("room"), let user = string("user") else {
+                self = .unknown
+                return
+            }
+            self = .presenceEvent(isJoin: string("type") == "joined", room: room, user: user)
         default:
             self = .unknown
         }
@@ -134,6 +148,53 @@ private struct FrameObject {
         return Int(String(decoding: digits, as: UTF8.self))
     }
 
+    /// The `users`, `count` and `truncated` of a `presence` answer; users of the wrong shape are skipped.
+    func presence() -> GatewayClient.Presence? {
+        guard let count = count("count"), let member = member("users"), member.kind == .array else { return nil }
+        var users: [GatewayClient.Presence.User] = []
+        for element in Self.objects(inArray: Array(bytes[member.range])) {
+            guard let inner = try? JSONScanner.topLevelMembers(of: element) else { continue }
+            let object = FrameObject(bytes: element, members: inner)
+            guard let user = object.string("user"), let connections = object.count("connections") else { continue }
+            users.append(GatewayClient.Presence.User(user: user, connections: connections))
+        }
+        return GatewayClient.Presence(users: users, count: count, truncated: bool("truncated") ?? false)
+    }
+
+    /// The byte ranges of the top-level objects of a JSON array the scanner validated already.
+    private static func objects(inArray bytes: [UInt8]) -> [[UInt8]] {
+        var objects: [[UInt8]] = []
+        var depth = 0
+        var start = 0
+        var inString = false
+        var escaped = false
+        for (index, byte) in bytes.enumerated() {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""):
+                inString = true
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                depth += 1
+                if depth == 2, byte == UInt8(ascii: "{") { start = index }
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                if depth == 2, byte == UInt8(ascii: "}") { objects.append(Array(bytes[start...index])) }
+                depth -= 1
+            default:
+                break
+            }
+        }
+        return objects
+    }
+
     /// `{"epoch":"E","offset":N}`; nil unless both are there and well-typed.
     func position(_ key: String) -> GatewayClient.StreamPosition? {
         guard let member = member(key), member.kind == .object else { return nil }
@@ -161,11 +222,19 @@ enum OutgoingFrame {
         return finish(text, id: id)
     }
 
-    /// A `join`; with `since`, it also asks for the room's messages after that position.
-    static func join(room: String, since: GatewayClient.StreamPosition? = nil, id: String) -> String {
+    /// A `join`; with `since`, it also asks for the room's messages after that position,
+    /// with `presence`, for its `joined` / `left` events.
+    static func join(room: String, since: GatewayClient.StreamPosition? = nil, presence: Bool = false, id: String) -> String {
         var text = #"{"type":"join","room":"#
         JSONText.appendQuoted(room, to: &text)
         if let since { appendSince(since, to: &text) }
+        if presence { text += #","presence":true"# }
+        return finish(text, id: id)
+    }
+
+    static func presence(room: String, id: String) -> String {
+        var text = #"{"type":"presence","room":"#
+        JSONText.appendQuoted(room, to: &text)
         return finish(text, id: id)
     }
 

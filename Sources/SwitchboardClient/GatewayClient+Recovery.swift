@@ -52,3 +52,32 @@ extension GatewayClient {
         }
     }
 }
+
+extension GatewayClient {
+    /// Who is in a room (``GatewayClient/presence(_:)``).
+    public struct Presence: Sendable, Hashable {
+        /// One user and their connections in the room across all gateways. 0 connections:
+        /// their last one just went, and a `left` follows unless they come back within the grace.
+        public struct User: Sendable, Hashable {
+            public var user: String
+            public var connections: Int
+
+            public init(user: String, connections: Int) {
+                self.user = user
+                self.connections = connections
+            }
+        }
+
+        /// At most the gateway's list limit, by id.
+        public var users: [User]
+        /// Users in the room; more than `users.count` when `truncated`.
+        public var count: Int
+        public var truncated: Bool
+
+        public init(users: [User], count: Int, truncated: Bool) {
+            self.users = users
+            self.count = count
+            self.truncated = truncated
+        }
+    }
+}

@@ -41,12 +41,14 @@ extension GatewayClient {
             case ping
             /// The user stream's messages after `since`; the machine makes it after a `welcome`.
             case resume(since: StreamPosition)
+            /// Who is in a room the connection is in.
+            case presence(room: String)
 
             /// Asks for history: a `resume`, or a `join` with `since`.
             var asksForHistory: Bool {
                 switch self {
                 case .resume, .join(_, _?): true
-                case .direct, .join, .leave, .publish, .ping: false
+                case .direct, .join, .leave, .publish, .ping, .presence: false
                 }
             }
 
@@ -59,13 +61,17 @@ extension GatewayClient {
                 case .publish: "publish"
                 case .ping: "ping"
                 case .resume: "resume"
+                case .presence: "presence"
                 }
             }
 
-            func frame(id: String) -> String {
+            /// - Parameter presenceRooms: rooms whose joins ask for `joined` / `left` events.
+            func frame(id: String, presenceRooms: Set<String>) -> String {
                 switch self {
                 case .direct(let user, let data): OutgoingFrame.direct(to: user, data: data, id: id)
-                case .join(let room, let since): OutgoingFrame.join(room: room, since: since, id: id)
+                case .join(let room, let since):
+                    OutgoingFrame.join(room: room, since: since, presence: presenceRooms.contains(room), id: id)
+                case .presence(let room): OutgoingFrame.presence(room: room, id: id)
                 case .leave(let room): OutgoingFrame.leave(room: room, id: id)
                 case .publish(let room, let data): OutgoingFrame.publish(room: room, data: data, id: id)
                 case .ping: OutgoingFrame.ping(id: id)
@@ -158,6 +164,9 @@ extension GatewayClient {
         private(set) var welcome: Welcome?
         /// Rooms whose `join` was acked (and not left since).
         private(set) var rooms: [String] = []
+        /// Rooms joined with presence events (``GatewayClient/join(_:presence:)``); every join
+        /// of them, re-joins included, asks for the events again.
+        private(set) var presenceRooms: Set<String> = []
         private var pending: [String: Pending] = [:]
         private var requestCount = 0
         /// Attempts since the last `welcome`: the backoff's exponent.
@@ -242,11 +251,17 @@ extension GatewayClient {
 
         /// A request was made; `reply` gets its answer. While no connection is open it fails
         /// at once with `not_connected` (a `leave` succeeds: the room is forgotten regardless).
+        /// Whether joins of `room` ask for its presence events from now on.
+        mutating func setPresenceEvents(_ room: String, _ wanted: Bool) {
+            if wanted { presenceRooms.insert(room) } else { presenceRooms.remove(room) }
+        }
+
         mutating func request(_ request: Request, reply: Reply, now: Instant) -> [Action] {
             var request = request
             switch request {
             case .leave(let room):
                 rooms.removeAll { $0 == room }
+                presenceRooms.remove(room)
                 tracker.forget(.room(room))
             case .join(let room, nil) where !rooms.contains(room) && !isJoining(room) && hasHistory:
                 // A room not joined with a position held came from `resumeFrom`: resume it.
@@ -324,6 +339,8 @@ extension GatewayClient {
                 return tracker.received(event, in: .room(room), at: position, track: tracked).map { .emit($0) }
             case .broadcast(let from, let data):
                 return [.emit(.broadcast(from: from, data: data))]
+            case .presenceEvent(let isJoin, let room, let user):
+                return [.emit(isJoin ? .joined(room: room, user: user) : .left(room: room, user: user))]
             case .unknown:
                 return []
             }
@@ -501,7 +518,7 @@ extension GatewayClient {
                 rejoinIndex: rejoinIndex,
                 recovers: recovers
             )
-            return [.write(request.frame(id: id), to: connection)] + arm(deadline)
+            return [.write(request.frame(id: id, presenceRooms: presenceRooms), to: connection)] + arm(deadline)
         }
 
         private mutating func complete(_ request: Pending, with result: Result<Acknowledgement, SwitchboardClientError>) -> [Action] {
@@ -513,7 +530,7 @@ extension GatewayClient {
                 // A re-join answered after a `leave` is for a room no longer followed.
                 let followed = request.rejoinIndex == nil || rooms.contains(room)
                 actions += streamAnswered(.room(room), result, recovers: request.recovers, followed: followed).map { .emit($0) }
-            case .direct, .leave, .publish, .ping:
+            case .direct, .leave, .publish, .ping, .presence:
                 break
             }
             if let index = request.rejoinIndex {
@@ -582,7 +599,10 @@ extension GatewayClient {
                 rejoin.outcomes[index] = .joined
             case .failure(var error):
                 // A permanent refusal forgets the room; a passing one keeps it for the next reconnect.
-                if error.code == .forbidden || error.code == .invalidID { rooms.removeAll { $0 == room } }
+                if error.code == .forbidden || error.code == .invalidID {
+                    rooms.removeAll { $0 == room }
+                    presenceRooms.remove(room)
+                }
                 error.room = room
                 rejoin.outcomes[index] = .failed(error)
                 actions.append(.emit(.error(error)))

@@ -78,6 +78,12 @@ public actor GatewayClient {
         case room(room: String, from: String, data: String)
         /// A message to every connected user.
         case broadcast(from: String, data: String)
+        /// In a room joined with `presence: true`: `user`'s first connection in the room
+        /// appeared, on any gateway.
+        case joined(room: String, user: String)
+        /// In a room joined with `presence: true`: `user`'s last connection in the room is
+        /// gone everywhere, and the gateway's grace passed without them coming back.
+        case left(room: String, user: String)
         /// An `error` frame that answers no pending request (`rate_limited`,
         /// `unknown_type`, …), a room that could not be re-joined (``SwitchboardClientError/room``),
         /// a token provider that threw (`token_unavailable`), or a failed connection attempt
@@ -218,8 +224,23 @@ public actor GatewayClient {
     /// `since`, and ``Event/recovered(stream:recovered:reason:)`` follows.
     /// - Throws: ``SwitchboardClientError``: `forbidden`, `invalid_id`,
     ///   `backplane_unavailable`, `not_connected`, `timeout`, `connection_closed`, …
-    public func join(_ room: String) async throws(SwitchboardClientError) {
+    ///
+    /// With `presence`, this connection (and every re-join after a reconnect) also gets the
+    /// room's ``Event/joined(room:user:)`` and ``Event/left(room:user:)``.
+    public func join(_ room: String, presence: Bool = false) async throws(SwitchboardClientError) {
+        machine.setPresenceEvents(room, presence)
         try await send(.join(room: room))
+    }
+
+    /// Who is in a room this connection has joined, across all gateways.
+    /// - Throws: ``SwitchboardClientError``: `not_member`, `presence_disabled`,
+    ///   `presence_unavailable`, `not_connected`, `timeout`, …
+    public func presence(_ room: String) async throws(SwitchboardClientError) -> Presence {
+        let answer = try await send(.presence(room: room))
+        guard let presence = answer.presence else {
+            throw SwitchboardClientError(code: .internal, message: "the gateway's presence answer had no users and count")
+        }
+        return presence
     }
 
     /// Leaves a room and forgets it. While no connection is open it returns at once: the

@@ -47,6 +47,10 @@ public struct SwitchboardClientError: Error, CustomStringConvertible {
         public static let alreadyResumed = Code(ErrorCode.alreadyResumed)
         /// The gateway's history store is down: try again.
         public static let historyUnavailable = Code(ErrorCode.historyUnavailable)
+        /// `presence`, or a join with presence events, on a gateway without presence.
+        public static let presenceDisabled = Code(ErrorCode.presenceDisabled)
+        /// The gateway's presence store is down: try again.
+        public static let presenceUnavailable = Code(ErrorCode.presenceUnavailable)
 
         // The client's own codes.
 

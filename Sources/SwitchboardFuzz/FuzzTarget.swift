@@ -21,7 +21,7 @@ func exercise(_ bytes: [UInt8]) {
         case .publish(let room, let data, _):
             let encoded = ServerFrame.room(room, from: try! UserID(validating: "fuzz"), data: data)
             precondition((try? JSONScanner.topLevelMembers(of: Array(encoded.readableBytesView))) != nil, "room frame is not JSON")
-        case .join(let room, _, _), .leave(let room, _):
+        case .join(let room, _, _, _), .leave(let room, _), .presence(let room, _):
             checkRoutingWord(room.rawValue)
         case .ping, .resume:
             break

@@ -7,7 +7,10 @@ public import NIOCore
 public enum ClientFrame: Sendable, Equatable {
     case direct(to: UserID, data: ByteBuffer, correlationID: CorrelationID?)
     /// With `since`, the gateway replays the room's messages after that position first.
-    case join(room: RoomID, since: StreamPosition? = nil, correlationID: CorrelationID?)
+    /// With `presence`, the connection also gets the room's `joined` and `left` events.
+    case join(room: RoomID, since: StreamPosition? = nil, presence: Bool = false, correlationID: CorrelationID?)
+    /// Asks who is in a room the connection is a member of.
+    case presence(room: RoomID, correlationID: CorrelationID?)
     /// Replays the connection's own user stream after `since`.
     case resume(since: StreamPosition, correlationID: CorrelationID?)
     case leave(room: RoomID, correlationID: CorrelationID?)
@@ -17,7 +20,8 @@ public enum ClientFrame: Sendable, Equatable {
     /// The client's `id` for this frame, if it gave one.
     public var correlationID: CorrelationID? {
         switch self {
-        case .direct(_, _, let id), .join(_, _, let id), .leave(_, let id), .publish(_, _, let id), .ping(let id), .resume(_, let id):
+        case .direct(_, _, let id), .join(_, _, _, let id), .leave(_, let id), .publish(_, _, let id), .ping(let id), .resume(_, let id),
+            .presence(_, let id):
             id
         }
     }
@@ -69,7 +73,10 @@ public enum ClientFrame: Sendable, Equatable {
                 return .success(.direct(to: to, data: try fields.data(), correlationID: correlationID))
             case "join":
                 let room = try fields.roomID("room")
-                return .success(.join(room: room, since: try fields.position("since", required: false), correlationID: correlationID))
+                let since = try fields.position("since", required: false)
+                return .success(.join(room: room, since: since, presence: try fields.bool("presence"), correlationID: correlationID))
+            case "presence":
+                return .success(.presence(room: try fields.roomID("room"), correlationID: correlationID))
             case "resume":
                 guard let since = try fields.position("since", required: true) else {
                     throw ProtocolError(.invalidMessage, "missing field \"since\"", correlationID: correlationID)
@@ -128,6 +135,16 @@ struct Fields {
             throw ProtocolError(.invalidMessage, "field \"\(key)\" must be a string", correlationID: correlationIDForErrors)
         }
         return value
+    }
+
+    /// An optional `true`/`false` member; absent is false.
+    func bool(_ key: String) throws(ProtocolError) -> Bool {
+        guard let member = member(key) else { return false }
+        guard member.kind == .bool else {
+            throw ProtocolError(.invalidMessage, "field \"\(key)\" must be true or false", correlationID: correlationIDForErrors)
+        }
+        // The scanner checked the literal: a bool's text is `true` or `false`.
+        return member.range.count == 4
     }
 
     func userID(_ key: String) throws(ProtocolError) -> UserID {

@@ -27,6 +27,10 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     /// The history store cannot be reached now: the message was not sent, or the stream
     /// cannot be read; try again.
     case historyUnavailable = "history_unavailable"
+    /// `presence`, or `join` with `"presence": true`, on a gateway started with `--presence none`.
+    case presenceDisabled = "presence_disabled"
+    /// The presence store cannot be reached now; try again.
+    case presenceUnavailable = "presence_unavailable"
     /// Anything else that went wrong on the server's side.
     case `internal` = "internal"
 }

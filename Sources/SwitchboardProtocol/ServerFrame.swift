@@ -88,6 +88,66 @@ public enum ServerFrame {
         return assemble(head: head, data: data, closed: false)
     }
 
+    /// The answer to `presence`: `{"type":"presence","room":…,"id":…,"users":[{"user":…,"connections":N},…],"count":N}`,
+    /// with `"truncated":true` when `users` lists fewer than `count`.
+    public static func presence(room: RoomID, correlationID: CorrelationID?, users: [(user: UserID, connections: Int)], count: Int) -> ByteBuffer {
+        var text = #"{"type":"presence","room":"#
+        JSONText.appendQuoted(room.rawValue, to: &text)
+        if let id = correlationID { text += #","id":"# + id.jsonText }
+        text += #","users":"# + presenceUsersJSON(users)
+        text += #","count":"# + String(count)
+        if users.count < count { text += #","truncated":true"# }
+        text += "}"
+        return allocator.buffer(string: text)
+    }
+
+    /// `[{"user":…,"connections":N},…]`, shared by the `presence` frame and `GET /v1/presence`.
+    public static func presenceUsersJSON(_ users: [(user: UserID, connections: Int)]) -> String {
+        var text = "["
+        for (index, entry) in users.enumerated() {
+            if index > 0 { text += "," }
+            text += #"{"user":"#
+            JSONText.appendQuoted(entry.user.rawValue, to: &text)
+            text += #","connections":"# + String(entry.connections) + "}"
+        }
+        return text + "]"
+    }
+
+    /// `{"type":"joined","room":…,"user":…}`: the user's first connection in the room, on any gateway.
+    public static func joined(room: RoomID, user: UserID) -> ByteBuffer {
+        presenceEvent(#"{"type":"joined","room":"#, room: room, user: user)
+    }
+
+    /// `{"type":"left","room":…,"user":…}`: the user's last connection in the room is gone everywhere (after the grace).
+    public static func left(room: RoomID, user: UserID) -> ByteBuffer {
+        presenceEvent(#"{"type":"left","room":"#, room: room, user: user)
+    }
+
+    /// Whether a room delivery is a `joined` or `left` event (only gateways write frames
+    /// that begin so: a client's `data` always follows a `room` type).
+    public static func isPresenceEvent(_ frame: ByteBuffer) -> Bool {
+        frame.readableBytesView.starts(with: #"{"type":"joined""#.utf8) || frame.readableBytesView.starts(with: #"{"type":"left""#.utf8)
+    }
+
+    /// Whether a `joined` / `left` frame (``isPresenceEvent(_:)``) is about `user`: it ends in their `"user"` member.
+    public static func isPresenceEvent(_ frame: ByteBuffer, about user: UserID) -> Bool {
+        var tail = #","user":"#
+        JSONText.appendQuoted(user.rawValue, to: &tail)
+        tail += "}"
+        let bytes = frame.readableBytesView
+        let suffix = Array(tail.utf8)
+        return bytes.count >= suffix.count && bytes.suffix(suffix.count).elementsEqual(suffix)
+    }
+
+    private static func presenceEvent(_ head: String, room: RoomID, user: UserID) -> ByteBuffer {
+        var text = head
+        JSONText.appendQuoted(room.rawValue, to: &text)
+        text += #","user":"#
+        JSONText.appendQuoted(user.rawValue, to: &text)
+        text += "}"
+        return allocator.buffer(string: text)
+    }
+
     /// `{"type":"ack","id":…}`; without `id` when the client gave none.
     public static func ack(correlationID: CorrelationID?) -> ByteBuffer {
         simple(type: "ack", correlationID: correlationID)

@@ -199,7 +199,7 @@ public final class RedisHistory: HistoryStore {
         }
     }
 
-    /// Runs a loaded script by digest; after a `SCRIPT FLUSH` (NOSCRIPT) once more with its text.
+    /// Runs a loaded script by digest (its text after a `SCRIPT FLUSH`).
     private func evaluate(
         _ digest: KeyPath<(append: String, read: String), String>,
         script: String,
@@ -208,18 +208,8 @@ public final class RedisHistory: HistoryStore {
         completion: @escaping @Sendable (Result<RedisValue, RedisError>) -> Void
     ) {
         let keys = [ByteBuffer(string: "\(prefix):h:{\(stream.routingKey)}"), ByteBuffer(string: "\(prefix):m:{\(stream.routingKey)}")]
-        let rest = [ByteBuffer(string: "2")] + keys + arguments
-        guard let sha = scripts.value.withLock({ $0?[keyPath: digest] }) else {
-            return connection.send(RedisCommand("EVAL", [ByteBuffer(string: script)] + rest), completion: completion)
-        }
-        let connection = self.connection
-        connection.send(RedisCommand("EVALSHA", [ByteBuffer(string: sha)] + rest)) { result in
-            if case .failure(let error) = result, error.code == .serverError, "\(error)".contains("NOSCRIPT") {
-                connection.send(RedisCommand("EVAL", [ByteBuffer(string: script)] + rest), completion: completion)
-            } else {
-                completion(result)
-            }
-        }
+        let sha = scripts.value.withLock { $0?[keyPath: digest] }
+        connection.evaluate(script: script, sha: sha, keys: keys, arguments: arguments, completion: completion)
     }
 
     /// `master_replid` from an `INFO replication` reply: 40 hex digits.

@@ -34,7 +34,9 @@ struct RegistryState<Handle> {
         Self.remove(id, from: connection.user, in: &users)
         for room in connection.rooms { Self.remove(id, from: room, in: &rooms) }
         // A leaving connection was no longer counted: removing it changes nothing local.
-        return connection.isLeaving ? RegistryChange() : deactivate(connection)
+        var change = connection.isLeaving ? RegistryChange() : deactivate(connection)
+        change.endedMemberships = Array(connection.rooms)
+        return change
     }
 
     mutating func markLeaving(_ id: ConnectionID) -> RegistryChange {
@@ -58,8 +60,10 @@ struct RegistryState<Handle> {
     mutating func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
         guard let isLeaving = connections[id]?.isLeaving, connections[id]?.rooms.remove(room) != nil else { return RegistryChange() }
         Self.remove(id, from: room, in: &rooms)
-        if !isLeaving, Self.decrement(room, in: &activeRooms) { return RegistryChange(noLongerLocal: [.room(room)]) }
-        return RegistryChange()
+        var change = RegistryChange()
+        change.endedMemberships = [room]
+        if !isLeaving, Self.decrement(room, in: &activeRooms) { change.noLongerLocal = [.room(room)] }
+        return change
     }
 
     /// Stops counting `connection` towards its user and rooms.

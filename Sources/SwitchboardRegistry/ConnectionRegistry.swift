@@ -97,12 +97,16 @@ package struct RegistryChange: Sendable, Equatable {
     package var becameLocal: [LocalAddress] = []
     /// Addresses that had a local connection before and have none now.
     package var noLongerLocal: [LocalAddress] = []
+    /// The rooms whose membership of the connection this change ended (``ConnectionRegistry/leave(_:room:)``,
+    /// ``ConnectionRegistry/remove(_:)``): presence counts them.
+    package var endedMemberships: [RoomID] = []
 
     package init(becameLocal: [LocalAddress] = [], noLongerLocal: [LocalAddress] = []) {
         self.becameLocal = becameLocal
         self.noLongerLocal = noLongerLocal
     }
 
+    /// Nothing became local or stopped being local (memberships may still have ended).
     package var isEmpty: Bool { becameLocal.isEmpty && noLongerLocal.isEmpty }
 }
 

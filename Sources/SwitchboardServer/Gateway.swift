@@ -18,6 +18,8 @@ public final class Gateway: Sendable {
     /// ``GatewayConfiguration/history``.
     let history: (any HistoryStore)?
     let bindings: BindingReconciler
+    /// ``GatewayConfiguration/presence``, with this gateway's counts.
+    let presence: PresenceTracker?
     let logger: Logger
     let draining = Atomic<Bool>(false)
     let metrics = GatewayMetrics()
@@ -52,6 +54,17 @@ public final class Gateway: Sendable {
             case .broadcast: true
             }
         }
+        let metrics = self.metrics
+        presence = configuration.presence.map {
+            PresenceTracker(
+                store: $0,
+                gatewayID: configuration.gatewayID,
+                backplane: backplane,
+                metrics: metrics,
+                eventLimit: configuration.presenceEventLimit,
+                logger: logger
+            )
+        }
         let hasHistory = configuration.history != nil
         backplane.setDeliveryHandler { [registry, metrics] deliveries in
             Gateway.deliver(deliveries, registry: registry, metrics: metrics, hasHistory: hasHistory)
@@ -61,7 +74,8 @@ public final class Gateway: Sendable {
     /// Ready for new connections: the backplane is connected, the gateway is not draining,
     /// and it is below its connection cap (so a load balancer sends new clients elsewhere).
     public var isReady: Bool {
-        !draining.load(ordering: .relaxed) && backplane.isReady && (history?.isReady ?? true) && !admission.isFull
+        !draining.load(ordering: .relaxed) && backplane.isReady && (history?.isReady ?? true) && (presence?.store.isReady ?? true)
+            && !admission.isFull
     }
 
     /// Whether the gateway holds ``GatewayConfiguration/maximumConnections`` connections.
@@ -99,6 +113,15 @@ public final class Gateway: Sendable {
             case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
             }
             guard !handles.isEmpty else { continue }
+            if kind == .room, ServerFrame.isPresenceEvent(delivery.frame) {
+                // Only members that asked for events write it (and count it).
+                for handle in handles {
+                    batches.append(
+                        LoopBatches.Item(handle: handle, frame: delivery.frame, address: delivery.address, position: nil, isPresenceEvent: true)
+                    )
+                }
+                continue
+            }
             // Parsed once for all local recipients; frames from a gateway without history have none.
             let position = !hasHistory || kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
             for handle in handles {
@@ -116,6 +139,7 @@ public final class Gateway: Sendable {
             let frame: ByteBuffer
             let address: BackplaneAddress
             let position: StreamPosition?
+            var isPresenceEvent = false
         }
 
         // A gateway has a handful of loops: a linear search beats hashing.
@@ -135,20 +159,33 @@ public final class Gateway: Sendable {
         func run() {
             for (loop, batch) in zip(loops, items) {
                 if loop.inEventLoop {
-                    for item in batch { item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position) }
+                    for item in batch {
+                        item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position, isPresenceEvent: item.isPresenceEvent)
+                    }
                 } else {
                     loop.execute {
-                        for item in batch { item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position) }
+                        for item in batch {
+                            item.handle.deliverOnLoop(
+                                item.frame,
+                                address: item.address,
+                                position: item.position,
+                                isPresenceEvent: item.isPresenceEvent
+                            )
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Releases the bindings of addresses that a registry change made non-local.
-    func apply(_ change: RegistryChange) {
+    /// Releases the bindings of addresses that a registry change made non-local, and counts
+    /// the memberships of `user` it ended out of presence.
+    func apply(_ change: RegistryChange, user: UserID) {
         for address in change.noLongerLocal {
             bindings.release(Self.backplaneAddress(address), immediately: false)
+        }
+        if let presence {
+            for room in change.endedMemberships { presence.memberLeft(room, user: user) }
         }
     }
 

@@ -96,6 +96,14 @@ public struct GatewayConfiguration: Sendable {
     /// How long a message waits for a missing predecessor before the gateway reads the gap
     /// from history (messages from two gateways can arrive out of order).
     public var historyGapWait: Duration = .milliseconds(500)
+    /// Who is in which room (`--presence`): `presence` answers and `joined` / `left` events;
+    /// nil: neither (`presence_disabled`). The gateway runs it as a service.
+    public var presence: (any PresenceStore)?
+    /// The most users a `presence` answer (and `GET /v1/presence`) lists; more are counted
+    /// and the answer says `"truncated": true`.
+    public var presenceListLimit: Int = 1_000
+    /// Rooms with more users than this get no `joined` / `left` events (`presence` still answers).
+    public var presenceEventLimit: Int = 100
 
     public init(
         gatewayID: String,

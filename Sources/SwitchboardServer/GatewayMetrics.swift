@@ -35,13 +35,20 @@ final class GatewayMetrics: Sendable {
 
     /// Client frames, by `type` label.
     enum InboundKind: String, CaseIterable, Sendable {
-        case direct, publish, join, leave, ping, resume, invalid, binary
+        case direct, publish, join, leave, ping, resume, presence, invalid, binary
         case rateLimited = "rate_limited"
     }
 
     /// Frames written to clients, by `type` label.
     enum OutboundKind: String, CaseIterable, Sendable {
-        case welcome, direct, room, broadcast, ack, error, pong
+        case welcome, direct, room, broadcast, ack, error, pong, presence
+        /// `joined` and `left`, as written to subscribed connections.
+        case presenceEvent = "presence_event"
+    }
+
+    /// The `type` label of `switchboard_presence_events_total`.
+    enum PresenceEventKind: String, CaseIterable, Sendable {
+        case joined, left
     }
 
     let registry = PrometheusCollectorRegistry()
@@ -61,6 +68,11 @@ final class GatewayMetrics: Sendable {
     /// `resume` and `join` with `since`, by outcome: `recovered` or why not.
     private let recoveries: [String: CoreMetrics.Counter]
     private let replayed: CoreMetrics.Counter
+    private let presenceEvents: [PresenceEventKind: CoreMetrics.Counter]
+    private let presenceSuppressed: CoreMetrics.Counter
+    private let presenceRefreshes: CoreMetrics.Counter
+    private let presenceFailures: CoreMetrics.Counter
+    private let presenceEntries: CoreMetrics.Gauge
     private let connections: CoreMetrics.Gauge
     private let users: CoreMetrics.Gauge
     private let rooms: CoreMetrics.Gauge
@@ -115,6 +127,13 @@ final class GatewayMetrics: Sendable {
             }
         )
         replayed = counter("switchboard_messages_replayed_total")
+        presenceEvents = Dictionary(
+            uniqueKeysWithValues: PresenceEventKind.allCases.map { ($0, counter("switchboard_presence_events_total", [("type", $0.rawValue)])) }
+        )
+        presenceSuppressed = counter("switchboard_presence_events_suppressed_total")
+        presenceRefreshes = counter("switchboard_presence_refreshes_total")
+        presenceFailures = counter("switchboard_presence_store_failures_total")
+        presenceEntries = gauge("switchboard_presence_entries")
         connections = gauge("switchboard_connections")
         users = gauge("switchboard_users")
         rooms = gauge("switchboard_rooms")
@@ -144,6 +163,14 @@ final class GatewayMetrics: Sendable {
         recoveries[outcome]?.increment()
         if count > 0 { replayed.increment(by: count) }
     }
+    /// A `joined` or `left` published to a room (once per room, by the gateway the store told).
+    func presenceEvent(_ kind: PresenceEventKind) { presenceEvents[kind]?.increment() }
+    /// Transitions in rooms over the event limit: decided, not announced.
+    func presenceEventsSuppressed(_ count: Int) { presenceSuppressed.increment(by: count) }
+    /// One room's entries rewritten by the periodic refresh.
+    func presenceRefreshed() { presenceRefreshes.increment() }
+    func presenceFailed() { presenceFailures.increment() }
+
     func publishCompleted(after duration: Duration) {
         publishDuration.recordNanoseconds(TimeAmount(duration).nanoseconds)
     }
@@ -157,6 +184,7 @@ final class GatewayMetrics: Sendable {
         bindingsHeld.record(gateway.boundAddressCount)
         ready.record(gateway.isReady ? 1 : 0)
         draining.record(gateway.isDraining ? 1 : 0)
+        presenceEntries.record(gateway.presence?.entryCount ?? 0)
         backplane.update(from: gateway.backplane.statistics)
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)

@@ -19,4 +19,6 @@ enum LoggingKeys {
     static let jwksTrigger = "switchboard.jwks.trigger"
     static let jwksError = "switchboard.jwks.error"
     static let jwksKept = "switchboard.jwks.kept"
+    /// Users a presence sync or event concerns.
+    static let presenceUsers = "switchboard.presence.users"
 }

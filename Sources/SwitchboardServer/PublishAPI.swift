@@ -19,6 +19,9 @@ enum PublishAPI {
         router.get("/v1/history") { request, _ -> Response in
             await history(request, gateway: gateway)
         }
+        router.get("/v1/presence") { request, _ -> Response in
+            await presence(request, gateway: gateway)
+        }
     }
 
     /// Checks the API key; nil when the request may go on, else the refusal.
@@ -95,6 +98,48 @@ enum PublishAPI {
         }
         body.writeString("]}")
         return Routes.jsonResponse(.ok, String(buffer: body))
+    }
+
+    /// `GET /v1/presence?room=…` with `limit` (default and most: the presence list limit):
+    /// the room's users across all gateways with their connection counts, and how many there are.
+    static func presence(_ request: Request, gateway: Gateway) async -> Response {
+        if let refusal = refusal(request, gateway: gateway) { return refusal }
+        guard let presence = gateway.presence else {
+            return error(.notFound, "this gateway keeps no presence: start it with --presence")
+        }
+        let query = request.uri.queryParameters
+        guard let roomText = query["room"] else { return error(.badRequest, "give room=") }
+        let room: RoomID
+        do {
+            room = try RoomID(validating: String(roomText))
+        } catch {
+            return Self.error(.badRequest, error.explanation)
+        }
+        let maximum = gateway.configuration.presenceListLimit
+        var limit = maximum
+        if let limitText = query["limit"] {
+            guard let value = Int(String(limitText)), value >= 1, value <= maximum else {
+                return error(.badRequest, "limit must be an integer from 1 to \(maximum)")
+            }
+            limit = value
+        }
+        let result = await withCheckedContinuation { continuation in
+            presence.read(room, limit: limit) { continuation.resume(returning: $0) }
+        }
+        let snapshot: PresenceSnapshot
+        switch result {
+        case .success(let value):
+            snapshot = value
+        case .failure(let failure):
+            gateway.logger.warning("API presence read failed", metadata: [LoggingKeys.roomID: "\(room)", LoggingKeys.errorType: "\(failure)"])
+            return error(.serviceUnavailable, "the presence store cannot be reached now")
+        }
+        var text = #"{"room":"#
+        JSONText.appendQuoted(room.rawValue, to: &text)
+        text += #","users":"# + ServerFrame.presenceUsersJSON(snapshot.users.map { (user: $0.user, connections: $0.connections) })
+        text += #","count":"# + String(snapshot.count)
+        if snapshot.users.count < snapshot.count { text += #","truncated":true"# }
+        return Routes.jsonResponse(.ok, text + "}")
     }
 
     static func handle(_ request: Request, gateway: Gateway) async -> Response {

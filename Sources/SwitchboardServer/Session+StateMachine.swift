@@ -43,6 +43,8 @@ struct SessionStateMachine {
         case reportUndelivered(ByteBuffer, to: BackplaneAddress)
         /// Read a stream; feed ``historyRead(_:result:)`` with the request.
         case readHistory(HistoryRead)
+        /// Ask the presence store who is in the room; feed ``presenceRead(_:correlationID:result:)``.
+        case readPresence(RoomID, correlationID: CorrelationID?)
         /// Feed ``gapCheck(_:)`` after this long.
         case scheduleGapCheck(BackplaneAddress, TimeAmount)
         /// Count a `resume` / `join` with `since` by outcome ("recovered" or a
@@ -76,6 +78,7 @@ struct SessionStateMachine {
         case publishFailed(BackplaneError)
         case historyReadFailed(BackplaneAddress, HistoryError)
         case historyWriteFailed(BackplaneAddress, HistoryError)
+        case presenceReadFailed(RoomID, PresenceError)
         /// A stream cannot be continued on this connection (a gap history cannot fill, or a
         /// new epoch): the client reconnects and resumes.
         case insufficientState(BackplaneAddress)
@@ -141,6 +144,8 @@ struct SessionStateMachine {
         var gapWait: Duration
         /// The most bytes of messages waiting per stream (out of order, or behind a resume).
         var maximumPendingBytes: Int
+        /// `presence` answers and `"presence": true` joins are served.
+        var presence: Bool
 
         init(_ configuration: GatewayConfiguration) {
             maximumMessageSize = configuration.maximumMessageSize
@@ -160,6 +165,7 @@ struct SessionStateMachine {
             recoveryLimit = configuration.recoveryLimit
             gapWait = configuration.historyGapWait
             maximumPendingBytes = configuration.maximumOutboundBytes
+            presence = configuration.presence != nil
         }
     }
 
@@ -180,6 +186,8 @@ struct SessionStateMachine {
     private var heldDeliveryBytes = 0
     /// The rooms this connection is a member of (as the registry has them).
     private(set) var rooms: Set<RoomID> = []
+    /// The rooms whose `joined` / `left` events this connection gets (joined with `"presence": true`).
+    private(set) var presenceRooms: Set<RoomID> = []
     /// With history on: the user's stream and each joined room's.
     private(set) var streams: [BackplaneAddress: StreamCursor] = [:]
     /// The token of the next history read (``HistoryRead/token``).
@@ -322,7 +330,20 @@ struct SessionStateMachine {
 
     /// A message the gateway delivers to this client (another session's), published to
     /// `address`, at `position` in its stream when it has one.
-    mutating func deliver(_ frame: ByteBuffer, address: BackplaneAddress = .broadcast, position: StreamPosition? = nil) -> [Action] {
+    mutating func deliver(
+        _ frame: ByteBuffer,
+        address: BackplaneAddress = .broadcast,
+        position: StreamPosition? = nil,
+        isPresenceEvent: Bool = false
+    ) -> [Action] {
+        if isPresenceEvent {
+            // Not part of the room's stream: no offset, no order to keep, only for those who asked.
+            guard phase == .open, case .room(let room) = address, presenceRooms.contains(room) else { return [] }
+            // Not about the connection's own user (it knows it joined, from the ack): whether
+            // its own `joined` would arrive would depend on the room's bind racing the event.
+            guard !ServerFrame.isPresenceEvent(frame, about: user) else { return [] }
+            return write(frame, counted: .presenceEvent)
+        }
         switch phase {
         case .connecting:
             heldDeliveries.append((frame, address, position))
@@ -478,6 +499,7 @@ struct SessionStateMachine {
             // Undo the membership: without a position the room cannot be followed in order.
             streams[address] = nil
             rooms.remove(room)
+            presenceRooms.remove(room)
             return [.log(.historyReadFailed(address, error)), .leave(room)] + (since == nil ? [] : [.countRecovery(outcome: "failed", replayed: 0)])
                 + reject(ProtocolError(.historyUnavailable, "the history store cannot be reached now; join again", correlationID: correlationID))
 
@@ -572,6 +594,7 @@ struct SessionStateMachine {
         case .tooManyRooms, .unknownConnection, .connectionLeaving:
             if !wasMember {
                 rooms.remove(room)
+                presenceRooms.remove(room)
                 streams[.room(room)] = nil
             }
         case .joined, .alreadyMember:
@@ -610,6 +633,7 @@ struct SessionStateMachine {
             // Undo the membership: the room is not reachable through this gateway.
             streams[.room(room)] = nil
             rooms.remove(room)
+            presenceRooms.remove(room)
             return [.leave(room)]
                 + reject(ProtocolError(.backplaneUnavailable, "the backplane cannot bind the room now", correlationID: correlationID))
         }
@@ -658,6 +682,19 @@ struct SessionStateMachine {
             error = ProtocolError(.internal, "the message could not be sent", correlationID: correlationID)
         }
         return actions + reject(error)
+    }
+
+    /// The presence store answered a `presence` query.
+    mutating func presenceRead(_ room: RoomID, correlationID: CorrelationID?, result: Result<PresenceSnapshot, PresenceError>) -> [Action] {
+        guard phase == .open else { return [] }
+        switch result {
+        case .success(let snapshot):
+            let users = snapshot.users.map { (user: $0.user, connections: $0.connections) }
+            return write(ServerFrame.presence(room: room, correlationID: correlationID, users: users, count: snapshot.count), counted: .presence)
+        case .failure(let error):
+            return [.log(.presenceReadFailed(room, error))]
+                + reject(ProtocolError(.presenceUnavailable, "the presence store cannot be reached now; ask again", correlationID: correlationID))
+        }
     }
 
     /// The history store did not take a message: nothing was published.
@@ -752,14 +789,25 @@ struct SessionStateMachine {
             let encoded = ServerFrame.roomHead(room, from: user, data: data)
             return [.received(.publish), .publish(PublishRequest(head: encoded, address: .room(room), correlationID: id, noRecipient: nil))]
 
-        case .join(let room, let since, let id):
-            return [.received(.join)] + join(room, since: since, correlationID: id, now: now)
+        case .join(let room, let since, let presence, let id):
+            return [.received(.join)] + join(room, since: since, presence: presence, correlationID: id, now: now)
+
+        case .presence(let room, let id):
+            guard limits.presence else {
+                return [.received(.presence)]
+                    + reject(ProtocolError(.presenceDisabled, "this gateway keeps no presence (--presence none)", correlationID: id))
+            }
+            guard rooms.contains(room) else {
+                return [.received(.presence)] + reject(ProtocolError(.notMember, "join the room before asking who is in it", correlationID: id))
+            }
+            return [.received(.presence), .readPresence(room, correlationID: id)]
 
         case .resume(let since, let id):
             return [.received(.resume)] + resume(since: since, correlationID: id)
 
         case .leave(let room, let id):
             rooms.remove(room)
+            presenceRooms.remove(room)
             var answered: [Action] = []
             if case .opening(.join(let joinID, _))? = streams[.room(room)]?.mode, joinID != id {
                 // The join still waited for its position: it is answered, and overtaken by the leave.
@@ -794,9 +842,18 @@ struct SessionStateMachine {
         }
     }
 
-    private mutating func join(_ room: RoomID, since: StreamPosition?, correlationID: CorrelationID?, now: NIODeadline) -> [Action] {
+    private mutating func join(_ room: RoomID, since: StreamPosition?, presence: Bool, correlationID: CorrelationID?, now: NIODeadline) -> [Action] {
         guard identity.rooms.allows(room) else {
             return reject(ProtocolError(.forbidden, "the token does not allow this room", correlationID: correlationID))
+        }
+        if presence, !limits.presence {
+            return reject(
+                ProtocolError(
+                    .presenceDisabled,
+                    "this gateway keeps no presence (--presence none): join without \"presence\"",
+                    correlationID: correlationID
+                )
+            )
         }
         if since != nil, !limits.history {
             return reject(ProtocolError(.historyDisabled, "this gateway keeps no history: join without \"since\"", correlationID: correlationID))
@@ -812,6 +869,9 @@ struct SessionStateMachine {
                     + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.joinRate)) joins per second", correlationID: correlationID))
             }
         }
+        // Each join says whether the connection wants the room's events (a client re-joining
+        // after a reconnect repeats what it asked for).
+        if presence { presenceRooms.insert(room) } else { presenceRooms.remove(room) }
         if limits.history {
             let purpose = StreamCursor.Purpose.join(correlationID: correlationID, since: since)
             if var cursor = streams[.room(room)] {

@@ -33,7 +33,7 @@ struct SessionHandle: Sendable {
     }
 
     /// The same, for a caller already on the session's event loop (a batch handed to that loop).
-    func deliverOnLoop(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
-        session.value.send(frame, address: address, position: position)
+    func deliverOnLoop(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool = false) {
+        session.value.send(frame, address: address, position: position, isPresenceEvent: isPresenceEvent)
     }
 }

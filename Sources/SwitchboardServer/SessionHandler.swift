@@ -107,8 +107,8 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     /// Writes a frame delivered by the gateway (another session's message).
-    func send(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
-        feed { $0.deliver(frame, address: address, position: position) }
+    func send(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool = false) {
+        feed { $0.deliver(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) }
     }
 
     /// Closes the session with `code` (a drain's 1012), with the close handshake.
@@ -157,6 +157,7 @@ final class SessionHandler: ChannelInboundHandler {
                 expiry = schedule(in: delay) { $0.expiryCheck(wallClock: Date().timeIntervalSince1970) }
             case .register(let room, let correlationID, let wasMember):
                 let result = gateway.registry.join(connectionID, room: room, maximumRooms: gateway.configuration.maximumRoomsPerConnection)
+                if case .joined = result { gateway.presence?.memberJoined(room, user: user) }
                 feed { $0.joinRegistered(room, correlationID: correlationID, wasMember: wasMember, result: result) }
             case .bindRoom(let room, let correlationID):
                 guard let handle else { continue }
@@ -164,13 +165,15 @@ final class SessionHandler: ChannelInboundHandler {
                     handle.withSession { $0.feed { $0.roomBindCompleted(room, correlationID: correlationID, result: result) } }
                 }
             case .leave(let room):
-                gateway.apply(gateway.registry.leave(connectionID, room: room))
+                gateway.apply(gateway.registry.leave(connectionID, room: room), user: user)
             case .publish(let request):
                 publish(request)
             case .reportUndelivered(let frame, let address):
                 gateway.configuration.events?.undelivered(frame, to: address)
             case .readHistory(let request):
                 readHistory(request)
+            case .readPresence(let room, let correlationID):
+                readPresence(room, correlationID: correlationID)
             case .scheduleGapCheck(let address, let delay):
                 _ = schedule(in: delay) { $0.gapCheck(address) }
             case .countRecovery(let outcome, let replayed):
@@ -213,6 +216,13 @@ final class SessionHandler: ChannelInboundHandler {
         let limit = request.partialLimit ?? gateway.configuration.recoveryLimit
         history.read(request.address, after: request.after, limit: limit, partial: request.partialLimit != nil) { result in
             handle.withSession { $0.feed { $0.historyRead(request, result: result) } }
+        }
+    }
+
+    private func readPresence(_ room: RoomID, correlationID: CorrelationID?) {
+        guard let handle, let presence = gateway.presence else { return }
+        presence.read(room, limit: gateway.configuration.presenceListLimit) { result in
+            handle.withSession { $0.feed { $0.presenceRead(room, correlationID: correlationID, result: result) } }
         }
     }
 
@@ -282,7 +292,7 @@ final class SessionHandler: ChannelInboundHandler {
         expiry?.cancel()
         expiry = nil
         if reason == .slowConsumer { gateway.metrics.slowConsumerClosed() }
-        gateway.apply(gateway.registry.remove(connectionID))
+        gateway.apply(gateway.registry.remove(connectionID), user: user)
         gateway.metrics.connectionClosed(reason)
     }
 
@@ -313,6 +323,11 @@ final class SessionHandler: ChannelInboundHandler {
             gateway.logger.warning(
                 "history write failed; message not sent",
                 metadata: metadata([LoggingKeys.address: "\(address)", LoggingKeys.errorType: "\(error)"])
+            )
+        case .presenceReadFailed(let room, let error):
+            gateway.logger.warning(
+                "presence read failed",
+                metadata: metadata([LoggingKeys.roomID: "\(room)", LoggingKeys.errorType: "\(error)"])
             )
         case .insufficientState(let address):
             gateway.logger.info(

@@ -26,6 +26,10 @@ public func buildGateway(
     let gateway = Gateway(configuration: configuration, backplane: backplane, logger: logger)
     var services: [any Service] = [backplane]
     if let history = configuration.history { services.append(history) }
+    if let presence = gateway.presence {
+        services.append(presence.store)
+        services.append(PresenceRefreshService(tracker: presence))
+    }
     services.append(GatewayKeepaliveService(gateway: gateway))
     let router = Router()
     Routes.add(to: router, gateway: gateway)

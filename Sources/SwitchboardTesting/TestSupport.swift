@@ -330,3 +330,18 @@ struct CapturingLogHandler: LogHandler {
         logs.append("\(event.level) \(event.message) \(merged)")
     }
 }
+
+extension ReceivedFrame {
+    /// The `users` of a `presence` answer as user → connections; nil when the frame has none.
+    public var presenceUsers: [String: Int]? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let users = object["users"] as? [[String: Any]]
+        else { return nil }
+        var result: [String: Int] = [:]
+        for entry in users {
+            guard let user = entry["user"] as? String, let connections = entry["connections"] as? Int else { return nil }
+            result[user] = connections
+        }
+        return result
+    }
+}

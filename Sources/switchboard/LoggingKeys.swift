@@ -6,6 +6,7 @@ enum LoggingKeys {
     /// The `--backplane` URL, its password redacted.
     static let backplane = "backplane"
     static let history = "history"
+    static let presence = "presence"
     static let openFilesLimit = "open_files_limit"
     /// Why something optional (the demo page) is left out.
     static let reason = "reason"

@@ -208,6 +208,27 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The most messages a resume (or a join with since) replays; more missing is answered recovered: false.")
     var recoveryLimit = 1_000
 
+    @Option(
+        help:
+            "Presence, who is in each room (docs/protocol.md): 'memory' (this gateway only; the default with the memory backplane), redis://[:pass@]host:6379 (shared by every gateway; rediss:// and redis+sentinel:// as for --backplane), or 'none' (the default with a broker backplane)."
+    )
+    var presence: String?
+
+    @Option(help: "Seconds a user whose last connection went stays present before 'left' is sent: a reconnect within it sends nothing.")
+    var presenceGrace = 5.0
+
+    @Option(
+        help:
+            "Seconds a gateway's presence entries outlive its last refresh (it refreshes every third of this): how long a crashed gateway's members stay listed."
+    )
+    var presenceTtl = 60.0
+
+    @Option(help: "The most users a presence answer lists; more are counted and marked truncated.")
+    var presenceLimit = 1_000
+
+    @Option(help: "Rooms with more users than this get no joined/left events; presence still answers.")
+    var presenceEventLimit = 100
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -275,6 +296,11 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard (1...100_000).contains(recoveryLimit) else { throw ValidationError("--recovery-limit must be 1…100000") }
         if let history { _ = try HistoryFactory.kind(of: history) }
+        guard (0...300).contains(presenceGrace) else { throw ValidationError("--presence-grace must be 0…300 seconds") }
+        guard (3...3600).contains(presenceTtl) else { throw ValidationError("--presence-ttl must be 3…3600 seconds") }
+        guard (1...100_000).contains(presenceLimit) else { throw ValidationError("--presence-limit must be 1…100000") }
+        guard (0...1_000_000).contains(presenceEventLimit) else { throw ValidationError("--presence-event-limit must be 0…1000000") }
+        if let presence { _ = try PresenceFactory.kind(of: presence) }
         guard (0...300).contains(jwtLeeway) else { throw ValidationError("--jwt-leeway must be 0…300 seconds") }
         guard (1...86400).contains(jwksRefreshInterval) else { throw ValidationError("--jwks-refresh-interval must be 1…86400 seconds") }
         if let jwks, jwks.lowercased().hasPrefix("http://") {
@@ -366,6 +392,15 @@ struct ServeCommand: AsyncParsableCommand {
             gatewayID: configuration.gatewayID,
             logger: logger
         )
+        configuration.presence = try PresenceFactory.make(
+            presence,
+            backplane: self.backplane,
+            policy: PresencePolicy(ttl: .milliseconds(Int(presenceTtl * 1000)), grace: .milliseconds(Int(presenceGrace * 1000))),
+            gatewayID: configuration.gatewayID,
+            logger: logger
+        )
+        configuration.presenceListLimit = presenceLimit
+        configuration.presenceEventLimit = presenceEventLimit
         if auth == .none {
             logger.warning("--auth none: anyone can connect as any user. Use it for development only.")
         }
@@ -380,6 +415,7 @@ struct ServeCommand: AsyncParsableCommand {
                 LoggingKeys.listenAddress: .string("\(host):\(port)"),
                 LoggingKeys.backplane: .string(CredentialRedaction.redact(self.backplane)),
                 LoggingKeys.history: .string(CredentialRedaction.redact(history ?? HistoryFactory.defaultValue(forBackplane: self.backplane))),
+                LoggingKeys.presence: .string(CredentialRedaction.redact(presence ?? HistoryFactory.defaultValue(forBackplane: self.backplane))),
                 LoggingKeys.openFilesLimit: .stringConvertible(raised),
             ]
         )
@@ -644,6 +680,57 @@ enum HistoryFactory {
     /// The URL without its query: which server and database it names.
     private static func server(of url: String) -> Substring {
         url.prefix { $0 != "?" }
+    }
+}
+
+/// Maps `--presence` to its store: the one place that knows the Redis one. Defaults as
+/// `--history` does: memory presence per gateway would list only that gateway's members.
+enum PresenceFactory {
+    static func kind(of value: String) throws -> HistoryFactory.Kind {
+        do {
+            return try HistoryFactory.kind(of: value)
+        } catch {
+            throw ValidationError("--presence must be memory, none, or a redis://, rediss:// or redis+sentinel:// URL")
+        }
+    }
+
+    static func make(
+        _ value: String?,
+        backplane: String,
+        policy: PresencePolicy,
+        gatewayID: String,
+        logger: Logger
+    ) throws -> (any PresenceStore)? {
+        let value = value ?? HistoryFactory.defaultValue(forBackplane: backplane)
+        switch try kind(of: value) {
+        case .none:
+            return nil
+        case .memory:
+            if BackplaneURL.kind(of: backplane) != .memory {
+                logger.warning("--presence memory with a broker backplane: each gateway lists only its own members; use a redis:// presence")
+            }
+            return MemoryPresence(policy: policy)
+        case .redis:
+            do {
+                if let problem = CredentialRedaction.reservedCharacterProblem(in: value) {
+                    throw ValidationError("--presence: \(problem)")
+                }
+                var redis = try RedisConfiguration(url: value)
+                let prefix = redis.parameters["prefix"] ?? "switchboard"
+                guard redis.parameters.keys.allSatisfy({ $0 == "prefix" }) else {
+                    throw ValidationError(
+                        "--presence: unknown parameter (known: prefix, timeout, and for rediss:// cacertfile, certfile, keyfile, verify)"
+                    )
+                }
+                redis.parameters = [:]
+                _ = try redis.makeTLSContext()
+                return RedisPresence(configuration: redis, prefix: prefix, policy: policy, gatewayID: gatewayID, logger: logger)
+            } catch let error as ValidationError {
+                throw error
+            } catch {
+                throw ValidationError("--presence: \(error)")
+            }
+        }
     }
 }
 

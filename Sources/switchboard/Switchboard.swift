@@ -33,6 +33,7 @@ enum EnvironmentOptions {
         "jwks-refresh-interval", "jwks-ca-file", "jwks-default-alg", "jwt-audience", "jwt-issuer", "jwt-leeway",
         "max-pending-publishes", "max-pending-publish-bytes", "publish-timeout", "echo-path",
         "history", "history-size", "history-ttl", "history-meta-ttl", "recovery-limit",
+        "presence", "presence-grace", "presence-ttl", "presence-limit", "presence-event-limit",
     ]
 
     /// The `serve` flags (no value) that environment variables may set: 1, true or yes turns one on.

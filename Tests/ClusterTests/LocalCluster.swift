@@ -30,8 +30,15 @@ final class LocalCluster: Sendable {
     }
 
     /// Starts the gateways and HAProxy and waits until HAProxy sees every gateway ready.
-    /// - Parameter history: give the gateways a Redis history (the test Redis, a key prefix of the cluster's own).
-    static func start(drainGrace: Double = 2.5, drainWindow: Double = 2, history: Bool = false) async throws -> LocalCluster {
+    /// - Parameters:
+    ///   - history: give the gateways a Redis history (the test Redis, a key prefix of the cluster's own).
+    ///   - extraArguments: more `serve` flags for every gateway; `{tag}` becomes the cluster's tag.
+    static func start(
+        drainGrace: Double = 2.5,
+        drainWindow: Double = 2,
+        history: Bool = false,
+        extraArguments: [String] = []
+    ) async throws -> LocalCluster {
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-cluster-\(tag)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -50,7 +57,7 @@ final class LocalCluster: Sendable {
                     // The tests send as fast as replies come back; the default rate limit would answer rate_limited.
                     "--rate-limit", "10000", "--rate-burst", "10000",
                     "--log-level", "info",
-                ] + historyArguments,
+                ] + historyArguments + extraArguments.map { $0.replacingOccurrences(of: "{tag}", with: tag) },
                 logDirectory: directory
             )
             gateways.append(GatewayProcess(id: id, port: port, process: process))

@@ -557,3 +557,39 @@ test('history off: no resume, no since, no dedupe, no recovered event, no positi
   assert.equal(seen.recovered.length, 0);
   client.close();
 });
+
+test('presence: join({presence: true}) asks for events and re-joins ask again; presence() answers; joined/left are events', async () => {
+  const client = makeClient();
+  await connected(client);
+  let ws = latest();
+  const joined = client.join('lobby', { presence: true });
+  assert.deepEqual(ws.last(), { type: 'join', room: 'lobby', presence: true, id: ws.last().id });
+  ws.receive({ type: 'ack', id: ws.last().id });
+  await joined;
+  const plain = client.join('news');
+  assert.equal(ws.last().presence, undefined, 'no flag unless asked');
+  ws.receive({ type: 'ack', id: ws.last().id });
+  await plain;
+
+  const asked = client.presence('lobby');
+  assert.deepEqual(ws.last(), { type: 'presence', room: 'lobby', id: ws.last().id });
+  ws.receive({ type: 'presence', room: 'lobby', id: ws.last().id, users: [{ user: 'bob', connections: 2 }], count: 3, truncated: true });
+  assert.deepEqual(await asked, { room: 'lobby', users: [{ user: 'bob', connections: 2 }], count: 3, truncated: true });
+  const refused = client.presence('elsewhere');
+  ws.receive({ type: 'error', id: ws.last().id, code: 'not_member', message: 'join first' });
+  await assert.rejects(refused, (e) => e.code === 'not_member');
+
+  const events = [];
+  client.on('joined', (e) => events.push(['joined', e]));
+  client.on('left', (e) => events.push(['left', e]));
+  ws.receive({ type: 'joined', room: 'lobby', user: 'bob' });
+  ws.receive({ type: 'left', room: 'lobby', user: 'bob' });
+  assert.deepEqual(events, [['joined', { room: 'lobby', user: 'bob' }], ['left', { room: 'lobby', user: 'bob' }]]);
+
+  ws.drop(1012, 'draining');
+  await until(() => FakeWS.instances.length === 2);
+  ws = latest();
+  ws.welcome();
+  assert.deepEqual(ws.sent.map((f) => [f.room, f.presence]), [['lobby', true], ['news', undefined]], 're-joins keep the choice');
+  client.close();
+});

@@ -10,7 +10,9 @@ connect, join "lobby"; alice sends bob a direct message, bob sends lobby a room 
 Then gw-2 is stopped and started again on the same port: bob's page must reconnect,
 re-join lobby and get alice's next room message. With SWITCHBOARD_REDIS_URL set the gateways
 share a Redis history (--history): alice's direct and room messages sent while gw-2 is down
-must appear on bob's page after the reconnect, with the page's "recovered" line. Screenshots of both pages are saved
+must appear on bob's page after the reconnect, with the page's "recovered" line; and a
+Redis presence (--presence): each page lists both users in lobby, alice's live from bob's
+`joined` event, and bob's reconnect within the grace shows no `left` on alice's page. Screenshots of both pages are saved
 under $SWITCHBOARD_ARTIFACTS (default: artifacts/ in the repository).
 
 SWITCHBOARD_DEMO_PAGES=static serves the page from a local HTTP server instead of the
@@ -199,7 +201,12 @@ async def send(page, to, text, button):
     await page.click(button)
 
 
-async def scenario(debug_port, url_a, url_b, gw2, artifacts, history):
+def js_members(room, user):
+    return (f"(document.querySelector('[data-members=\"{room}\"]') || {{textContent: ''}}).textContent"
+            f".replace('Here: ', '').split(', ').includes({json.dumps(user)})")
+
+
+async def scenario(debug_port, url_a, url_b, gw2, artifacts, history, presence):
     version = json.loads(wait_http(f"http://127.0.0.1:{debug_port}/json/version", "chromium"))
     async with websockets.connect(version["webSocketDebuggerUrl"], max_size=None) as browser:
         alice = await open_page(browser, debug_port, "alice's page", url_a)
@@ -209,6 +216,10 @@ async def scenario(debug_port, url_a, url_b, gw2, artifacts, history):
             await login(bob, "bob", "gw-2")
             await join(alice, "lobby")
             await join(bob, "lobby")
+            if presence:
+                await alice.wait_for(js_members("lobby", "bob"), "alice's page listing bob in lobby (his joined event)")
+                await bob.wait_for(js_members("lobby", "alice") + " && " + js_members("lobby", "bob"),
+                                   "bob's page listing alice and bob (the presence answer)")
 
             await send(alice, "bob", "hello bob, from alice on gw-1", "#send-direct")
             await bob.wait_for(js_has_message("direct", "alice", "hello bob, from alice on gw-1"), "bob getting alice's direct message")
@@ -242,6 +253,11 @@ async def scenario(debug_port, url_a, url_b, gw2, artifacts, history):
                                    ".some(li => li.textContent.includes('Reconnected: recovered'))", "bob's page saying it recovered")
             await send(alice, "lobby", "welcome back, bob", "#send-room")
             await bob.wait_for(js_has_message("room", "alice", "welcome back, bob", "lobby"), "bob getting a room message after the reconnect")
+            if presence:
+                await bob.wait_for(js_members("lobby", "alice"), "bob's page listing alice again after the re-join")
+                flapped = await alice.eval("Array.from(document.querySelectorAll('#messages li.system')).some(li => li.textContent.includes('bob left'))")
+                if flapped or not await alice.eval(js_members("lobby", "bob")):
+                    raise CheckFailed("bob's reconnect within the grace showed him leaving on alice's page:\n" + await alice.describe())
             await bob.screenshot(os.path.join(artifacts, "demo-bob-gw-2-reconnected.png"))
             for page in (alice, bob):
                 errors = [line for line in page.console if line.startswith("exception")]
@@ -283,6 +299,10 @@ def main(binary):
     history = bool(redis_url) and "--history" in help_text
     if history:
         extra += ["--history", f"{redis_url}?prefix=demo{os.getpid()}"]
+    presence = bool(redis_url) and "--presence" in help_text
+    if presence:
+        # A grace longer than gw-2's restart: bob's reconnect must not show as leaving.
+        extra += ["--presence", f"{redis_url}?prefix=demo{os.getpid()}", "--presence-grace", "30"]
     gw1 = Gateway(binary, "gw-1", port1, work, extra)
     gw2 = Gateway(binary, "gw-2", port2, work, extra)
     chromium = static = None
@@ -313,8 +333,10 @@ def main(binary):
              f"--remote-debugging-port={debug_port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={work}/profile", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        asyncio.run(asyncio.wait_for(scenario(debug_port, url_a, url_b, gw2, artifacts, history), 240))
+        asyncio.run(asyncio.wait_for(scenario(debug_port, url_a, url_b, gw2, artifacts, history, presence), 240))
         recovered = " + messages sent meanwhile recovered (Redis history)" if history else ""
+        if presence:
+            recovered += " + who is here listed live, no leave on the reconnect (Redis presence)"
         print(f"demo chat in headless chromium: PASS (direct gw-1→gw-2, room gw-2→both, gw-2 restart → reconnect + "
               f"re-join{recovered}; pages from {mode}; screenshots in {artifacts})")
     except (CheckFailed, asyncio.TimeoutError) as e:

@@ -23,6 +23,8 @@ struct ErrorCodeTableTests {
         case .historyDisabled: .historyDisabled
         case .alreadyResumed: .alreadyResumed
         case .historyUnavailable: .historyUnavailable
+        case .presenceDisabled: .presenceDisabled
+        case .presenceUnavailable: .presenceUnavailable
         }
     }
 

@@ -352,6 +352,8 @@ func describe(_ actions: [Machine.Action], _ t0: ContinuousClock.Instant) -> [St
         case .direct(let from, let to, let data): "direct \(from)->\(to) \(data)"
         case .room(let room, let from, let data): "room \(room) \(from) \(data)"
         case .broadcast(let from, let data): "broadcast \(from) \(data)"
+        case .joined(let room, let user): "joined \(room) \(user)"
+        case .left(let room, let user): "left \(room) \(user)"
         case .error(let error): "error \(error.code)" + (error.room.map { " room \($0)" } ?? "")
         case .disconnected(let code, let willReconnect): "disconnected \(code) " + (willReconnect ? "reconnect" : "final")
         case .reconnecting(let attempt, let delay): "reconnecting \(attempt) after \(milliseconds(delay))ms"

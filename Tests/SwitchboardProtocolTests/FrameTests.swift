@@ -29,6 +29,23 @@ struct FrameTests {
                 == .leave(room: try RoomID(validating: "lobby"), correlationID: CorrelationID(jsonText: "7"))
         )
         #expect(try decode(#"{"type":"ping","extra":[1]}"#).get() == .ping(correlationID: nil))
+        let lobby = try RoomID(validating: "lobby")
+        #expect(try decode(#"{"type":"join","room":"lobby","presence":true}"#).get() == .join(room: lobby, presence: true, correlationID: nil))
+        #expect(try decode(#"{"type":"join","room":"lobby","presence":false}"#).get() == .join(room: lobby, correlationID: nil))
+        #expect(
+            try decode(#"{"type":"presence","room":"lobby","id":"p1"}"#).get()
+                == .presence(room: lobby, correlationID: CorrelationID(jsonText: #""p1""#))
+        )
+        guard case .failure(let notBool) = decode(#"{"type":"join","room":"lobby","presence":1,"id":2}"#) else {
+            Issue.record("presence: 1 decoded")
+            return
+        }
+        #expect(notBool.code == .invalidMessage && notBool.correlationID?.jsonText == "2")
+        guard case .failure(let noRoom) = decode(#"{"type":"presence"}"#) else {
+            Issue.record("presence without room decoded")
+            return
+        }
+        #expect(noRoom.code == .invalidMessage)
         guard case .success(.publish(let room, let payload, _)) = decode(#"{"type":"publish","room":"r","data":null}"#) else {
             Issue.record("publish did not decode")
             return
@@ -78,6 +95,20 @@ struct FrameTests {
             String(buffer: ServerFrame.error(ProtocolError(.notMember, "join first", correlationID: CorrelationID("c3"))))
                 == #"{"type":"error","id":"c3","code":"not_member","message":"join first"}"#
         )
+        let lobby = try RoomID(validating: "lobby")
+        let presence = ServerFrame.presence(room: lobby, correlationID: CorrelationID("p1"), users: [(alice, 2), (bob, 1)], count: 3)
+        #expect(
+            String(buffer: presence)
+                == #"{"type":"presence","room":"lobby","id":"p1","users":[{"user":"alice","connections":2},{"user":"bob","connections":1}],"count":3,"truncated":true}"#
+        )
+        let joined = ServerFrame.joined(room: lobby, user: alice)
+        #expect(String(buffer: joined) == #"{"type":"joined","room":"lobby","user":"alice"}"#)
+        #expect(String(buffer: ServerFrame.left(room: lobby, user: bob)) == #"{"type":"left","room":"lobby","user":"bob"}"#)
+        #expect(ServerFrame.isPresenceEvent(joined) && ServerFrame.isPresenceEvent(ServerFrame.left(room: lobby, user: bob)))
+        #expect(!ServerFrame.isPresenceEvent(ServerFrame.room(lobby, from: alice, data: ByteBuffer(string: #"{"type":"joined"}"#))))
+        #expect(ServerFrame.isPresenceEvent(joined, about: alice) && !ServerFrame.isPresenceEvent(joined, about: bob))
+        let ali = try UserID(validating: "ali")
+        #expect(!ServerFrame.isPresenceEvent(ServerFrame.joined(room: lobby, user: ali), about: alice))
     }
 
     @Test("ids with quotes, backslashes and control-like text are escaped into valid JSON")
@@ -96,7 +127,8 @@ struct FrameTests {
         #expect(
             ErrorCode.allCases.map(\.rawValue).sorted() == [
                 "already_resumed", "backplane_unavailable", "forbidden", "history_disabled", "history_unavailable", "internal", "invalid_id",
-                "invalid_message", "not_member", "rate_limited", "recipient_offline", "too_large", "unknown_type",
+                "invalid_message", "not_member", "presence_disabled", "presence_unavailable", "rate_limited", "recipient_offline", "too_large",
+                "unknown_type",
             ]
         )
     }

@@ -40,10 +40,12 @@ struct ConnectionRegistryTests {
 
         let change = registry.remove(one)
         #expect(Set(change.noLongerLocal) == [.user(alice), .room(games)])
+        #expect(Set(change.endedMemberships) == [lobby, games], "presence counts every membership the close ended")
         #expect(registry.isLocal(.room(lobby)))
         #expect(registry.handles(for: .room(lobby)) == [2])
-        #expect(registry.leave(two, room: lobby) == RegistryChange(noLongerLocal: [.room(lobby)]))
-        #expect(registry.leave(two, room: lobby).isEmpty)
+        let left = registry.leave(two, room: lobby)
+        #expect(left.noLongerLocal == [.room(lobby)] && left.endedMemberships == [lobby])
+        #expect(registry.leave(two, room: lobby) == RegistryChange(), "a second leave ends no membership")
         #expect(registry.counts == (1, 1, 0))
     }
 

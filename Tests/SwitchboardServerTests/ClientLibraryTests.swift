@@ -14,6 +14,46 @@ import Testing
 /// 1008, and the backoff's bounds.
 @Suite("GatewayClient, the Swift client library", .serialized, .timeLimit(.minutes(1)))
 struct ClientLibraryTests {
+    @Test("presence: who is in a room, and joined / left events for a room joined with presence: true")
+    func presence() async throws {
+        try await withGateway(configure: {
+            $0.presence = MemoryPresence(policy: PresencePolicy(ttl: .seconds(60), grace: .milliseconds(200)))
+        }) { gateway in
+            let alice = GatewayClient(configuration: .init(port: gateway.port, identity: .user("alice")))
+            let bob = GatewayClient(configuration: .init(port: gateway.port, identity: .user("bob")))
+            let aliceEvents = EventLog.recording(alice)
+            _ = try await alice.connect()
+            _ = try await bob.connect()
+            try await alice.join("lobby", presence: true)
+            try await bob.join("lobby")
+            let joined = try await aliceEvents.next { event -> [String]? in
+                if case .joined(let room, let user) = event { [room, user] } else { nil }
+            }
+            #expect(joined == ["lobby", "bob"])
+            let here = try await bob.presence("lobby")
+            #expect(
+                here
+                    == GatewayClient.Presence(
+                        users: [.init(user: "alice", connections: 1), .init(user: "bob", connections: 1)],
+                        count: 2,
+                        truncated: false
+                    )
+            )
+            do {
+                _ = try await bob.presence("elsewhere")
+                Issue.record("presence of a room not joined answered")
+            } catch let error as SwitchboardClientError {
+                #expect(error.code == .notMember)
+            }
+            await bob.close()
+            let left = try await aliceEvents.next { event -> [String]? in
+                if case .left(let room, let user) = event { [room, user] } else { nil }
+            }
+            #expect(left == ["lobby", "bob"])
+            await alice.close()
+        }
+    }
+
     @Test("requests return on their ack; direct and room events carry the exact data bytes")
     func acksAndEvents() async throws {
         try await withGateway { gateway in

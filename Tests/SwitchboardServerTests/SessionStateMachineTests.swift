@@ -490,3 +490,63 @@ struct DrainPlanTests {
         #expect(DrainPlan(connections: 0, window: .seconds(10)).batches.isEmpty)
     }
 }
+
+@Suite("Session state machine: presence")
+struct SessionPresenceStateMachineTests {
+    typealias Machine = SessionStateMachineTests
+    let lobby = try! RoomID(validating: "lobby")
+
+    static func withPresence(_ configuration: inout GatewayConfiguration) {
+        configuration.presence = MemoryPresence()
+    }
+
+    /// Joins lobby, with events when `events`, and completes the registry step and the bind.
+    func joined(_ machine: inout SessionStateMachine, events: Bool) {
+        let flag = events ? #","presence":true"# : ""
+        let actions = machine.frameReceived(Machine.text(#"{"type":"join","room":"lobby","id":1\#(flag)}"#), now: Machine.start)
+        #expect(actions.contains { if case .register(join: lobby, _, _) = $0 { true } else { false } })
+        _ = machine.joinRegistered(lobby, correlationID: nil, wasMember: false, result: .joined(roomBecameLocal: true))
+        _ = machine.roomBindCompleted(lobby, correlationID: nil, result: .success(()))
+    }
+
+    @Test("presence from a member is a read of the store; from a non-member not_member; without a store presence_disabled")
+    func query() throws {
+        var machine = try Machine.open(configure: Self.withPresence)
+        let early = machine.frameReceived(Machine.text(#"{"type":"presence","room":"lobby","id":"p"}"#), now: Machine.start)
+        #expect(Machine.errorCodes(early) == ["not_member"])
+        joined(&machine, events: false)
+        let asked = machine.frameReceived(Machine.text(#"{"type":"presence","room":"lobby","id":"p"}"#), now: Machine.start)
+        #expect(asked.contains { if case .readPresence(lobby, _) = $0 { true } else { false } })
+        let bob = try UserID(validating: "bob")
+        let answer = machine.presenceRead(
+            lobby,
+            correlationID: CorrelationID("p"),
+            result: .success(PresenceSnapshot(users: [.init(user: bob, connections: 1)], count: 1))
+        )
+        #expect(Machine.texts(answer) == [#"{"type":"presence","room":"lobby","id":"p","users":[{"user":"bob","connections":1}],"count":1}"#])
+        let failed = machine.presenceRead(lobby, correlationID: nil, result: .failure(PresenceError("down")))
+        #expect(Machine.errorCodes(failed) == ["presence_unavailable"])
+
+        var without = try Machine.open()
+        let refused = without.frameReceived(Machine.text(#"{"type":"join","room":"lobby","presence":true}"#), now: Machine.start)
+        #expect(Machine.errorCodes(refused) == ["presence_disabled"])
+        #expect(!without.rooms.contains(lobby), "a refused join is no membership")
+    }
+
+    @Test("events reach only connections that joined with presence, never about their own user, and stop after a leave")
+    func events() throws {
+        let bob = try UserID(validating: "bob")
+        let alice = try UserID(validating: "alice")
+        var silent = try Machine.open(configure: Self.withPresence)
+        joined(&silent, events: false)
+        #expect(silent.deliver(ServerFrame.joined(room: lobby, user: bob), address: .room(lobby), isPresenceEvent: true).isEmpty)
+
+        var listening = try Machine.open(configure: Self.withPresence)
+        joined(&listening, events: true)
+        let event = listening.deliver(ServerFrame.joined(room: lobby, user: bob), address: .room(lobby), isPresenceEvent: true)
+        #expect(Machine.texts(event) == [#"{"type":"joined","room":"lobby","user":"bob"}"#])
+        #expect(listening.deliver(ServerFrame.joined(room: lobby, user: alice), address: .room(lobby), isPresenceEvent: true).isEmpty)
+        _ = listening.frameReceived(Machine.text(#"{"type":"leave","room":"lobby"}"#), now: Machine.start)
+        #expect(listening.deliver(ServerFrame.left(room: lobby, user: bob), address: .room(lobby), isPresenceEvent: true).isEmpty)
+    }
+}

@@ -81,6 +81,10 @@
    *   `offset`/`epoch` (its place in the user stream) only when the gateway keeps history.
    * - `room` ({room, from, data, offset?, epoch?}): a message published to a room this
    *   connection is in.
+   * - `joined` / `left` ({room, user}): in a room joined with `{presence: true}`, a user's
+   *   first connection appeared on any gateway, or their last one is gone everywhere (after
+   *   the gateway's grace, so a reconnect or a move between gateways sends neither).
+   *   Rooms over the gateway's event limit send none; ask `presence(room)` instead.
    * - `recovered` ({stream: 'user'|'room', room?, recovered, reason?, position, delivered}):
    *   after a reconnect, a `resume` (user stream) or a re-join with `since` (room) was
    *   answered. The messages missed meanwhile came first as `direct`/`room` events
@@ -144,6 +148,8 @@
       this._listeners = Object.create(null);
       this._pending = new Map(); // id -> {resolve, reject, timer}
       this._rooms = new Set();
+      /** Rooms joined with `{presence: true}`: re-joined so after reconnects. */
+      this._presenceRooms = new Set();
       this._nextId = 1;
       this._attempt = 0; // consecutive connection attempts without a welcome
       this._timer = null; // the scheduled reconnect
@@ -260,16 +266,43 @@
 
     /**
      * Joins a room; once acked, the room is remembered and re-joined after reconnects.
+     * With `{presence: true}` the connection also gets the room's `joined` and `left` events.
      * @param {string} room
+     * @param {{presence?: boolean}} [options]
      * @returns {Promise<object>} the ack frame
      */
-    join(room) {
+    join(room, options) {
       var self = this;
-      return this._request({ type: 'join', room: room }).then(function (ack) {
+      var presence = !!(options && options.presence);
+      return this._request(this._joinFrame(room, presence)).then(function (ack) {
         self._rooms.add(room);
+        if (presence) self._presenceRooms.add(room);
+        else self._presenceRooms.delete(room);
         self._adopt(self._roomStream(room), ack.position);
         return ack;
       });
+    }
+
+    /**
+     * Who is in a room this connection has joined, across all gateways.
+     * Rejects with `not_member`, `presence_disabled` or `presence_unavailable`.
+     * @param {string} room
+     * @returns {Promise<{room: string, users: {user: string, connections: number}[], count: number, truncated?: boolean}>}
+     *   `users` lists at most the gateway's limit (`truncated` then); a user who just went and
+     *   may come back within the grace is listed with 0 connections.
+     */
+    presence(room) {
+      return this._request({ type: 'presence', room: room }).then(function (frame) {
+        var answer = { room: frame.room, users: frame.users || [], count: frame.count };
+        if (frame.truncated) answer.truncated = true;
+        return answer;
+      });
+    }
+
+    _joinFrame(room, presence) {
+      var frame = { type: 'join', room: room };
+      if (presence) frame.presence = true;
+      return frame;
     }
 
     /**
@@ -475,7 +508,12 @@
           break;
         case 'ack':
         case 'pong':
+        case 'presence':
           this._settle(frame.id, true, frame);
+          break;
+        case 'joined':
+        case 'left':
+          this._emit(frame.type, { room: frame.room, user: frame.user });
           break;
         case 'error': {
           var error = new SwitchboardError(frame.code || 'internal', frame.message, frame);
@@ -552,6 +590,7 @@
 
     _forgetRoom(room) {
       this._rooms.delete(room);
+      this._presenceRooms.delete(room);
       var stream = this._roomStreams.get(room);
       this._roomStreams.delete(room);
       if (stream && stream.held) this._release(stream, false); // frames already read still reach the app
@@ -661,6 +700,7 @@
     _rejoin(room) {
       var self = this;
       var stream = this._roomStream(room);
+      var presence = this._presenceRooms.has(room);
       var failed = function (error) {
         // A permanent refusal forgets the room; a transient one keeps it (and its position) for the next reconnect.
         if (error.code === 'forbidden' || error.code === 'invalid_id') self._forgetRoom(room);
@@ -672,14 +712,16 @@
         return { room: room, ok: true };
       };
       if (!stream.position) {
-        return this._request({ type: 'join', room: room }).then(function (ack) {
+        return this._request(this._joinFrame(room, presence)).then(function (ack) {
           self._adopt(stream, ack.position);
           return joined();
         }, failed);
       }
       stream.held = [];
       return new Promise(function (resolve) {
-        self._request({ type: 'join', room: room, since: copyPosition(stream.position) }, function (ok, value) {
+        var resume = self._joinFrame(room, presence);
+        resume.since = copyPosition(stream.position);
+        self._request(resume, function (ok, value) {
           if (ok) {
             self._finishRecovery(stream, value);
             return resolve(joined());
@@ -692,7 +734,7 @@
           // and report it as not recovered. Sent from here so it precedes any later request.
           value.room = room;
           self._emit('error', value);
-          self._request({ type: 'join', room: room }, function (ok2, value2) {
+          self._request(self._joinFrame(room, presence), function (ok2, value2) {
             if (ok2) {
               self._finishRecovery(stream, { recovered: false, position: value2.position }, value.code);
               resolve(joined());

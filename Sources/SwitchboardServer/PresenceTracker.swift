@@ -1,0 +1,196 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SwitchboardBackplane
+import SwitchboardProtocol
+import Synchronization
+
+/// This gateway's side of presence: how many local connections each user has in each
+/// room, written to the ``PresenceStore`` as absolute counts, and the store's transitions
+/// turned into `joined` / `left` events published once to the room over the backplane.
+///
+/// Writes are batched per room without a timer: the first change of a room is written at
+/// once, and changes made while that write is out go together in the next one. A connect
+/// storm of one room therefore costs a handful of store calls, not one per connection.
+///
+/// Threading: one lock over the counts; store and backplane calls are made outside it.
+final class PresenceTracker: Sendable {
+    private struct RoomState {
+        /// Local connections per user (members of the room on this gateway).
+        var local: [UserID: Int] = [:]
+        /// Users whose count changed since the last write was sent.
+        var dirty: Set<UserID> = []
+        /// A write of this room is out.
+        var syncing = false
+    }
+
+    let store: any PresenceStore
+    private let gatewayID: String
+    private let backplane: any Backplane
+    private let metrics: GatewayMetrics
+    private let logger: Logger
+    private let eventLimit: Int
+    private let rooms = Mutex<[RoomID: RoomState]>([:])
+    /// Where grace checks are scheduled; tiny tasks, off the sessions' loops.
+    private let timers: any EventLoop
+    /// The last time a store failure was logged (ms), so a Redis outage logs once per interval, not per member.
+    private let lastFailureLog = Atomic<Int64>(-1_000_000)
+
+    init(store: any PresenceStore, gatewayID: String, backplane: any Backplane, metrics: GatewayMetrics, eventLimit: Int, logger: Logger) {
+        self.store = store
+        self.gatewayID = gatewayID
+        self.backplane = backplane
+        self.metrics = metrics
+        self.eventLimit = eventLimit
+        self.logger = logger
+        self.timers = MultiThreadedEventLoopGroup.singleton.next()
+    }
+
+    /// (room, user) pairs with a local connection: the `switchboard_presence_entries` gauge.
+    var entryCount: Int {
+        rooms.withLock { $0.values.reduce(0) { $0 + $1.local.count } }
+    }
+
+    /// A local connection of `user` became a member of `room`.
+    func memberJoined(_ room: RoomID, user: UserID) {
+        change(room, user: user, by: 1)
+    }
+
+    /// A local connection of `user` stopped being a member of `room` (leave or close).
+    func memberLeft(_ room: RoomID, user: UserID) {
+        change(room, user: user, by: -1)
+    }
+
+    private func change(_ room: RoomID, user: UserID, by delta: Int) {
+        let batch: [PresenceEntry]? = rooms.withLock { rooms in
+            var state = rooms[room] ?? RoomState()
+            let count = (state.local[user] ?? 0) + delta
+            state.local[user] = count > 0 ? count : nil
+            state.dirty.insert(user)
+            defer { rooms[room] = state }
+            guard !state.syncing else { return nil }
+            state.syncing = true
+            return Self.takeDirty(&state)
+        }
+        if let batch { write(room, batch) }
+    }
+
+    /// The dirty users' absolute counts; clears the dirty set.
+    private static func takeDirty(_ state: inout RoomState) -> [PresenceEntry] {
+        let entries = state.dirty.map { PresenceEntry(user: $0, connections: state.local[$0] ?? 0) }
+        state.dirty = []
+        return entries
+    }
+
+    /// Sends one batch; when it is done, the changes made meanwhile, until none are left.
+    private func write(_ room: RoomID, _ entries: [PresenceEntry]) {
+        store.sync(room, gateway: gatewayID, entries: entries) { [self] result in
+            handle(result, room: room)
+            let next: [PresenceEntry]? = rooms.withLock { rooms in
+                guard var state = rooms[room] else { return nil }
+                defer { rooms[room] = state.local.isEmpty && state.dirty.isEmpty && !state.syncing ? nil : state }
+                guard !state.dirty.isEmpty else {
+                    state.syncing = false
+                    return nil
+                }
+                return Self.takeDirty(&state)
+            }
+            if let next { write(room, next) }
+        }
+    }
+
+    /// Rewrites every local entry (renewing its expiry), which also expires what is overdue
+    /// in those rooms: the `left` of a gateway that died is announced by the next refresh
+    /// of any gateway with members there.
+    func refresh() {
+        let snapshot: [(RoomID, [PresenceEntry])] = rooms.withLock { rooms in
+            rooms.compactMap { room, state in
+                state.local.isEmpty ? nil : (room, state.local.map { PresenceEntry(user: $0.key, connections: $0.value) })
+            }
+        }
+        for (room, entries) in snapshot {
+            metrics.presenceRefreshed()
+            // Absolute counts, on one ordered connection: a batch written after this one
+            // carries newer counts, so it need not wait for the room's write in flight.
+            store.sync(room, gateway: gatewayID, entries: entries) { [self] result in handle(result, room: room) }
+        }
+    }
+
+    /// Who is in `room`, after this gateway's unwritten changes of it (a member that just
+    /// joined finds itself listed).
+    func read(_ room: RoomID, limit: Int, completion: @escaping @Sendable (Result<PresenceSnapshot, PresenceError>) -> Void) {
+        let pending: [PresenceEntry]? = rooms.withLock { rooms in
+            guard var state = rooms[room], !state.dirty.isEmpty else { return nil }
+            defer { rooms[room] = state }
+            return Self.takeDirty(&state)
+        }
+        if let pending { store.sync(room, gateway: gatewayID, entries: pending) { [self] result in handle(result, room: room) } }
+        store.read(room, limit: limit, completion: completion)
+    }
+
+    private func handle(_ result: Result<PresenceChanges, PresenceError>, room: RoomID) {
+        let changes: PresenceChanges
+        switch result {
+        case .success(let value):
+            changes = value
+        case .failure(let error):
+            // The next refresh writes every entry again: nothing is lost for good.
+            metrics.presenceFailed()
+            let now = PresenceRoom.milliseconds(ContinuousClock.now - Self.origin)
+            let last = lastFailureLog.load(ordering: .relaxed)
+            if now - last >= 10_000, lastFailureLog.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged {
+                logger.warning(
+                    "presence store write failed; retried at the next refresh",
+                    metadata: [LoggingKeys.roomID: "\(room)", LoggingKeys.errorType: "\(error)"]
+                )
+            }
+            return
+        }
+        if !changes.leaving.isEmpty {
+            // Once the grace is over the store announces them, unless they came back; a
+            // little later than the grace so that the store's clock has passed it too.
+            let delay = TimeAmount(store.policy.grace + .milliseconds(100))
+            timers.scheduleTask(in: delay) { [self] in
+                store.sync(room, gateway: gatewayID, entries: []) { [self] result in handle(result, room: room) }
+            }
+        }
+        guard !changes.joined.isEmpty || !changes.left.isEmpty else { return }
+        guard changes.users <= eventLimit else {
+            metrics.presenceEventsSuppressed(changes.joined.count + changes.left.count)
+            return
+        }
+        for user in changes.joined { announce(ServerFrame.joined(room: room, user: user), kind: .joined, room: room) }
+        for user in changes.left { announce(ServerFrame.left(room: room, user: user), kind: .left, room: room) }
+    }
+
+    private func announce(_ frame: ByteBuffer, kind: GatewayMetrics.PresenceEventKind, room: RoomID) {
+        metrics.presenceEvent(kind)
+        let logger = self.logger
+        backplane.publish(frame, to: .room(room)) { result in
+            if case .failure(let error) = result {
+                logger.warning(
+                    "presence event not published",
+                    metadata: [LoggingKeys.roomID: "\(room)", LoggingKeys.errorType: "\(error)"]
+                )
+            }
+        }
+    }
+
+    private static let origin = ContinuousClock.now
+}
+
+/// Rewrites this gateway's presence entries every ``PresencePolicy/refreshInterval``.
+struct PresenceRefreshService: Service {
+    let tracker: PresenceTracker
+
+    func run() async throws {
+        let interval = tracker.store.policy.refreshInterval
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: interval) } catch { return }
+                tracker.refresh()
+            }
+        }
+    }
+}
