@@ -113,6 +113,12 @@ public struct PresenceRoom: Sendable, Equatable {
                 changes.leaving.append(entry.user)
             }
         }
+        // Gone (grace over, entries expired) and back in the same sync: to the room, nothing happened.
+        let back = Set(changes.left).intersection(changes.joined)
+        if !back.isEmpty {
+            changes.left.removeAll { back.contains($0) }
+            changes.joined.removeAll { back.contains($0) }
+        }
         changes.users = count
         return changes
     }

@@ -110,7 +110,8 @@ public protocol PresenceStore: Service {
         completion: @escaping @Sendable (Result<PresenceChanges, PresenceError>) -> Void
     )
 
-    /// The users in `room` (at most `limit`, by id bytes) and their count.
+    /// The users in `room` (at most `limit`, ordered by id bytes; which ones a capped list
+    /// holds is the store's choice) and their count.
     func read(_ room: RoomID, limit: Int, completion: @escaping @Sendable (Result<PresenceSnapshot, PresenceError>) -> Void)
 }
 

@@ -188,6 +188,8 @@ enum PresenceScripts {
               redis.call('ZREM', KEYS[4], user)
               table.insert(left, user)
             end
+            local gone = {}
+            for _, user in ipairs(left) do gone[user] = true end
             local joined, leaving = {}, {}
             local ttl, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
             for i = 5, #ARGV, 2 do
@@ -205,7 +207,10 @@ enum PresenceScripts {
                 local had = redis.call('HGET', KEYS[3], user)
                 local total = tonumber(had or '0') + after - before
                 if total > 0 then
-                  if not had and redis.call('ZREM', KEYS[4], user) == 0 then table.insert(joined, user) end
+                  if not had and redis.call('ZREM', KEYS[4], user) == 0 then
+                    -- Gone and back in this one sync: to the room, nothing happened.
+                    if gone[user] then gone[user] = 'back' else table.insert(joined, user) end
+                  end
                   redis.call('HSET', KEYS[3], user, total)
                 elseif had then
                   redis.call('HDEL', KEYS[3], user)
@@ -214,8 +219,12 @@ enum PresenceScripts {
                 end
               end
             end
+            local announced = {}
+            for _, user in ipairs(left) do
+              if gone[user] ~= 'back' then table.insert(announced, user) end
+            end
             for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-            return {joined, leaving, left, redis.call('HLEN', KEYS[3]) + redis.call('ZCARD', KEYS[4])}
+            return {joined, leaving, announced, redis.call('HLEN', KEYS[3]) + redis.call('ZCARD', KEYS[4])}
             """
 
     /// ARGV: limit. Returns {user and count pairs (at most limit), users present}; writes

@@ -74,8 +74,9 @@ public final class Gateway: Sendable {
     /// Ready for new connections: the backplane is connected, the gateway is not draining,
     /// and it is below its connection cap (so a load balancer sends new clients elsewhere).
     public var isReady: Bool {
-        !draining.load(ordering: .relaxed) && backplane.isReady && (history?.isReady ?? true) && (presence?.store.isReady ?? true)
-            && !admission.isFull
+        // Not the presence store: without it messages still flow, and `presence` answers
+        // `presence_unavailable`; a shared Redis down would otherwise take every gateway out.
+        !draining.load(ordering: .relaxed) && backplane.isReady && (history?.isReady ?? true) && !admission.isFull
     }
 
     /// Whether the gateway holds ``GatewayConfiguration/maximumConnections`` connections.

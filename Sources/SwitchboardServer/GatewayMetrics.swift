@@ -167,8 +167,8 @@ final class GatewayMetrics: Sendable {
     func presenceEvent(_ kind: PresenceEventKind) { presenceEvents[kind]?.increment() }
     /// Transitions in rooms over the event limit: decided, not announced.
     func presenceEventsSuppressed(_ count: Int) { presenceSuppressed.increment(by: count) }
-    /// One room's entries rewritten by the periodic refresh.
-    func presenceRefreshed() { presenceRefreshes.increment() }
+    /// Rooms whose entries the periodic refresh rewrote (a store call each).
+    func presenceRefreshed(rooms: Int) { if rooms > 0 { presenceRefreshes.increment(by: rooms) } }
     func presenceFailed() { presenceFailures.increment() }
 
     func publishCompleted(after duration: Duration) {

@@ -19,10 +19,26 @@ final class PresenceTracker: Sendable {
     private struct RoomState {
         /// Local connections per user (members of the room on this gateway).
         var local: [UserID: Int] = [:]
-        /// Users whose count changed since the last write was sent.
+        /// Users whose count changed (or is due for a refresh) since the last write was taken.
         var dirty: Set<UserID> = []
         /// A write of this room is out.
         var syncing = false
+        /// Reads that wait for the write out, so that they see it.
+        var waitingReads: [PendingRead] = []
+
+        var isIdle: Bool { local.isEmpty && dirty.isEmpty && !syncing && waitingReads.isEmpty }
+    }
+
+    private struct PendingRead {
+        let limit: Int
+        let completion: @Sendable (Result<PresenceSnapshot, PresenceError>) -> Void
+    }
+
+    /// One write of a room, and the reads to send right behind it (the store applies its
+    /// operations in order, so they see it).
+    private struct Batch {
+        let entries: [PresenceEntry]
+        let reads: [PendingRead]
     }
 
     let store: any PresenceStore
@@ -63,70 +79,93 @@ final class PresenceTracker: Sendable {
     }
 
     private func change(_ room: RoomID, user: UserID, by delta: Int) {
-        let batch: [PresenceEntry]? = rooms.withLock { rooms in
+        let batch: Batch? = rooms.withLock { rooms in
             var state = rooms[room] ?? RoomState()
             let count = (state.local[user] ?? 0) + delta
             state.local[user] = count > 0 ? count : nil
             state.dirty.insert(user)
             defer { rooms[room] = state }
-            guard !state.syncing else { return nil }
-            state.syncing = true
-            return Self.takeDirty(&state)
+            return Self.startWrite(&state)
         }
         if let batch { write(room, batch) }
     }
 
-    /// The dirty users' absolute counts; clears the dirty set.
-    private static func takeDirty(_ state: inout RoomState) -> [PresenceEntry] {
+    /// Takes the dirty users' absolute counts (and the waiting reads) unless a write is out:
+    /// one write per room at a time, so the store gets a room's counts in the order they were read.
+    private static func startWrite(_ state: inout RoomState) -> Batch? {
+        guard !state.syncing, !state.dirty.isEmpty else { return nil }
+        state.syncing = true
+        return takeBatch(&state)
+    }
+
+    private static func takeBatch(_ state: inout RoomState) -> Batch {
         let entries = state.dirty.map { PresenceEntry(user: $0, connections: state.local[$0] ?? 0) }
         state.dirty = []
-        return entries
+        defer { state.waitingReads = [] }
+        return Batch(entries: entries, reads: state.waitingReads)
     }
 
     /// Sends one batch; when it is done, the changes made meanwhile, until none are left.
-    private func write(_ room: RoomID, _ entries: [PresenceEntry]) {
-        store.sync(room, gateway: gatewayID, entries: entries) { [self] result in
+    private func write(_ room: RoomID, _ batch: Batch) {
+        store.sync(room, gateway: gatewayID, entries: batch.entries) { [self] result in
             handle(result, room: room)
-            let next: [PresenceEntry]? = rooms.withLock { rooms in
-                guard var state = rooms[room] else { return nil }
-                defer { rooms[room] = state.local.isEmpty && state.dirty.isEmpty && !state.syncing ? nil : state }
-                guard !state.dirty.isEmpty else {
+            let failed = (try? result.get()) == nil
+            let (next, reads): (Batch?, [PendingRead]) = rooms.withLock { rooms in
+                guard var state = rooms[room] else { return (nil, []) }
+                defer { rooms[room] = state.isIdle ? nil : state }
+                if failed {
+                    // Written again by the next change or refresh of the room, not at once:
+                    // a store that is down would be asked in a loop.
+                    state.dirty.formUnion(batch.entries.map(\.user))
                     state.syncing = false
-                    return nil
+                    defer { state.waitingReads = [] }
+                    return (nil, state.waitingReads)
                 }
-                return Self.takeDirty(&state)
+                guard !state.dirty.isEmpty else {
+                    // Done: reads that came while this write was out have seen it.
+                    state.syncing = false
+                    defer { state.waitingReads = [] }
+                    return (nil, state.waitingReads)
+                }
+                return (Self.takeBatch(&state), [])
             }
+            for read in reads { store.read(room, limit: read.limit, completion: read.completion) }
             if let next { write(room, next) }
         }
+        for read in batch.reads { store.read(room, limit: read.limit, completion: read.completion) }
     }
 
     /// Rewrites every local entry (renewing its expiry), which also expires what is overdue
     /// in those rooms: the `left` of a gateway that died is announced by the next refresh
-    /// of any gateway with members there.
+    /// of any gateway with members there. A room with a write out gets its refresh in the
+    /// next batch, behind it.
     func refresh() {
-        let snapshot: [(RoomID, [PresenceEntry])] = rooms.withLock { rooms in
-            rooms.compactMap { room, state in
-                state.local.isEmpty ? nil : (room, state.local.map { PresenceEntry(user: $0.key, connections: $0.value) })
+        let (batches, refreshed): ([(RoomID, Batch)], Int) = rooms.withLock { rooms in
+            var batches: [(RoomID, Batch)] = []
+            var refreshed = 0
+            // Also rooms with nothing local but a failed write to repeat (a departure).
+            for (room, var state) in rooms where !state.local.isEmpty || !state.dirty.isEmpty {
+                refreshed += 1
+                state.dirty.formUnion(state.local.keys)
+                if let batch = Self.startWrite(&state) { batches.append((room, batch)) }
+                rooms[room] = state
             }
+            return (batches, refreshed)
         }
-        for (room, entries) in snapshot {
-            metrics.presenceRefreshed()
-            // Absolute counts, on one ordered connection: a batch written after this one
-            // carries newer counts, so it need not wait for the room's write in flight.
-            store.sync(room, gateway: gatewayID, entries: entries) { [self] result in handle(result, room: room) }
-        }
+        metrics.presenceRefreshed(rooms: refreshed)
+        for (room, batch) in batches { write(room, batch) }
     }
 
-    /// Who is in `room`, after this gateway's unwritten changes of it (a member that just
-    /// joined finds itself listed).
+    /// Who is in `room`, after this gateway's changes of it (a member that just joined
+    /// finds itself listed): behind the room's write out, if there is one.
     func read(_ room: RoomID, limit: Int, completion: @escaping @Sendable (Result<PresenceSnapshot, PresenceError>) -> Void) {
-        let pending: [PresenceEntry]? = rooms.withLock { rooms in
-            guard var state = rooms[room], !state.dirty.isEmpty else { return nil }
-            defer { rooms[room] = state }
-            return Self.takeDirty(&state)
+        let waits: Bool = rooms.withLock { rooms in
+            guard var state = rooms[room], state.syncing else { return false }
+            state.waitingReads.append(PendingRead(limit: limit, completion: completion))
+            rooms[room] = state
+            return true
         }
-        if let pending { store.sync(room, gateway: gatewayID, entries: pending) { [self] result in handle(result, room: room) } }
-        store.read(room, limit: limit, completion: completion)
+        if !waits { store.read(room, limit: limit, completion: completion) }
     }
 
     private func handle(_ result: Result<PresenceChanges, PresenceError>, room: RoomID) {
@@ -160,8 +199,10 @@ final class PresenceTracker: Sendable {
             metrics.presenceEventsSuppressed(changes.joined.count + changes.left.count)
             return
         }
-        for user in changes.joined { announce(ServerFrame.joined(room: room, user: user), kind: .joined, room: room) }
+        // A user both left and joined in one sync was cancelled by the store; otherwise
+        // the departures go first.
         for user in changes.left { announce(ServerFrame.left(room: room, user: user), kind: .left, room: room) }
+        for user in changes.joined { announce(ServerFrame.joined(room: room, user: user), kind: .joined, room: room) }
     }
 
     private func announce(_ frame: ByteBuffer, kind: GatewayMetrics.PresenceEventKind, room: RoomID) {

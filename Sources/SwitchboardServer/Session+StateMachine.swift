@@ -869,9 +869,6 @@ struct SessionStateMachine {
                     + reject(ProtocolError(.rateLimited, "slow down: at most \(Int(limits.joinRate)) joins per second", correlationID: correlationID))
             }
         }
-        // Each join says whether the connection wants the room's events (a client re-joining
-        // after a reconnect repeats what it asked for).
-        if presence { presenceRooms.insert(room) } else { presenceRooms.remove(room) }
         if limits.history {
             let purpose = StreamCursor.Purpose.join(correlationID: correlationID, since: since)
             if var cursor = streams[.room(room)] {
@@ -880,6 +877,7 @@ struct SessionStateMachine {
                         return reject(ProtocolError(.alreadyResumed, "this connection has resumed this room already", correlationID: correlationID))
                     }
                     // A member resuming its room: served like a `resume`, once the registry confirms.
+                    setPresenceEvents(room, presence)
                     cursor.resumed = true
                     cursor.mode = .recovering(purpose)
                     streams[.room(room)] = cursor
@@ -894,7 +892,14 @@ struct SessionStateMachine {
         // Counted as joined at once, so that frames handled in the same batch (those held
         // before welcome) see the membership: a publish right after the join is allowed.
         rooms.insert(room)
+        setPresenceEvents(room, presence)
         return [.register(join: room, correlationID: correlationID, wasMember: wasMember)]
+    }
+
+    /// Each accepted join says whether the connection wants the room's events (a client
+    /// re-joining after a reconnect repeats what it asked for).
+    private mutating func setPresenceEvents(_ room: RoomID, _ wanted: Bool) {
+        if wanted { presenceRooms.insert(room) } else { presenceRooms.remove(room) }
     }
 
     // MARK: Writing and closing

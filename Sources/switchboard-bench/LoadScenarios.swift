@@ -81,6 +81,7 @@ struct IdleBench: AsyncParsableCommand {
             }
         )
         var joined = 0
+        let joinsStarted = ContinuousClock.now
         if rooms > 0 {
             for (index, connection) in fleet.connections.enumerated() {
                 try? await connection?.send(text: #"{"type":"join","room":"r\#(index % rooms)","id":"j"}"#)
@@ -92,14 +93,16 @@ struct IdleBench: AsyncParsableCommand {
             }
             joined = joins.count.load(ordering: .relaxed)
         }
+        let joinSeconds = (ContinuousClock.now - joinsStarted).seconds
         // Scripts wait for this line before doing something to the held connections.
         let line = String(
-            format: "connections opened: %d of %d in %.1f s; %d joined %d rooms; holding %d s\n",
+            format: "connections opened: %d of %d in %.1f s; %d joined %d rooms in %.2f s; holding %d s\n",
             fleet.connected,
             load.users,
             fleet.connectSeconds,
             joined,
             rooms,
+            rooms > 0 ? joinSeconds : 0,
             hold
         )
         FileHandle.standardOutput.write(Data(line.utf8))
