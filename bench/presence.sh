@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What presence costs: a connect storm of USERS users in ROOMS rooms on two gateways
-# (RabbitMQ backplane), with --presence none and with a Redis presence, then an idle hold
-# with the presence refreshes running.
+# (RabbitMQ backplane), with --presence none ("off"), with a Redis presence ("on"), and
+# with a Redis presence and every connection joining with "presence": true ("events": each
+# gets the joined events of its room), then an idle hold with the presence refreshes running.
 #
 # Usage: bench/presence.sh [USERS] [ROOMS] [RUNS] [IDLE_SECONDS]   (defaults 10000 100 2 60)
 #
@@ -64,19 +65,25 @@ metric() {
 now() { date +%s.%N; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 sum() { awk '{ s += $1 } END { printf "%.3f", s }'; }
+# Users Redis lists over all rooms: one EVAL of ROOMS HLENs (1 + ROOMS commands, counted out below).
 listed() {
-    local prefix=$1 total=0
-    for i in $(seq 0 $((ROOMS - 1))); do
-        total=$((total + $(redis_cli HLEN "$prefix:pu:{room.r$i}")))
+    redis_cli EVAL "local n = 0 for i = 0, tonumber(ARGV[2]) - 1 do n = n + redis.call('HLEN', ARGV[1] .. ':pu:{room.r' .. i .. '}') end return n" 0 "$1" "$ROOMS"
+}
+events() {
+    local total=0
+    for port in $PORT1 $PORT2; do
+        total=$(awk -v t="$total" -v a="$(metric "$port" 'switchboard_presence_events_total{type="joined"}')" 'BEGIN { print t + a }')
     done
     echo "$total"
 }
 
 for run in $(seq 1 "$RUNS"); do
-    for mode in off on; do
+    for mode in off on events; do
         prefix="bench$run$mode"
         presence=(--presence none)
-        [ "$mode" = on ] && presence=(--presence "$SWITCHBOARD_REDIS_URL?prefix=$prefix")
+        subscribe=()
+        [ "$mode" != off ] && presence=(--presence "$SWITCHBOARD_REDIS_URL?prefix=$prefix")
+        [ "$mode" = events ] && subscribe=(--presence-events)
         for index in 1 2; do
             port_var="PORT$index"
             "$BIN" serve --port "${!port_var}" --backplane "$SWITCHBOARD_AMQP_URL" --auth none --gateway-id "presence-$index-$run$mode" \
@@ -93,15 +100,17 @@ for run in $(seq 1 "$RUNS"); do
         before_scripts=$(redis_scripts)
         started=$(now)
         "$BENCH" idle --gateway "ws://127.0.0.1:$PORT1/ws" --gateway "ws://127.0.0.1:$PORT2/ws" --users "$USERS" --rooms "$ROOMS" \
-            --hold $((IDLE + 20)) --gateway-pid "$GW1" --gateway-pid "$GW2" >"$work/holder.log" 2>&1 &
+            --hold $((IDLE + 20)) --gateway-pid "$GW1" --gateway-pid "$GW2" ${subscribe[@]+"${subscribe[@]}"} >"$work/holder.log" 2>&1 &
         HOLDER=$!
         for _ in $(seq 1 1800); do grep -q "connections opened" "$work/holder.log" && break; sleep 0.05; done
         joined_at=$(now)
         complete_at=$joined_at
-        if [ "$mode" = on ]; then
+        probes=0
+        if [ "$mode" != off ]; then
             for _ in $(seq 1 600); do
+                probes=$((probes + 1))
                 [ "$(listed "$prefix")" -ge "$USERS" ] && break
-                sleep 0.1
+                sleep 0.05
             done
             complete_at=$(now)
         fi
@@ -110,22 +119,23 @@ for run in $(seq 1 "$RUNS"); do
         redis=$(cpu "$REDIS_PID")
         beam=$(cpu "$BEAM")
         generator=$(cpu "$HOLDER")
-        commands=$(redis_commands)
+        commands=$(($(redis_commands) - probes * (ROOMS + 1)))
         scripts=$(redis_scripts)
+        announced=$(events)
         awk -v mode="$mode" -v run="$run" -v line="$(head -1 "$work/holder.log")" -v users="$USERS" \
             -v joined="$(minus "$joined_at" "$started")" -v complete="$(minus "$complete_at" "$started")" \
             -v gw="$(minus "$gw" "$before_gw")" -v redis="$(minus "$redis" "$before_redis")" \
             -v beam="$(minus "$beam" "$before_beam")" -v gen="$generator" \
-            -v commands="$((commands - before_commands))" -v scripts="$((scripts - before_scripts))" 'BEGIN {
+            -v commands="$((commands - before_commands))" -v scripts="$((scripts - before_scripts))" -v announced="$announced" 'BEGIN {
             printf "run %d presence %s storm: %s\n", run, mode, line
             printf "  joins acked %.2f s after the start, presence complete %.2f s; CPU s: gateways %.2f, redis %.2f, rabbitmq %.2f, generator %.2f", joined, complete, gw, redis, beam, gen
-            printf " (gateways %.1f µs, redis %.1f µs per connection); redis commands %d (%.2f per connection), scripts %d (%.3f per connection)\n", gw / users * 1e6, redis / users * 1e6, commands, commands / users, scripts, scripts / users
+            printf " (gateways %.1f µs, redis %.1f µs per connection); redis commands %d (%.2f per connection), scripts %d (%.3f per connection); joined events published %d\n", gw / users * 1e6, redis / users * 1e6, commands, commands / users, scripts, scripts / users, announced
         }'
         # The hold: idle connections, refreshes every 20 s.
         before_gw=$gw
         before_redis=$redis
-        before_commands=$commands
-        before_scripts=$scripts
+        before_commands=$(redis_commands)
+        before_scripts=$(redis_scripts)
         before_refreshes=$( (metric "$PORT1" switchboard_presence_refreshes_total; metric "$PORT2" switchboard_presence_refreshes_total) | sum)
         sleep "$IDLE"
         gw=$( (cpu "$GW1"; echo; cpu "$GW2"; echo) | sum)

@@ -19,6 +19,8 @@ struct RegistryState<Handle> {
     var rooms: [RoomID: Set<ConnectionID>] = [:]
     var activeUsers: [UserID: Int] = [:]
     var activeRooms: [RoomID: Int] = [:]
+    /// Per room, the member connections that asked for its presence events.
+    var presenceSubscribers: [RoomID: Set<ConnectionID>] = [:]
 
     mutating func add(_ id: ConnectionID, user: UserID, handle: Handle) -> RegistryChange {
         precondition(connections[id] == nil, "connection \(id) registered twice")
@@ -32,7 +34,10 @@ struct RegistryState<Handle> {
     mutating func remove(_ id: ConnectionID) -> RegistryChange {
         guard let connection = connections.removeValue(forKey: id) else { return RegistryChange() }
         Self.remove(id, from: connection.user, in: &users)
-        for room in connection.rooms { Self.remove(id, from: room, in: &rooms) }
+        for room in connection.rooms {
+            Self.remove(id, from: room, in: &rooms)
+            Self.remove(id, from: room, in: &presenceSubscribers)
+        }
         // A leaving connection was no longer counted: removing it changes nothing local.
         var change = connection.isLeaving ? RegistryChange() : deactivate(connection)
         change.endedMemberships = Array(connection.rooms)
@@ -60,10 +65,17 @@ struct RegistryState<Handle> {
     mutating func leave(_ id: ConnectionID, room: RoomID) -> RegistryChange {
         guard let isLeaving = connections[id]?.isLeaving, connections[id]?.rooms.remove(room) != nil else { return RegistryChange() }
         Self.remove(id, from: room, in: &rooms)
+        Self.remove(id, from: room, in: &presenceSubscribers)
         var change = RegistryChange()
         change.endedMemberships = [room]
         if !isLeaving, Self.decrement(room, in: &activeRooms) { change.noLongerLocal = [.room(room)] }
         return change
+    }
+
+    mutating func setPresenceEvents(_ id: ConnectionID, room: RoomID, wanted: Bool) {
+        guard wanted else { return Self.remove(id, from: room, in: &presenceSubscribers) }
+        guard connections[id]?.rooms.contains(room) == true else { return }
+        presenceSubscribers[room, default: []].insert(id)
     }
 
     /// Stops counting `connection` towards its user and rooms.

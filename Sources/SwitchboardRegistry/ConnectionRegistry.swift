@@ -45,6 +45,20 @@ package final class ConnectionRegistry<Handle: Sendable>: Sendable {
         state.withLock { $0.leave(id, room: room) }
     }
 
+    /// Whether member connection `id` gets `room`'s presence events (ignored for a non-member;
+    /// a leave or close ends it).
+    package func setPresenceEvents(_ id: ConnectionID, room: RoomID, wanted: Bool) {
+        state.withLock { $0.setPresenceEvents(id, room: room, wanted: wanted) }
+    }
+
+    /// The handles of the member connections of `room` that asked for its presence events.
+    package func presenceHandles(for room: RoomID) -> [Handle] {
+        state.withLock { state in
+            guard let ids = state.presenceSubscribers[room] else { return [] }
+            return ids.compactMap { state.connections[$0]?.handle }
+        }
+    }
+
     /// Whether connection `id` is a member of `room`.
     package func isMember(_ id: ConnectionID, of room: RoomID) -> Bool {
         state.withLock { $0.connections[id]?.rooms.contains(room) ?? false }

@@ -114,9 +114,10 @@ public final class Gateway: Sendable {
             case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
             }
             guard !handles.isEmpty else { continue }
-            if kind == .room, ServerFrame.isPresenceEvent(delivery.frame) {
-                // Only members that asked for events write it (and count it).
-                for handle in handles {
+            if case .room(let room) = delivery.address, ServerFrame.isPresenceEvent(delivery.frame) {
+                // Only to members that asked for events: in a room where none did, an event
+                // costs this lookup, not a hop to every member's loop.
+                for handle in registry.presenceHandles(for: room) {
                     batches.append(
                         LoopBatches.Item(handle: handle, frame: delivery.frame, address: delivery.address, position: nil, isPresenceEvent: true)
                     )

@@ -37,6 +37,8 @@ struct SessionStateMachine {
         case bindRoom(RoomID, correlationID: CorrelationID?)
         /// Remove the membership from the registry (and release the room's binding).
         case leave(RoomID)
+        /// Tell the registry whether this member connection gets the room's presence events.
+        case presenceEvents(RoomID, wanted: Bool)
         /// Hand a message to the backplane; feed ``publishCompleted(_:request:)``.
         case publish(PublishRequest)
         /// Tell the event sink that a direct message reached no one.
@@ -877,11 +879,10 @@ struct SessionStateMachine {
                         return reject(ProtocolError(.alreadyResumed, "this connection has resumed this room already", correlationID: correlationID))
                     }
                     // A member resuming its room: served like a `resume`, once the registry confirms.
-                    setPresenceEvents(room, presence)
                     cursor.resumed = true
                     cursor.mode = .recovering(purpose)
                     streams[.room(room)] = cursor
-                    return read(.room(room), after: since.offset, purpose: purpose)
+                    return setPresenceEvents(room, presence) + read(.room(room), after: since.offset, purpose: purpose)
                 }
             } else {
                 var cursor = StreamCursor(mode: .opening(purpose))
@@ -892,14 +893,16 @@ struct SessionStateMachine {
         // Counted as joined at once, so that frames handled in the same batch (those held
         // before welcome) see the membership: a publish right after the join is allowed.
         rooms.insert(room)
-        setPresenceEvents(room, presence)
-        return [.register(join: room, correlationID: correlationID, wasMember: wasMember)]
+        return [.register(join: room, correlationID: correlationID, wasMember: wasMember)] + setPresenceEvents(room, presence)
     }
 
     /// Each accepted join says whether the connection wants the room's events (a client
-    /// re-joining after a reconnect repeats what it asked for).
-    private mutating func setPresenceEvents(_ room: RoomID, _ wanted: Bool) {
+    /// re-joining after a reconnect repeats what it asked for); the registry is told, after
+    /// the membership, since only it can pick the subscribers of an event.
+    private mutating func setPresenceEvents(_ room: RoomID, _ wanted: Bool) -> [Action] {
+        guard limits.presence else { return [] }
         if wanted { presenceRooms.insert(room) } else { presenceRooms.remove(room) }
+        return [.presenceEvents(room, wanted: wanted)]
     }
 
     // MARK: Writing and closing

@@ -164,6 +164,8 @@ final class SessionHandler: ChannelInboundHandler {
                 gateway.bindings.ensureBound(.room(room)) { result in
                     handle.withSession { $0.feed { $0.roomBindCompleted(room, correlationID: correlationID, result: result) } }
                 }
+            case .presenceEvents(let room, let wanted):
+                gateway.registry.setPresenceEvents(connectionID, room: room, wanted: wanted)
             case .leave(let room):
                 gateway.apply(gateway.registry.leave(connectionID, room: room), user: user)
             case .publish(let request):

@@ -64,6 +64,9 @@ struct IdleBench: AsyncParsableCommand {
     @Option(help: "Rooms to spread the users over: user i joins r<i mod rooms> before the hold (0: none; at most 10000).")
     var rooms = 0
 
+    @Flag(help: "Join the rooms with \"presence\": true (each connection then gets the room's joined / left events).")
+    var presenceEvents = false
+
     func validate() throws {
         try load.validateCommon()
         guard (1...300).contains(hold) else { throw ValidationError("--hold must be 1…300") }
@@ -84,7 +87,8 @@ struct IdleBench: AsyncParsableCommand {
         let joinsStarted = ContinuousClock.now
         if rooms > 0 {
             for (index, connection) in fleet.connections.enumerated() {
-                try? await connection?.send(text: #"{"type":"join","room":"r\#(index % rooms)","id":"j"}"#)
+                let flag = presenceEvents ? #","presence":true"# : ""
+                try? await connection?.send(text: #"{"type":"join","room":"r\#(index % rooms)","id":"j"\#(flag)}"#)
             }
             // Bounded: at most 60 s for the joins' acks.
             let deadline = ContinuousClock.now + .seconds(60)

@@ -102,3 +102,34 @@ struct LeavingConnectionTests {
         #expect(registry.isLocal(.user(alice)))
     }
 }
+
+@Suite("Connection registry: presence subscribers")
+struct PresenceSubscriberTests {
+    let alice = try! UserID(validating: "alice")
+    let lobby = try! RoomID(validating: "lobby")
+
+    @Test("only members subscribe; a leave, a close or a join without events ends it")
+    func subscribers() {
+        let registry = ConnectionRegistry<Int>()
+        let one = ConnectionID.next()
+        let two = ConnectionID.next()
+        _ = registry.add(one, user: alice, handle: 1)
+        _ = registry.add(two, user: alice, handle: 2)
+        registry.setPresenceEvents(one, room: lobby, wanted: true)
+        #expect(registry.presenceHandles(for: lobby).isEmpty, "not a member yet")
+        _ = registry.join(one, room: lobby)
+        _ = registry.join(two, room: lobby)
+        registry.setPresenceEvents(one, room: lobby, wanted: true)
+        registry.setPresenceEvents(two, room: lobby, wanted: true)
+        #expect(Set(registry.presenceHandles(for: lobby)) == [1, 2])
+        registry.setPresenceEvents(two, room: lobby, wanted: false)
+        #expect(registry.presenceHandles(for: lobby) == [1])
+        _ = registry.leave(one, room: lobby)
+        #expect(registry.presenceHandles(for: lobby).isEmpty)
+        _ = registry.join(one, room: lobby)
+        #expect(registry.presenceHandles(for: lobby).isEmpty, "a new membership starts without events")
+        registry.setPresenceEvents(one, room: lobby, wanted: true)
+        _ = registry.remove(one)
+        #expect(registry.presenceHandles(for: lobby).isEmpty)
+    }
+}
