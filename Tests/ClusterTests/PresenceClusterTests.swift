@@ -67,8 +67,11 @@ struct PresenceClusterTests {
             #expect(ContinuousClock.now - closed >= Self.grace, "not before the grace")
             try await olga.expectSilence(for: .seconds(1))
 
-            // Carol moves from gw-3 to gw-1 (a reconnect elsewhere) within the grace: nothing.
+            // Carol moves from gw-3 to gw-1 (a reconnect elsewhere) within the grace, then
+            // reconnects to gw-1 itself: nothing either time.
             await carol.close()
+            let carolMoved = try await Self.member("carol", on: "gw-1", of: cluster)
+            await carolMoved.close()
             let carolAgain = try await Self.member("carol", on: "gw-1", of: cluster)
             try await olga.expectSilence(for: Self.grace + .seconds(1))
             #expect(try await Self.presence(olga).presenceUsers == ["carol": 1, "olga": 1])
