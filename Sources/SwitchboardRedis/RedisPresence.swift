@@ -197,7 +197,8 @@ enum PresenceScripts {
               local field = ARGV[1] .. '\\n' .. user
               local before = tonumber(redis.call('HGET', KEYS[1], field) or '0')
               if after > 0 then
-                redis.call('HSET', KEYS[1], field, after)
+                -- A refresh of an unchanged entry only renews its expiry.
+                if after ~= before then redis.call('HSET', KEYS[1], field, after) end
                 redis.call('ZADD', KEYS[2], string.format('%d', now + ttl), field)
               else
                 redis.call('HDEL', KEYS[1], field)
