@@ -47,6 +47,18 @@ public final class RedisConnection: Sendable {
             )
             return promise.futureResult
         }
+
+        /// Loads Lua scripts (`SCRIPT LOAD`, pipelined); the future holds their digests, in
+        /// order, for ``RedisConnection/evaluate(script:sha:keys:arguments:completion:)``.
+        public func loadScripts(_ scripts: [String]) -> EventLoopFuture<[String]> {
+            let loads = scripts.map { send(RedisCommand("SCRIPT", "LOAD", $0)) }
+            return EventLoopFuture.whenAllSucceed(loads, on: channel.eventLoop).flatMapThrowing { replies in
+                try replies.map { reply in
+                    guard let digest = reply.string else { throw RedisError(.protocolError, "SCRIPT LOAD did not answer a digest") }
+                    return digest
+                }
+            }
+        }
     }
 
     public let configuration: RedisConfiguration

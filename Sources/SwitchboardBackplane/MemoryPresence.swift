@@ -15,7 +15,7 @@ public final class MemoryPresence: PresenceStore {
     /// - Parameter clock: milliseconds on a monotonic clock; tests pass their own.
     public init(policy: PresencePolicy = PresencePolicy(), clock: (@Sendable () -> Int64)? = nil) {
         self.policy = policy
-        self.clock = clock ?? { Self.monotonicMilliseconds() }
+        self.clock = clock ?? { (ContinuousClock.now - Self.origin).wholeMilliseconds }
     }
 
     public var isReady: Bool { true }
@@ -52,11 +52,6 @@ public final class MemoryPresence: PresenceStore {
         completion(.success(snapshot))
     }
 
-    private static func monotonicMilliseconds() -> Int64 {
-        let elapsed = ContinuousClock.Instant.now - origin
-        return elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
-    }
-
     private static let origin = ContinuousClock.Instant.now
 }
 
@@ -90,8 +85,8 @@ public struct PresenceRoom: Sendable, Equatable {
     public mutating func sync(gateway: String, entries: [PresenceEntry], now: Int64, policy: PresencePolicy) -> PresenceChanges {
         var changes = PresenceChanges()
         changes.left = expire(now: now)
-        let ttl = Self.milliseconds(policy.ttl)
-        let grace = Self.milliseconds(policy.grace)
+        let ttl = policy.ttl.wholeMilliseconds
+        let grace = policy.grace.wholeMilliseconds
         for entry in entries {
             let field = Field(gateway: gateway, user: entry.user)
             let before = connections[field] ?? 0
@@ -151,11 +146,7 @@ public struct PresenceRoom: Sendable, Equatable {
         let listed =
             users.map { PresenceEntry(user: $0.key, connections: $0.value) }
             + leaving.keys.map { PresenceEntry(user: $0, connections: 0) }
-        let sorted = listed.sorted { Array($0.user.rawValue.utf8).lexicographicallyPrecedes(Array($1.user.rawValue.utf8)) }
+        let sorted = listed.sorted(by: PresenceEntry.precedesByID)
         return PresenceSnapshot(users: Array(sorted.prefix(max(0, limit))), count: count)
-    }
-
-    public static func milliseconds(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
     }
 }

@@ -11,6 +11,11 @@ public struct PresenceEntry: Sendable, Equatable {
         self.user = user
         self.connections = connections
     }
+
+    /// The order of lists: by the users' id bytes (not by Unicode collation, as ids compare).
+    public static func precedesByID(_ lhs: PresenceEntry, _ rhs: PresenceEntry) -> Bool {
+        lhs.user.rawValue.utf8.lexicographicallyPrecedes(rhs.user.rawValue.utf8)
+    }
 }
 
 /// What a ``PresenceStore/sync(_:gateway:entries:completion:)`` changed for the whole room,

@@ -151,48 +151,17 @@ private struct FrameObject {
     /// The `users`, `count` and `truncated` of a `presence` answer; users of the wrong shape are skipped.
     func presence() -> GatewayClient.Presence? {
         guard let count = count("count"), let member = member("users"), member.kind == .array else { return nil }
+        let list = Array(bytes[member.range])
+        guard let elements = try? JSONScanner.arrayElements(of: list) else { return nil }
         var users: [GatewayClient.Presence.User] = []
-        for element in Self.objects(inArray: Array(bytes[member.range])) {
+        for range in elements {
+            let element = Array(list[range])
             guard let inner = try? JSONScanner.topLevelMembers(of: element) else { continue }
             let object = FrameObject(bytes: element, members: inner)
             guard let user = object.string("user"), let connections = object.count("connections") else { continue }
             users.append(GatewayClient.Presence.User(user: user, connections: connections))
         }
         return GatewayClient.Presence(users: users, count: count, truncated: bool("truncated") ?? false)
-    }
-
-    /// The byte ranges of the top-level objects of a JSON array the scanner validated already.
-    private static func objects(inArray bytes: [UInt8]) -> [[UInt8]] {
-        var objects: [[UInt8]] = []
-        var depth = 0
-        var start = 0
-        var inString = false
-        var escaped = false
-        for (index, byte) in bytes.enumerated() {
-            if inString {
-                if escaped {
-                    escaped = false
-                } else if byte == UInt8(ascii: "\\") {
-                    escaped = true
-                } else if byte == UInt8(ascii: "\"") {
-                    inString = false
-                }
-                continue
-            }
-            switch byte {
-            case UInt8(ascii: "\""):
-                inString = true
-            case UInt8(ascii: "{"), UInt8(ascii: "["):
-                depth += 1
-                if depth == 2, byte == UInt8(ascii: "{") { start = index }
-            case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                if depth == 2, byte == UInt8(ascii: "}") { objects.append(Array(bytes[start...index])) }
-                depth -= 1
-            default:
-                break
-            }
-        }
-        return objects
     }
 
     /// `{"epoch":"E","offset":N}`; nil unless both are there and well-typed.

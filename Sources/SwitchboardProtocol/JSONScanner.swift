@@ -67,6 +67,18 @@ public struct JSONScanner {
         return members
     }
 
+    /// Scans `bytes`, which must hold exactly one JSON array and optional white space.
+    /// - Returns: The byte range of each element's exact text, in order.
+    /// - Throws: ``JSONScanError`` when the text is not such an array.
+    public static func arrayElements(of bytes: [UInt8]) throws(JSONScanError) -> [Range<Int>] {
+        var scanner = JSONScanner(bytes: bytes)
+        scanner.skipWhitespace()
+        let elements = try scanner.scanArray(depth: 0, collect: true)
+        scanner.skipWhitespace()
+        guard scanner.index == bytes.count else { throw .malformed(offset: scanner.index) }
+        return elements
+    }
+
     private func peek() -> UInt8? {
         index < bytes.count ? bytes[index] : nil
     }
@@ -93,7 +105,7 @@ public struct JSONScanner {
             _ = try scanObject(depth: depth + 1, collect: false)
             return .object
         case UInt8(ascii: "["):
-            try scanArray(depth: depth + 1)
+            _ = try scanArray(depth: depth + 1, collect: false)
             return .array
         case UInt8(ascii: "\""):
             try scanString(decode: false)
@@ -152,21 +164,25 @@ public struct JSONScanner {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
     }
 
-    private mutating func scanArray(depth: Int) throws(JSONScanError) {
+    /// Scans an array; returns its elements' ranges when `collect` is true.
+    private mutating func scanArray(depth: Int, collect: Bool) throws(JSONScanError) -> [Range<Int>] {
         guard depth <= Self.maximumDepth else { throw .tooDeep }
         try expect(UInt8(ascii: "["))
+        var elements: [Range<Int>] = []
         skipWhitespace()
         if peek() == UInt8(ascii: "]") {
             index += 1
-            return
+            return elements
         }
         while true {
             skipWhitespace()
+            let start = index
             _ = try scanValue(depth: depth)
+            if collect { elements.append(start..<index) }
             skipWhitespace()
             guard let byte = peek() else { throw .malformed(offset: index) }
             index += 1
-            if byte == UInt8(ascii: "]") { return }
+            if byte == UInt8(ascii: "]") { return elements }
             guard byte == UInt8(ascii: ",") else { throw .malformed(offset: index - 1) }
         }
     }

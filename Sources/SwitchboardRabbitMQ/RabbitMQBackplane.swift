@@ -102,7 +102,7 @@ public final class RabbitMQBackplane: Backplane {
                         LoggingKeys.queue: .string(queue),
                         LoggingKeys.broker: .string(setup.broker.redactedDescription),
                         LoggingKeys.bindings: .stringConvertible(keys.count),
-                        LoggingKeys.setupMilliseconds: .stringConvertible(elapsed.milliseconds),
+                        LoggingKeys.setupMilliseconds: .stringConvertible(elapsed.wholeMilliseconds),
                     ]
                 )
             },
@@ -186,10 +186,10 @@ public final class RabbitMQBackplane: Backplane {
             return nil
         }
         guard let recovery else { return }
-        shared.counters.countRecovery(milliseconds: recovery.duration.milliseconds)
+        shared.counters.countRecovery(milliseconds: recovery.duration.wholeMilliseconds)
         logger.warning(
             recovery.movedNode ? "RabbitMQ backplane failed over to another node" : "RabbitMQ backplane reconnected",
-            metadata: [LoggingKeys.failoverMilliseconds: .stringConvertible(recovery.duration.milliseconds)]
+            metadata: [LoggingKeys.failoverMilliseconds: .stringConvertible(recovery.duration.wholeMilliseconds)]
         )
     }
 
@@ -367,13 +367,5 @@ private struct RabbitMQEventSink: EventSink {
                 logger.debug("event not published", metadata: [LoggingKeys.routingKey: .string(key), LoggingKeys.errorType: .string("\(error)")])
             }
         }
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds, for logs and counters.
-    fileprivate var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }

@@ -77,24 +77,20 @@ public final class RedisHistory: HistoryStore {
             logger: logger,
             setUp: { setUp in
                 // Loaded on every connect: a restarted Redis has no scripts.
-                let append = setUp.send(RedisCommand("SCRIPT", "LOAD", HistoryScripts.append))
-                let read = setUp.send(RedisCommand("SCRIPT", "LOAD", HistoryScripts.read))
+                let loaded = setUp.loadScripts([HistoryScripts.append, HistoryScripts.read])
                 let replication =
                     sentinel
                     ? setUp.send(RedisCommand("INFO", "replication"))
                     : setUp.channel.eventLoop.makeSucceededFuture(RedisValue.null)
-                return append.and(read).and(replication).flatMapThrowing { loaded in
-                    guard let appendSHA = loaded.0.0.string, let readSHA = loaded.0.1.string else {
-                        throw RedisError(.protocolError, "SCRIPT LOAD did not answer a digest")
-                    }
+                return loaded.and(replication).flatMapThrowing { digests, replication in
                     var suffix = ""
                     if sentinel {
-                        guard let replid = Self.replicationID(in: loaded.1) else {
+                        guard let replid = Self.replicationID(in: replication) else {
                             throw RedisError(.protocolError, "INFO replication named no master_replid")
                         }
                         suffix = "-" + replid.prefix(8)
                     }
-                    scripts.value.withLock { $0 = (appendSHA, readSHA) }
+                    scripts.value.withLock { $0 = (digests[0], digests[1]) }
                     generation.value.withLock { $0 = suffix }
                 }
             }
@@ -111,8 +107,8 @@ public final class RedisHistory: HistoryStore {
 
     public func append(_ head: ByteBuffer, to stream: BackplaneAddress, completion: @escaping @Sendable (Result<HistoryAppend, HistoryError>) -> Void)
     {
-        let ttl = Self.milliseconds(retention.ttl)
-        let metadataTTL = max(1, Self.milliseconds(retention.metadataTTL) / 1000)
+        let ttl = retention.ttl.wholeMilliseconds
+        let metadataTTL = max(1, retention.metadataTTL.wholeMilliseconds / 1000)
         var channel = ByteBuffer()
         var payloadPrefix = ByteBuffer()
         if let naming {
@@ -164,7 +160,7 @@ public final class RedisHistory: HistoryStore {
         partial: Bool,
         completion: @escaping @Sendable (Result<HistoryRange, HistoryError>) -> Void
     ) {
-        let metadataTTL = max(1, Self.milliseconds(retention.metadataTTL) / 1000)
+        let metadataTTL = max(1, retention.metadataTTL.wholeMilliseconds / 1000)
         let arguments: [ByteBuffer] = [
             ByteBuffer(string: after.map { String($0) } ?? "-1"),
             ByteBuffer(string: String(max(0, limit))),
@@ -173,7 +169,7 @@ public final class RedisHistory: HistoryStore {
             ByteBuffer(string: partial ? "1" : "0"),
             ByteBuffer(string: generation.value.withLock { $0 }),
         ]
-        let ttl = Self.milliseconds(retention.ttl)
+        let ttl = retention.ttl.wholeMilliseconds
         evaluate(\.read, script: HistoryScripts.read, stream: stream, arguments: arguments) { result in
             switch result {
             case .success(.array(let values)) where values.count == 4:
@@ -242,11 +238,6 @@ public final class RedisHistory: HistoryStore {
         }
         guard let frame, let written, written >= oldest else { return nil }
         return HistoryEntry(offset: offset, frame: frame)
-    }
-
-    private static func milliseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }
 

@@ -51,13 +51,8 @@ public final class RedisPresence: PresenceStore {
             logger: logger,
             setUp: { setUp in
                 // Loaded on every connect: a restarted Redis has no scripts.
-                let sync = setUp.send(RedisCommand("SCRIPT", "LOAD", PresenceScripts.sync))
-                let read = setUp.send(RedisCommand("SCRIPT", "LOAD", PresenceScripts.read))
-                return sync.and(read).flatMapThrowing { loaded in
-                    guard let syncSHA = loaded.0.string, let readSHA = loaded.1.string else {
-                        throw RedisError(.protocolError, "SCRIPT LOAD did not answer a digest")
-                    }
-                    scripts.value.withLock { $0 = (syncSHA, readSHA) }
+                setUp.loadScripts([PresenceScripts.sync, PresenceScripts.read]).map { digests in
+                    scripts.value.withLock { $0 = (digests[0], digests[1]) }
                 }
             }
         )
@@ -77,8 +72,8 @@ public final class RedisPresence: PresenceStore {
         entries: [PresenceEntry],
         completion: @escaping @Sendable (Result<PresenceChanges, PresenceError>) -> Void
     ) {
-        let ttl = PresenceRoom.milliseconds(policy.ttl)
-        let grace = PresenceRoom.milliseconds(policy.grace)
+        let ttl = policy.ttl.wholeMilliseconds
+        let grace = policy.grace.wholeMilliseconds
         var arguments: [ByteBuffer] = [
             ByteBuffer(string: gateway),
             ByteBuffer(string: String(max(1, ttl))),
@@ -123,7 +118,7 @@ public final class RedisPresence: PresenceStore {
                     else { continue }
                     users.append(PresenceEntry(user: user, connections: Int(connections)))
                 }
-                users.sort { Array($0.user.rawValue.utf8).lexicographicallyPrecedes(Array($1.user.rawValue.utf8)) }
+                users.sort(by: PresenceEntry.precedesByID)
                 completion(.success(PresenceSnapshot(users: users, count: Int(count))))
             case .success(let other):
                 completion(.failure(PresenceError("the presence read script answered \(other)")))

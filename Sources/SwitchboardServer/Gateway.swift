@@ -106,14 +106,6 @@ public final class Gateway: Sendable {
     static func deliver(_ deliveries: [BackplaneDelivery], registry: ConnectionRegistry<SessionHandle>, metrics: GatewayMetrics, hasHistory: Bool) {
         var batches = LoopBatches()
         for delivery in deliveries {
-            let handles: [SessionHandle]
-            let kind: GatewayMetrics.OutboundKind
-            switch delivery.address {
-            case .user(let user): (handles, kind) = (registry.handles(for: .user(user)), .direct)
-            case .room(let room): (handles, kind) = (registry.handles(for: .room(room)), .room)
-            case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
-            }
-            guard !handles.isEmpty else { continue }
             if case .room(let room) = delivery.address, ServerFrame.isPresenceEvent(delivery.frame) {
                 // Only to members that asked for events: in a room where none did, an event
                 // costs this lookup, not a hop to every member's loop.
@@ -124,6 +116,14 @@ public final class Gateway: Sendable {
                 }
                 continue
             }
+            let handles: [SessionHandle]
+            let kind: GatewayMetrics.OutboundKind
+            switch delivery.address {
+            case .user(let user): (handles, kind) = (registry.handles(for: .user(user)), .direct)
+            case .room(let room): (handles, kind) = (registry.handles(for: .room(room)), .room)
+            case .broadcast: (handles, kind) = (registry.allHandles(), .broadcast)
+            }
+            guard !handles.isEmpty else { continue }
             // Parsed once for all local recipients; frames from a gateway without history have none.
             let position = !hasHistory || kind == .broadcast ? nil : HistoryFrame.position(of: delivery.frame)
             for handle in handles {

@@ -113,16 +113,11 @@ final class PresenceTracker: Sendable {
             let (next, reads): (Batch?, [PendingRead]) = rooms.withLock { rooms in
                 guard var state = rooms[room] else { return (nil, []) }
                 defer { rooms[room] = state.isIdle ? nil : state }
-                if failed {
-                    // Written again by the next change or refresh of the room, not at once:
-                    // a store that is down would be asked in a loop.
-                    state.dirty.formUnion(batch.entries.map(\.user))
-                    state.syncing = false
-                    defer { state.waitingReads = [] }
-                    return (nil, state.waitingReads)
-                }
-                guard !state.dirty.isEmpty else {
-                    // Done: reads that came while this write was out have seen it.
+                // A failed batch is written again by the room's next change or refresh, not
+                // at once: a store that is down would be asked in a loop.
+                if failed { state.dirty.formUnion(batch.entries.map(\.user)) }
+                guard !failed, !state.dirty.isEmpty else {
+                    // Done (or given up for now): reads that came while this write was out go now.
                     state.syncing = false
                     defer { state.waitingReads = [] }
                     return (nil, state.waitingReads)
@@ -174,13 +169,13 @@ final class PresenceTracker: Sendable {
         case .success(let value):
             changes = value
         case .failure(let error):
-            // The next refresh writes every entry again: nothing is lost for good.
+            // The batch was put back: the room's next change or refresh writes it again.
             metrics.presenceFailed()
-            let now = PresenceRoom.milliseconds(ContinuousClock.now - Self.origin)
+            let now = (ContinuousClock.now - Self.origin).wholeMilliseconds
             let last = lastFailureLog.load(ordering: .relaxed)
             if now - last >= 10_000, lastFailureLog.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged {
                 logger.warning(
-                    "presence store write failed; retried at the next refresh",
+                    "presence store write failed; written again at the room's next change or refresh",
                     metadata: [LoggingKeys.roomID: "\(room)", LoggingKeys.errorType: "\(error)"]
                 )
             }

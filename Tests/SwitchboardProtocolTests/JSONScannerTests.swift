@@ -32,6 +32,18 @@ struct JSONScannerTests {
         #expect(throws: JSONScanError.self) { try members(text) }
     }
 
+    @Test("an array gives each element's exact text; anything but one array is refused")
+    func arrayElements() throws {
+        let text = #" [ {"user":"a]\"}","connections":2} , [1,{}], "x,y" ,null ] "#
+        let bytes = Array(text.utf8)
+        let elements = try JSONScanner.arrayElements(of: bytes)
+        #expect(elements.map { String(decoding: bytes[$0], as: UTF8.self) } == [#"{"user":"a]\"}","connections":2}"#, "[1,{}]", #""x,y""#, "null"])
+        #expect(try JSONScanner.arrayElements(of: Array("[]".utf8)).isEmpty)
+        for bad in ["", "{}", "[1,]", "[1] x", "[1", "[01]"] {
+            #expect(throws: JSONScanError.self, "\(bad)") { try JSONScanner.arrayElements(of: Array(bad.utf8)) }
+        }
+    }
+
     @Test("invalid UTF-8 inside a string is refused")
     func invalidUTF8() {
         let bytes: [UInt8] = Array(#"{"a":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
