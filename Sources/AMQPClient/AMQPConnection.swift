@@ -11,11 +11,14 @@ import Glibc
 /// One AMQP 0-9-1 connection to a broker, owned by a thread of its own, that reconnects
 /// with backoff until it is shut down.
 ///
-/// rabbitmq-c connections are not thread-safe, so every library call happens on the
-/// connection's thread: a `poll()` loop over the socket and a wake `eventfd`, which
-/// drains a locked command queue, reads frames (servicing heartbeats), and calls back.
-/// Nothing here runs on a NIO event loop or in the Swift concurrency pool, and no
-/// method of this type blocks: each enqueues and returns.
+/// rabbitmq-c connections are not thread-safe and its calls block, so the thread makes
+/// every blocking library call: connect, login, the set-up's declarations. Once the
+/// connection is open, an `eventLoop` given at init serves it (``AMQPLoopHandler``: the
+/// socket in a NIO channel, rabbitmq-c as the codec, the thread asleep until the channel
+/// closes); without one, or over TLS, the thread serves it too: a `poll()` loop over the
+/// socket and a wake `eventfd`, which drains a locked command queue, reads frames
+/// (servicing heartbeats), and calls back. Nothing runs in the Swift concurrency pool,
+/// and no method of this type blocks: each enqueues (or hands to the loop) and returns.
 ///
 /// With several brokers (the nodes of a cluster), the first attempt goes to
 /// `brokers[firstBroker]`, and each failed attempt or lost connection moves on to the next
@@ -96,6 +99,7 @@ public final class AMQPConnection: Sendable {
     private let setUp: @Sendable (AMQPSetup) throws(AMQPError) -> Void
     private let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
     private let onStateChange: @Sendable (AMQPConnectionState) -> Void
+    private let eventLoop: (any EventLoop)?
 
     /// - Parameters:
     ///   - brokers: Broker addresses and credentials, tried in order from `firstBroker`
@@ -107,8 +111,13 @@ public final class AMQPConnection: Sendable {
     ///   - maximumUnconfirmed: Publishes awaiting a confirm before further ones wait (the sliding window).
     ///   - publishLimits: How many publishes may wait at all, and for how long.
     ///   - setUp: Runs on the connection thread after every successful login.
-    ///   - onDeliveries: Receives consumed messages in batches, on the connection thread. Must not block.
+    ///   - onDeliveries: Receives consumed messages in batches, on the connection thread (or
+    ///     on `eventLoop`, when it serves the connection). Must not block.
     ///   - onStateChange: Told about every state change, on the connection thread. Must not block.
+    ///   - eventLoop: Where the open connection is served (reads, writes, confirms,
+    ///     deliveries), with the thread only logging in, setting up and reconnecting; nil:
+    ///     the thread serves it too. A TLS connection is always served by its thread
+    ///     (rabbitmq-c's OpenSSL layer owns that socket).
     public init(
         brokers: [AMQPConfiguration],
         firstBroker: Int = 0,
@@ -119,7 +128,8 @@ public final class AMQPConnection: Sendable {
         publishLimits: PublishLimits = PublishLimits(),
         setUp: @escaping @Sendable (AMQPSetup) throws(AMQPError) -> Void,
         onDeliveries: @escaping @Sendable ([AMQPDelivery]) -> Void = { _ in },
-        onStateChange: @escaping @Sendable (AMQPConnectionState) -> Void = { _ in }
+        onStateChange: @escaping @Sendable (AMQPConnectionState) -> Void = { _ in },
+        eventLoop: (any EventLoop)? = nil
     ) {
         precondition(!brokers.isEmpty, "an AMQP connection needs at least one broker")
         self.shared = AMQPConnectionShared()
@@ -135,6 +145,7 @@ public final class AMQPConnection: Sendable {
         self.setUp = setUp
         self.onDeliveries = onDeliveries
         self.onStateChange = onStateChange
+        self.eventLoop = eventLoop
     }
 
     /// Whether the connection is open and set up now.
@@ -155,7 +166,8 @@ public final class AMQPConnection: Sendable {
             setUp: setUp,
             onDeliveries: onDeliveries,
             onStateChange: onStateChange,
-            shared: shared
+            shared: shared,
+            eventLoop: eventLoop
         )
         let thread = Thread {
             AMQPConnectionThread(context: context).run()
@@ -257,6 +269,11 @@ final class AMQPConnectionShared: Sendable {
         var threadExited = false
         /// The thread is in (or about to enter) `poll()`: the next command must wake it.
         var threadSleeping = false
+        /// The handler serving the open connection on an event loop, if it is served there:
+        /// commands go to it instead of the thread.
+        var server: NIOLoopBound<AMQPLoopHandler>?
+        /// Why the loop stopped serving, for the thread to report and reconnect.
+        var servingError: AMQPError?
 
         /// Whether the command just queued must wake the thread: only the first one queued
         /// during a sleep does; the rest of a burst only queue.
@@ -309,6 +326,7 @@ final class AMQPConnectionShared: Sendable {
     func enqueue(_ publish: AMQPPublish, limits: AMQPConnection.PublishLimits) -> AMQPError? {
         let size = publish.body.readableBytes
         var shouldWake = false
+        var server: NIOLoopBound<AMQPLoopHandler>?
         let error: AMQPError? = state.withLock { state in
             switch state.phase {
             case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
@@ -324,11 +342,16 @@ final class AMQPConnectionShared: Sendable {
                 }
                 state.pendingPublishes += 1
                 state.pendingBytes += size
-                state.commands.append(.publish(publish))
-                shouldWake = state.takeSleeping()
+                if let loopServer = state.server {
+                    server = loopServer
+                } else {
+                    state.commands.append(.publish(publish))
+                    shouldWake = state.takeSleeping()
+                }
                 return nil
             }
         }
+        if let server { Self.submit(.publish(publish), to: server) }
         if shouldWake { wake() }
         return error
     }
@@ -343,18 +366,61 @@ final class AMQPConnectionShared: Sendable {
     /// Queues `command` for the thread, or returns why it cannot be sent now.
     func enqueue(_ command: AMQPCommand) -> AMQPError? {
         var shouldWake = false
+        var server: NIOLoopBound<AMQPLoopHandler>?
         let error: AMQPError? = state.withLock { state in
             switch state.phase {
             case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
             case .connecting: return AMQPError(.notConnected, "the AMQP connection is not open")
             case .open:
-                state.commands.append(command)
-                shouldWake = state.takeSleeping()
+                if let loopServer = state.server {
+                    server = loopServer
+                } else {
+                    state.commands.append(command)
+                    shouldWake = state.takeSleeping()
+                }
                 return nil
             }
         }
+        if let server { Self.submit(command, to: server) }
         if shouldWake { wake() }
         return error
+    }
+
+    /// Hands a command to the loop that serves the connection: at once when already on it.
+    private static func submit(_ command: AMQPCommand, to server: NIOLoopBound<AMQPLoopHandler>) {
+        if server.eventLoop.inEventLoop {
+            server.value.submit(command)
+        } else {
+            server.eventLoop.execute { server.value.submit(command) }
+        }
+    }
+
+    /// Called on the loop once it serves the connection: from now on commands go there.
+    /// Returns the commands queued for the thread since the phase became open, which the
+    /// loop takes first (in order, before anything another thread hands it after this).
+    func attach(_ server: NIOLoopBound<AMQPLoopHandler>) -> [AMQPCommand] {
+        state.withLock { state in
+            state.server = server
+            state.servingError = nil
+            defer { state.commands.removeAll() }
+            return state.commands
+        }
+    }
+
+    /// Called by the loop's handler when it stops serving: commands fail fast from now on
+    /// (they would reach a handler that fails them anyway), and the thread wakes to reconnect.
+    func servingEnded(_ error: AMQPError) {
+        state.withLock { state in
+            state.server = nil
+            state.servingError = error
+            if state.phase == .open { state.phase = .connecting }
+        }
+        wake()
+    }
+
+    /// The handler serving on a loop, if any, and why serving ended (once it did).
+    var loopServing: (server: NIOLoopBound<AMQPLoopHandler>?, error: AMQPError?) {
+        state.withLock { ($0.server, $0.servingError) }
     }
 
     func takeCommands() -> [AMQPCommand] {
@@ -425,7 +491,7 @@ final class AMQPConnectionShared: Sendable {
 }
 
 /// A publish on its way to the socket.
-struct AMQPPublish {
+struct AMQPPublish: Sendable {
     var exchange: String
     var routingKey: String
     var body: ByteBuffer
@@ -441,8 +507,8 @@ struct AMQPPublish {
     }
 }
 
-/// Work for the connection thread.
-enum AMQPCommand {
+/// Work for the connection thread, or for the loop that serves the connection.
+enum AMQPCommand: Sendable {
     case publish(AMQPPublish)
     /// A nil queue: the one the connection's `setUp` declared.
     case bind(queue: String?, exchange: String, routingKey: String, completion: AMQPConnection.Completion)

@@ -2,6 +2,7 @@ private import CRabbitMQ
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -22,19 +23,7 @@ final class AMQPConnectionThread {
         let onDeliveries: @Sendable ([AMQPDelivery]) -> Void
         let onStateChange: @Sendable (AMQPConnectionState) -> Void
         let shared: AMQPConnectionShared
-    }
-
-    /// A message whose content (header and body frames) is still arriving.
-    private enum Content {
-        case delivery(exchange: String, routingKey: String)
-        case returned(replyCode: UInt16, replyText: String)
-    }
-
-    private struct PendingContent {
-        var kind: Content
-        var bodySize: Int?
-        var messageID: String?
-        var body = ByteBuffer()
+        let eventLoop: (any EventLoop)?
     }
 
     private let context: Context
@@ -46,23 +35,21 @@ final class AMQPConnectionThread {
     /// The queue the last `setUp` declared: where binds without a queue name go.
     private var ownQueue: String?
     private var confirmsEnabled = false
-    private var confirms = AMQPConfirmWindow()
+    /// Confirms, bind replies, content being assembled, `connection.blocked`.
+    private var inbound = AMQPInboundState()
     /// Publishes encoded and not written yet (see ``AMQPPublishFrames``); sized at connect.
     private var publishFrames = AMQPPublishFrames(frameMax: 131_072)
     /// Commands taken from the shared queue and not sent yet (publishes wait here for room in the confirm window).
     private var backlog: [AMQPCommand] = []
-    /// Replies expected on channel 2, in order: each completes the commands listed with it.
-    private var bindReplies: [[AMQPConnection.Completion]] = []
-    private var contents: [UInt16: PendingContent] = [:]
-    private var deliveries: [AMQPDelivery] = []
     private var lastReceived = ContinuousClock.now
-    /// The broker sent `connection.blocked` (a resource alarm) and no `connection.unblocked` yet.
-    private var blocked = false
     /// A publish waits because the socket's send buffer is too full to take it whole.
     private var waitingForSocketRoom = false
     /// A batched write failed part-way: the stream holds a torn frame, so no clean close.
     private var streamBroken = false
-    private var lastReportedPressure: (blocked: Bool, stalled: Bool) = (false, false)
+    /// The set-up's consumer, when an event loop starts it (``AMQPSetup/consume(queue:noAck:)``).
+    private var deferredConsumer: AMQPSetup.Consumer?
+    /// The open connection was served on an event loop, which closed it: no clean close here.
+    private var servedOnLoop = false
 
     init(context: Context) {
         self.context = context
@@ -82,11 +69,21 @@ final class AMQPConnectionThread {
                 try connect()
                 context.shared.setPhase(.open)
                 context.onStateChange(.open)
-                logger.info("AMQP connection open", metadata: [LoggingKeys.broker: .string(broker.redactedDescription)])
+                logger.info(
+                    "AMQP connection open",
+                    metadata: [
+                        LoggingKeys.broker: .string(broker.redactedDescription),
+                        LoggingKeys.servedBy: .string(servingLoop == nil ? "thread" : "event_loop"),
+                    ]
+                )
                 failedAttempts = 0
                 wasOpen = true
                 openedAt = .now
-                try serve()
+                if let loop = servingLoop {
+                    try serve(on: loop)
+                } else {
+                    try serve()
+                }
             } catch {
                 context.shared.setPhase(.connecting)
                 failEverything(error)
@@ -143,12 +140,10 @@ final class AMQPConnectionThread {
         }
         self.connection = connection
         confirmsEnabled = false
-        confirms = AMQPConfirmWindow()
-        streamBroken = false
-        blocked = false
-        waitingForSocketRoom = false
         // A new connection starts unblocked; what waited on the old one has failed already.
-        lastReportedPressure = (false, false)
+        inbound = AMQPInboundState()
+        streamBroken = false
+        waitingForSocketRoom = false
         context.shared.setPressure(blocked: false, stalled: false)
 
         let socket: OpaquePointer?
@@ -203,10 +198,11 @@ final class AMQPConnectionThread {
             }
         }
         publishFrames = AMQPPublishFrames(frameMax: Int(amqp_get_frame_max(connection)))
-        let setup = AMQPSetup(connection: connection, broker: configuration, brokerIndex: brokerIndex)
+        let setup = AMQPSetup(connection: connection, broker: configuration, brokerIndex: brokerIndex, defersConsume: servingLoop != nil)
         try context.setUp(setup)
         confirmsEnabled = setup.confirmsEnabled
         ownQueue = setup.declaredQueue
+        deferredConsumer = setup.deferredConsumer
         lastReceived = .now
     }
 
@@ -233,18 +229,87 @@ final class AMQPConnectionThread {
 
     private func closeConnection() {
         guard let connection else { return }
+        defer { servedOnLoop = false }
         // A broker that blocks publishing does not read the close either: do not wait for it.
-        if context.shared.stopRequested, !blocked, !confirms.holdsTimedOut, !streamBroken {
+        if context.shared.stopRequested, !inbound.blocked, !inbound.confirms.holdsTimedOut, !streamBroken, !servedOnLoop {
             // A clean close; bounded by the request timeout.
             _ = amqp_connection_close(connection, crmq_reply_success)
         }
         amqp_destroy_connection(connection)
         self.connection = nil
-        contents = [:]
-        deliveries = []
     }
 
     // MARK: Serving
+
+    /// The loop that serves the connection once it is open, if one does (never over TLS).
+    private var servingLoop: (any EventLoop)? {
+        broker.tls == nil ? context.eventLoop : nil
+    }
+
+    /// Hands the open connection to a NIO channel on `loop` (over a duplicate of its socket;
+    /// the original stays with rabbitmq-c until ``closeConnection()``), and sleeps until that
+    /// channel stops serving or a shutdown is requested.
+    private func serve(on loop: any EventLoop) throws(AMQPError) {
+        guard let connection else { return }
+        // Nothing may be left in rabbitmq-c's buffers: the loop reads from the socket on.
+        // The set-up's replies were all read, and the consumer starts only on the loop.
+        try readFrames(connection)
+        guard amqp_frames_enqueued(connection) == 0, amqp_data_in_buffer(connection) == 0 else {
+            throw AMQPError(.connectionLost, "unexpected frames from the broker during the set-up")
+        }
+        let descriptor = dup(amqp_get_sockfd(connection))
+        guard descriptor >= 0 else {
+            throw AMQPError(.connectionLost, "dup of the AMQP socket: \(String(cString: strerror(errno)))")
+        }
+        servedOnLoop = true
+        let settings = AMQPLoopHandler.Settings(
+            frameMax: Int(amqp_get_frame_max(connection)),
+            heartbeatSeconds: Int(amqp_get_heartbeat(connection)),
+            requestTimeout: broker.requestTimeout,
+            confirmsEnabled: confirmsEnabled,
+            maximumUnconfirmed: context.maximumUnconfirmed,
+            publishLimits: context.publishLimits,
+            ownQueue: ownQueue,
+            consume: deferredConsumer,
+            logger: logger,
+            onDeliveries: context.onDeliveries,
+            shared: context.shared
+        )
+        let shared = context.shared
+        let channel: any Channel
+        do {
+            channel = try ClientBootstrap(group: loop)
+                .channelOption(.writeBufferWaterMark, value: .init(low: 128 * 1024, high: 512 * 1024))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let handler = AMQPLoopHandler(settings: settings)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                        for command in shared.attach(NIOLoopBound(handler, eventLoop: channel.eventLoop)) {
+                            handler.submit(command)
+                        }
+                    }
+                }
+                .withConnectedSocket(descriptor)
+                .wait()
+        } catch {
+            throw AMQPError(.connectionLost, "serving the AMQP socket on an event loop: \(error)")
+        }
+        channel.closeFuture.whenComplete { _ in shared.wake() }
+        defer {
+            // Closed already when serving ended by itself; the wait is bounded by the clean close's limit.
+            if let server = shared.loopServing.server {
+                server.eventLoop.execute { server.value.closeGracefully() }
+            } else {
+                channel.close(promise: nil)
+            }
+            try? channel.closeFuture.wait()
+        }
+        while !shared.stopRequested {
+            if let error = shared.loopServing.error { throw error }
+            var descriptor = pollfd(fd: shared.wakeDescriptor, events: Int16(POLLIN), revents: 0)
+            if poll(&descriptor, 1, 1000) > 0 { shared.drainWake() }
+        }
+    }
 
     private func serve() throws(AMQPError) {
         guard let connection else { return }
@@ -257,11 +322,7 @@ final class AMQPConnectionThread {
             try sendBacklog(connection)
             try readFrames(connection)
             let nextDeadline = expirePublishes()
-            if !deliveries.isEmpty {
-                let batch = deliveries
-                deliveries.removeAll(keepingCapacity: true)
-                context.onDeliveries(batch)
-            }
+            if !inbound.deliveries.isEmpty { context.onDeliveries(inbound.takeDeliveries()) }
             amqp_maybe_release_buffers(connection)
             if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 {
                 continue
@@ -278,7 +339,7 @@ final class AMQPConnectionThread {
             if let nextDeadline {
                 milliseconds = min(milliseconds, Int32(clamping: max(1, (nextDeadline - .now).milliseconds + 1)))
             }
-            if waitingForSocketRoom, !blocked { milliseconds = min(milliseconds, 10) }
+            if waitingForSocketRoom, !inbound.blocked { milliseconds = min(milliseconds, 10) }
             try waitForActivity(connection, milliseconds: milliseconds)
         }
     }
@@ -289,30 +350,14 @@ final class AMQPConnectionThread {
         let now = ContinuousClock.now
         let timeout = context.publishLimits.timeout
         if let first = firstQueuedDeadline, first <= now {
-            let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(blocked ? "blocks publishing" : "is not keeping up")")
+            let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(inbound.blocked ? "blocks publishing" : "is not keeping up")")
             backlog.removeAll { command in
                 guard case .publish(let publish) = command, publish.deadline <= now else { return false }
                 publish.completion(.failure(error))
                 return true
             }
         }
-        confirms.expire(now: now, timeout: timeout)
-        let next = [firstQueuedDeadline, confirms.firstDeadline].compactMap { $0 }.min()
-        // Stalled: blocked, publishes that timed out are still unconfirmed, or the oldest
-        // waiting publish is past half its timeout.
-        let stalled = blocked || confirms.holdsTimedOut || (next.map { $0 - now < timeout / 2 } ?? false)
-        if lastReportedPressure.blocked != blocked || lastReportedPressure.stalled != stalled {
-            if stalled != lastReportedPressure.stalled {
-                logger.log(
-                    level: stalled ? .warning : .info,
-                    stalled ? "AMQP publishing stalled" : "AMQP publishing flows again",
-                    metadata: [LoggingKeys.blocked: .stringConvertible(blocked), LoggingKeys.unconfirmed: .stringConvertible(confirms.count)]
-                )
-            }
-            lastReportedPressure = (blocked, stalled)
-            context.shared.setPressure(blocked: blocked, stalled: stalled)
-        }
-        return next
+        return inbound.expire(now: now, timeout: timeout, firstQueued: firstQueuedDeadline, shared: context.shared, logger: logger)
     }
 
     /// The deadline of the oldest publish not written yet (the backlog keeps acceptance order).
@@ -399,8 +444,8 @@ final class AMQPConnectionThread {
             case .publish(let publish):
                 // Held (in order) while the broker blocks publishing, the window is full, or
                 // the socket could not take the publish without blocking; timeouts answer them.
-                if blocked { return try flushBatch() }
-                if confirmsEnabled, confirms.count + batched.count >= context.maximumUnconfirmed { return try flushBatch() }
+                if inbound.blocked { return try flushBatch() }
+                if confirmsEnabled, inbound.confirms.count + batched.count >= context.maximumUnconfirmed { return try flushBatch() }
                 guard hasSocketRoom(connection, batched: publishFrames.byteCount, bytes: publish.wireSize) else {
                     waitingForSocketRoom = true
                     return try flushBatch()
@@ -413,7 +458,7 @@ final class AMQPConnectionThread {
                             exchange: publish.exchange,
                             routingKey: publish.routingKey,
                             mandatory: publish.mandatory,
-                            messageID: String(confirms.nextTag + UInt64(batched.count)),
+                            messageID: String(inbound.confirms.nextTag + UInt64(batched.count)),
                             persistent: publish.persistent,
                             body: publish.body
                         )
@@ -447,7 +492,7 @@ final class AMQPConnectionThread {
                         throw error
                     }
                 }
-                bindReplies.append(batch)
+                inbound.bindReplies.append(batch)
 
             case .unbind(let queue, let exchange, let routingKey, let completion):
                 try flushBatch()
@@ -458,7 +503,7 @@ final class AMQPConnectionThread {
                     completion(.failure(error))
                     throw error
                 }
-                bindReplies.append([completion])
+                inbound.bindReplies.append([completion])
             }
         }
         try flushBatch()
@@ -469,7 +514,7 @@ final class AMQPConnectionThread {
             publish.exchange, publish.routingKey, publish.body, publish.mandatory, publish.persistent, publish.completion
         )
         // Over TLS: rabbitmq-c writes the three frames (method, header, body) itself.
-        let tag = confirms.nextTag
+        let tag = inbound.confirms.nextTag
         // The delivery tag rides in message-id so that a basic.return (which carries no
         // tag) can be matched to its publish.
         let status: Int32 = withAMQPBytes(exchange) { exchangeBytes in
@@ -497,7 +542,7 @@ final class AMQPConnectionThread {
     /// A publish is in the socket: it awaits its confirm (its tag is the next one), or is done.
     private func published(_ publish: AMQPPublish) {
         if confirmsEnabled {
-            confirms.add(deadline: publish.deadline, publish.completion)
+            inbound.confirms.add(deadline: publish.deadline, publish.completion)
         } else {
             publish.completion(.success(.sent))
         }
@@ -521,84 +566,14 @@ final class AMQPConnectionThread {
     }
 
     private func handle(_ frame: amqp_frame_t, _ connection: OpaquePointer) throws(AMQPError) {
-        switch frame.frame_type {
-        case crmq_frame_method:
-            try handleMethod(frame.payload.method, channel: frame.channel, connection)
-        case crmq_frame_header:
-            guard var content = contents[frame.channel] else { return }
-            content.bodySize = Int(frame.payload.properties.body_size)
-            if let decoded = frame.payload.properties.decoded {
-                let properties = decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee
-                if properties._flags & crmq_message_id_flag != 0 { content.messageID = properties.message_id.string }
-            }
-            content.body.reserveCapacity(content.bodySize ?? 0)
-            contents[frame.channel] = content
-            completeContentIfDone(channel: frame.channel)
-        case crmq_frame_body:
-            guard var content = contents[frame.channel] else { return }
-            frame.payload.body_fragment.append(to: &content.body)
-            contents[frame.channel] = content
-            completeContentIfDone(channel: frame.channel)
-        default:
+        guard let frame = AMQPInboundFrame(frame) else { return }
+        switch try inbound.handle(frame, logger: logger) {
+        case .none, .closed:
             break
-        }
-    }
-
-    private func handleMethod(_ method: amqp_method_t, channel: UInt16, _ connection: OpaquePointer) throws(AMQPError) {
-        guard let decoded = method.decoded else { return }
-        switch method.id {
-        case crmq_basic_deliver:
-            let deliver = decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
-            contents[channel] = PendingContent(kind: .delivery(exchange: deliver.exchange.string, routingKey: deliver.routing_key.string))
-        case crmq_basic_return:
-            let returned = decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
-            contents[channel] = PendingContent(kind: .returned(replyCode: returned.reply_code, replyText: returned.reply_text.string))
-        case crmq_basic_ack:
-            let ack = decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-            confirms.acknowledge(tag: ack.delivery_tag, multiple: ack.multiple != 0)
-        case crmq_basic_nack:
-            let nack = decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-            confirms.reject(tag: nack.delivery_tag, multiple: nack.multiple != 0)
-        case crmq_queue_bind_ok, crmq_queue_unbind_ok:
-            guard !bindReplies.isEmpty else { return }
-            for completion in bindReplies.removeFirst() { completion(.success(())) }
-        case crmq_channel_close:
-            let close = decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-            // A channel the broker closed is dead; reconnecting restores a known state.
-            throw AMQPError(.channelClosed, "channel \(channel): \(close.reply_text.string)", replyCode: close.reply_code)
-        case crmq_connection_close:
-            let close = decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+        case .answerClose(let error):
             var ok = amqp_connection_close_ok_t(dummy: 0)
             _ = amqp_send_method(connection, 0, crmq_connection_close_ok, &ok)
-            throw AMQPError(.connectionClosed, close.reply_text.string, replyCode: close.reply_code)
-        case crmq_connection_blocked:
-            let reason = decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee.reason.string
-            blocked = true
-            logger.warning(
-                "the broker blocked publishing (resource alarm); publishes wait, then time out",
-                metadata: [LoggingKeys.reason: .string(reason)]
-            )
-        case crmq_connection_unblocked:
-            blocked = false
-            logger.info("the broker unblocked publishing")
-        default:
-            logger.trace(
-                "ignored AMQP method",
-                metadata: [LoggingKeys.method: .stringConvertible(method.id), LoggingKeys.channel: .stringConvertible(channel)]
-            )
-        }
-    }
-
-    private func completeContentIfDone(channel: UInt16) {
-        guard let content = contents[channel], let size = content.bodySize, content.body.readableBytes >= size else { return }
-        contents[channel] = nil
-        switch content.kind {
-        case .delivery(let exchange, let routingKey):
-            deliveries.append(AMQPDelivery(exchange: exchange, routingKey: routingKey, body: content.body))
-        case .returned(let replyCode, let replyText):
-            if let id = content.messageID, let tag = UInt64(id) {
-                confirms.markReturned(tag: tag, replyCode: replyCode, replyText: replyText)
-            }
+            throw error
         }
     }
 
@@ -606,11 +581,7 @@ final class AMQPConnectionThread {
 
     /// Fails every command and confirm that is waiting, so that no caller waits forever.
     private func failEverything(_ error: AMQPError) {
-        confirms.failAll(error)
-        for replies in bindReplies {
-            for completion in replies { completion(.failure(error)) }
-        }
-        bindReplies = []
+        inbound.failWaiting(error)
         for command in backlog { command.fail(error) }
         backlog = []
         for command in context.shared.takeCommands() { command.fail(error) }

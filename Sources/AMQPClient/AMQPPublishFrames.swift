@@ -100,6 +100,40 @@ struct AMQPPublishFrames {
         count += 1
     }
 
+    /// Appends one method frame: `method` is a rabbitmq-c method struct (an
+    /// `amqp_queue_bind_t`, say) for `number`, encoded by `amqp_encode_method`.
+    mutating func appendMethod<Method>(channel: UInt16, number: amqp_method_number_t, _ method: inout Method) throws(AMQPError) {
+        let mark = buffer.writerIndex
+        do throws(AMQPError) {
+            try writeFrame(type: Self.methodFrame, channel: channel, capacity: 64) { (payload) throws(AMQPError) -> Int in
+                payload.writeInteger(UInt32(number))
+                return try withUnsafeMutablePointer(to: &method) { (pointer) throws(AMQPError) -> Int in
+                    try payload.encode { bytes in amqp_encode_method(number, pointer, bytes) }
+                }
+            }
+        } catch {
+            buffer.moveWriterIndex(to: mark)
+            throw error
+        }
+    }
+
+    /// Appends a heartbeat frame (type 8, channel 0, no payload).
+    mutating func appendHeartbeat() {
+        buffer.writeInteger(UInt8(8))
+        buffer.writeInteger(UInt16(0))
+        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(Self.frameEnd)
+    }
+
+    /// The encoded frames, for a caller that writes them itself (a NIO channel); the
+    /// encoder starts over empty.
+    mutating func take() -> ByteBuffer {
+        let taken = buffer
+        buffer = ByteBufferAllocator().buffer(capacity: max(4096, min(taken.readableBytes, 64 * 1024)))
+        count = 0
+        return taken
+    }
+
     /// Writes a frame whose payload `body` writes; the size field is filled in afterwards.
     private mutating func writeFrame(
         type: UInt8,

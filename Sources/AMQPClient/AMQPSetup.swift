@@ -15,11 +15,23 @@ public final class AMQPSetup {
     public let broker: AMQPConfiguration
     /// Its position in the connection's list of brokers.
     public let brokerIndex: Int
+    /// The connection is served on an event loop afterwards: ``consume(queue:noAck:)`` is
+    /// sent from there, so that no delivery arrives while rabbitmq-c still reads the socket.
+    let defersConsume: Bool
+    /// The consumer asked for and not started yet (when deferred).
+    private(set) var deferredConsumer: Consumer?
 
-    init(connection: OpaquePointer, broker: AMQPConfiguration, brokerIndex: Int) {
+    /// A `basic.consume` to send once the connection is served.
+    struct Consumer: Sendable {
+        var queue: String
+        var noAck: Bool
+    }
+
+    init(connection: OpaquePointer, broker: AMQPConfiguration, brokerIndex: Int, defersConsume: Bool) {
         self.connection = connection
         self.broker = broker
         self.brokerIndex = brokerIndex
+        self.defersConsume = defersConsume
     }
 
     /// Declares an exchange (`type` is `topic`, `direct`, `fanout` or `headers`).
@@ -86,7 +98,16 @@ public final class AMQPSetup {
     }
 
     /// Starts a consumer on channel 1; deliveries then go to the connection's delivery handler.
+    ///
+    /// On a connection served on an event loop the `basic.consume` goes out as the loop
+    /// takes the connection over (a refusal then closes the channel, and the connection
+    /// reconnects); messages routed to the queue meanwhile wait in it.
     public func consume(queue: String, noAck: Bool) throws(AMQPError) {
+        guard !defersConsume else {
+            guard queue.utf8.count <= 255 else { throw AMQPError(.requestFailed, "basic.consume: a queue name over 255 bytes") }
+            deferredConsumer = Consumer(queue: queue, noAck: noAck)
+            return
+        }
         try withAMQPBytes(queue) { (name) throws(AMQPError) in
             _ = amqp_basic_consume(connection, 1, name, amqp_empty_bytes, 0, noAck ? 1 : 0, 1, amqp_empty_table)
             try checkReply("basic.consume \(queue)")
@@ -112,20 +133,8 @@ enum AMQPWire {
     /// Sends `queue.bind` on channel 2. With `noWait` the broker sends no reply; a failure
     /// arrives later as `channel.close`.
     static func sendBind(_ connection: OpaquePointer, queue: String, exchange: String, routingKey: String, noWait: Bool) throws(AMQPError) {
-        let status: Int32 = try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
-            try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
-                withAMQPBytes(routingKey) { keyBytes in
-                    var method = amqp_queue_bind_t(
-                        ticket: 0,
-                        queue: queueBytes,
-                        exchange: exchangeBytes,
-                        routing_key: keyBytes,
-                        nowait: noWait ? 1 : 0,
-                        arguments: amqp_empty_table
-                    )
-                    return amqp_send_method(connection, 2, crmq_queue_bind, &method)
-                }
-            }
+        let status = withBindMethod(queue: queue, exchange: exchange, routingKey: routingKey, noWait: noWait) { method in
+            amqp_send_method(connection, 2, crmq_queue_bind, &method)
         }
         guard status == AMQP_STATUS_OK.rawValue else {
             throw AMQPError(.connectionLost, "queue.bind: \(amqpErrorText(status))", libraryStatus: status)
@@ -134,9 +143,49 @@ enum AMQPWire {
 
     /// Sends `queue.unbind` on channel 2 (it has no no-wait form; its reply is read later).
     static func sendUnbind(_ connection: OpaquePointer, queue: String, exchange: String, routingKey: String) throws(AMQPError) {
-        let status: Int32 = try withAMQPBytes(queue) { (queueBytes) throws(AMQPError) in
-            try withAMQPBytes(exchange) { (exchangeBytes) throws(AMQPError) in
-                withAMQPBytes(routingKey) { keyBytes in
+        let status = withUnbindMethod(queue: queue, exchange: exchange, routingKey: routingKey) { method in
+            amqp_send_method(connection, 2, crmq_queue_unbind, &method)
+        }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            throw AMQPError(.connectionLost, "queue.unbind: \(amqpErrorText(status))", libraryStatus: status)
+        }
+    }
+
+    /// Calls `body` with a `queue.bind` whose strings are valid only inside it.
+    static func withBindMethod<T, E: Error>(
+        queue: String,
+        exchange: String,
+        routingKey: String,
+        noWait: Bool,
+        _ body: (inout amqp_queue_bind_t) throws(E) -> T
+    ) throws(E) -> T {
+        try withAMQPBytes(queue) { (queueBytes) throws(E) in
+            try withAMQPBytes(exchange) { (exchangeBytes) throws(E) in
+                try withAMQPBytes(routingKey) { (keyBytes) throws(E) in
+                    var method = amqp_queue_bind_t(
+                        ticket: 0,
+                        queue: queueBytes,
+                        exchange: exchangeBytes,
+                        routing_key: keyBytes,
+                        nowait: noWait ? 1 : 0,
+                        arguments: amqp_empty_table
+                    )
+                    return try body(&method)
+                }
+            }
+        }
+    }
+
+    /// Calls `body` with a `queue.unbind` whose strings are valid only inside it.
+    static func withUnbindMethod<T, E: Error>(
+        queue: String,
+        exchange: String,
+        routingKey: String,
+        _ body: (inout amqp_queue_unbind_t) throws(E) -> T
+    ) throws(E) -> T {
+        try withAMQPBytes(queue) { (queueBytes) throws(E) in
+            try withAMQPBytes(exchange) { (exchangeBytes) throws(E) in
+                try withAMQPBytes(routingKey) { (keyBytes) throws(E) in
                     var method = amqp_queue_unbind_t(
                         ticket: 0,
                         queue: queueBytes,
@@ -144,12 +193,9 @@ enum AMQPWire {
                         routing_key: keyBytes,
                         arguments: amqp_empty_table
                     )
-                    return amqp_send_method(connection, 2, crmq_queue_unbind, &method)
+                    return try body(&method)
                 }
             }
-        }
-        guard status == AMQP_STATUS_OK.rawValue else {
-            throw AMQPError(.connectionLost, "queue.unbind: \(amqpErrorText(status))", libraryStatus: status)
         }
     }
 

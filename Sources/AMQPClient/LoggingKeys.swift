@@ -12,5 +12,7 @@ enum LoggingKeys {
     static let reason = "amqp.reason"
     static let method = "amqp.method"
     static let channel = "amqp.channel"
+    /// Who serves the open connection: `event_loop` or `thread`.
+    static let servedBy = "amqp.served_by"
     static let errorType = "error.type"
 }

@@ -61,6 +61,7 @@ static inline int crmq_send_buffer_size(int fd) {
 // Method numbers and property flags are macros with casts or shifts, which Swift does not import.
 static const amqp_method_number_t crmq_basic_publish = AMQP_BASIC_PUBLISH_METHOD;
 static const amqp_method_number_t crmq_basic_deliver = AMQP_BASIC_DELIVER_METHOD;
+static const amqp_method_number_t crmq_basic_consume = AMQP_BASIC_CONSUME_METHOD;
 static const amqp_method_number_t crmq_basic_return = AMQP_BASIC_RETURN_METHOD;
 static const amqp_method_number_t crmq_basic_ack = AMQP_BASIC_ACK_METHOD;
 static const amqp_method_number_t crmq_basic_nack = AMQP_BASIC_NACK_METHOD;

@@ -19,7 +19,9 @@ import Synchronization
 /// name, binds every address in force from the gateway's own state, and only then is the
 /// backplane ready again; ``BackplaneStatistics/failovers`` counts these recoveries.
 ///
-/// Two AMQP connections, each on a thread of its own (see ``AMQPConnection``): the
+/// Two AMQP connections (see ``AMQPConnection``), each logged in and set up by a thread
+/// of its own and, once open, served on an event loop of
+/// ``RabbitMQConfiguration/eventLoopGroup`` (the gateway's): the
 /// consumer owns the queue, its bindings (channel 2) and the consumer (channel 1, no-ack);
 /// the publisher publishes with `mandatory` and publisher confirms, up to
 /// `maximumUnconfirmed` in flight.
@@ -127,7 +129,8 @@ public final class RabbitMQBackplane: Backplane {
                 shared.consumerOpen.store(change.isOpen, ordering: .releasing)
                 if change.isOpen { Self.unbindLeftDuringSetUp(shared: shared, exchange: exchange) }
                 Self.track(change, consumer: true, shared: shared, logger: logger)
-            }
+            },
+            eventLoop: configuration.eventLoopGroup?.next()
         )
         publisher = AMQPConnection(
             brokers: brokers,
@@ -145,7 +148,8 @@ public final class RabbitMQBackplane: Backplane {
             onStateChange: { change in
                 shared.publisherOpen.store(change.isOpen, ordering: .releasing)
                 Self.track(change, consumer: false, shared: shared, logger: logger)
-            }
+            },
+            eventLoop: configuration.eventLoopGroup?.next()
         )
         shared.consumer.withLock { $0 = consumer }
     }

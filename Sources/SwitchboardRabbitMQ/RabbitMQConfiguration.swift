@@ -1,4 +1,6 @@
 public import AMQPClient
+public import NIOCore
+public import NIOPosix
 
 /// Settings of the RabbitMQ backplane; the topology is described in docs/architecture.md.
 public struct RabbitMQConfiguration: Sendable {
@@ -25,6 +27,12 @@ public struct RabbitMQConfiguration: Sendable {
     /// A separate durable topic exchange that gets a copy of every client message for
     /// background workers (`--events-exchange`); nil: none. Never the main exchange.
     public var eventsExchange: String?
+    /// Where the two broker connections are served once open: reads, writes, confirms and
+    /// deliveries happen on an event loop of this group (the gateway's own, by default
+    /// NIO's shared group), so no thread hop is left between a session and the broker.
+    /// Logging in, the set-up and reconnecting stay on each connection's thread. nil: each
+    /// connection's thread serves it (as over TLS, always).
+    public var eventLoopGroup: (any EventLoopGroup)?
 
     /// The AMQP type of the main exchange.
     public enum ExchangeType: String, Sendable, CaseIterable {
@@ -38,7 +46,8 @@ public struct RabbitMQConfiguration: Sendable {
         exchangeType: ExchangeType = .topic,
         maximumUnconfirmed: Int = 1000,
         publishLimits: AMQPConnection.PublishLimits = AMQPConnection.PublishLimits(),
-        eventsExchange: String? = nil
+        eventsExchange: String? = nil,
+        eventLoopGroup: (any EventLoopGroup)? = MultiThreadedEventLoopGroup.singleton
     ) {
         precondition(!brokers.isEmpty, "the RabbitMQ backplane needs at least one broker")
         self.brokers = brokers
@@ -48,6 +57,7 @@ public struct RabbitMQConfiguration: Sendable {
         self.maximumUnconfirmed = maximumUnconfirmed
         self.publishLimits = publishLimits
         self.eventsExchange = eventsExchange
+        self.eventLoopGroup = eventLoopGroup
     }
 
     /// The first broker of ``brokers``.

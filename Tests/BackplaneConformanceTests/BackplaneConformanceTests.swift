@@ -15,7 +15,7 @@ import Testing
 /// ``TestBrokers``); serialized, because the reconnect test cuts connections on the
 /// shared broker.
 @Suite(
-    "Backplane conformance: in-memory, RabbitMQ (topic and direct exchange), Redis channels, Redis broadcast",
+    "Backplane conformance: in-memory, RabbitMQ (topic and direct exchange; served on an event loop and by its thread), Redis channels, Redis broadcast",
     .serialized,
     .timeLimit(.minutes(3))
 )
@@ -119,10 +119,12 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     case rabbitmq
     /// RabbitMQ with `--exchange-type direct`: the same guarantees through a direct exchange.
     case rabbitmqDirect = "rabbitmq-direct"
+    /// RabbitMQ served by each connection's own thread (no event loop), as over TLS.
+    case rabbitmqThread = "rabbitmq-thread"
     case redisChannels = "redis-channels"
     case redisBroadcast = "redis-broadcast"
 
-    static let brokered: [BackplaneKind] = [.rabbitmq, .rabbitmqDirect, .redisChannels, .redisBroadcast]
+    static let brokered: [BackplaneKind] = [.rabbitmq, .rabbitmqDirect, .rabbitmqThread, .redisChannels, .redisBroadcast]
 
     var testDescription: String { rawValue }
 
@@ -143,7 +145,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     func skipUnlessConfigured() throws {
         switch self {
         case .inMemory: break
-        case .rabbitmq, .rabbitmqDirect:
+        case .rabbitmq, .rabbitmqDirect, .rabbitmqThread:
             try TestBrokers.skipUnless(Broker.isConfigured, TestBrokers.rabbitMQMissing)
         case .redisChannels, .redisBroadcast:
             try TestBrokers.skipUnless(RedisServer.isConfigured, TestBrokers.redisMissing)
@@ -160,14 +162,13 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         case .inMemory:
             let backplane = InMemoryBackplane()
             return (backplane, backplane)
-        case .rabbitmq, .rabbitmqDirect:
+        case .rabbitmq, .rabbitmqDirect, .rabbitmqThread:
             let amqp = try AMQPConfiguration(url: try Broker.url)
-            let type: RabbitMQConfiguration.ExchangeType = self == .rabbitmq ? .topic : .direct
+            let type: RabbitMQConfiguration.ExchangeType = self == .rabbitmqDirect ? .direct : .topic
             let make = { (id: String) in
-                RabbitMQBackplane(
-                    configuration: RabbitMQConfiguration(brokers: [amqp], gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)", exchangeType: type),
-                    logger: logger
-                )
+                var configuration = RabbitMQConfiguration(brokers: [amqp], gatewayID: "\(id)-\(tag)", exchange: "sbconf.\(tag)", exchangeType: type)
+                if self == .rabbitmqThread { configuration.eventLoopGroup = nil }
+                return RabbitMQBackplane(configuration: configuration, logger: logger)
             }
             return (make("pub"), make("recv"))
         case .redisChannels, .redisBroadcast:
@@ -186,7 +187,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         switch self {
         case .inMemory:
             return []
-        case .rabbitmq, .rabbitmqDirect:
+        case .rabbitmq, .rabbitmqDirect, .rabbitmqThread:
             return Set(try Broker.ctl(["list_connections", "name", "--quiet", "--no-table-headers"]).split(separator: "\n").map(String.init))
         case .redisChannels, .redisBroadcast:
             // Every client but redis-cli itself (the one running CLIENT LIST).
@@ -200,7 +201,7 @@ enum BackplaneKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         switch self {
         case .inMemory:
             break
-        case .rabbitmq, .rabbitmqDirect:
+        case .rabbitmq, .rabbitmqDirect, .rabbitmqThread:
             try Broker.ctl(["close_all_connections", "backplane conformance test"])
         case .redisChannels, .redisBroadcast:
             try RedisServer.cli(["CLIENT", "KILL", "TYPE", "pubsub"])
