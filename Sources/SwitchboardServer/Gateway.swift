@@ -9,7 +9,8 @@ import Synchronization
 /// bindings that keep the two in step (centrifuge's Node).
 ///
 /// It is independent of which backplane it runs on. Sessions call it from their event
-/// loops; the backplane calls ``deliver(_:)`` from its own thread. Nothing here blocks.
+/// loops; the backplane calls ``deliver(_:)`` from its own thread or event loop. Nothing
+/// here blocks.
 public final class Gateway: Sendable {
     /// The configuration the gateway was built with.
     public let configuration: GatewayConfiguration
@@ -161,22 +162,28 @@ public final class Gateway: Sendable {
         func run() {
             for (loop, batch) in zip(loops, items) {
                 if loop.inEventLoop {
-                    for item in batch {
-                        item.handle.deliverOnLoop(item.frame, address: item.address, position: item.position, isPresenceEvent: item.isPresenceEvent)
-                    }
+                    Self.deliver(batch)
                 } else {
-                    loop.execute {
-                        for item in batch {
-                            item.handle.deliverOnLoop(
-                                item.frame,
-                                address: item.address,
-                                position: item.position,
-                                isPresenceEvent: item.isPresenceEvent
-                            )
-                        }
-                    }
+                    loop.execute { Self.deliver(batch) }
                 }
             }
+        }
+
+        /// On the batch's loop: every frame written, then each session that got any flushed
+        /// once, so that a client with several frames in the batch gets them in one write.
+        private static func deliver(_ batch: [Item]) {
+            var written: [SessionHandler] = []
+            for item in batch {
+                if let session = item.handle.deliverInBatch(
+                    item.frame,
+                    address: item.address,
+                    position: item.position,
+                    isPresenceEvent: item.isPresenceEvent
+                ) {
+                    written.append(session)
+                }
+            }
+            for session in written { session.flushDeferred() }
         }
     }
 

@@ -32,8 +32,10 @@ struct SessionHandle: Sendable {
         withSession { $0.send(frame, address: address, position: position) }
     }
 
-    /// The same, for a caller already on the session's event loop (a batch handed to that loop).
-    func deliverOnLoop(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool = false) {
-        session.value.send(frame, address: address, position: position, isPresenceEvent: isPresenceEvent)
+    /// The same, for a caller already on the session's event loop running a batch: the
+    /// session when it left a flush for the batch's end (``SessionHandler/flushDeferred()``).
+    func deliverInBatch(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool) -> SessionHandler? {
+        let session = self.session.value
+        return session.sendInBatch(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) ? session : nil
     }
 }

@@ -24,6 +24,9 @@ final class SessionHandler: ChannelInboundHandler {
     private var machine: SessionStateMachine
     private var context: ChannelHandlerContext?
     private var isReading = false
+    /// Writes are being made for a batch of deliveries: whoever runs the batch flushes once
+    /// at its end (``flushDeferred()``), so frames for this client in one batch share a write.
+    private var isDeliveringBatch = false
     private var needsFlush = false
     private var bindTimeout: Scheduled<Void>?
     /// Fires at the token's `exp` (or re-arms, for a far-away one); cancelled when the session ends.
@@ -111,6 +114,24 @@ final class SessionHandler: ChannelInboundHandler {
         feed { $0.deliver(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) }
     }
 
+    /// The same, one of a batch: returns true when it left a flush for the batch's end
+    /// (``flushDeferred()``); false when nothing was written, or a flush is due anyway (the
+    /// session is reading, and flushes when the read completes).
+    func sendInBatch(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool) -> Bool {
+        let flushWasDue = needsFlush
+        isDeliveringBatch = true
+        feed { $0.deliver(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) }
+        isDeliveringBatch = false
+        return needsFlush && !flushWasDue
+    }
+
+    /// Flushes what a batch of deliveries wrote.
+    func flushDeferred() {
+        guard needsFlush, !isReading else { return }
+        needsFlush = false
+        context?.flush()
+    }
+
     /// Closes the session with `code` (a drain's 1012), with the close handshake.
     func close(code: WebSocketErrorCode, reason: GatewayMetrics.CloseReason, message: String? = nil) {
         feed { $0.closeRequested(code: code, reason: reason, message: message) }
@@ -194,7 +215,7 @@ final class SessionHandler: ChannelInboundHandler {
             }
         }
         if wrote {
-            if isReading { needsFlush = true } else { context.flush() }
+            if isReading || isDeliveringBatch { needsFlush = true } else { context.flush() }
         }
     }
 
