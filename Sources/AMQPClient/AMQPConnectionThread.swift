@@ -252,10 +252,19 @@ final class AMQPConnectionThread {
     private func serve(on loop: any EventLoop) throws(AMQPError) {
         guard let connection else { return }
         // Nothing may be left in rabbitmq-c's buffers: the loop reads from the socket on.
-        // The set-up's replies were all read, and the consumer starts only on the loop.
-        try readFrames(connection)
+        // Frames rabbitmq-c queued while it waited for the set-up's replies (a
+        // `connection.blocked`, say) are whole and handled here; the socket is not read
+        // again, so no frame is left half in rabbitmq-c. The consumer starts on the loop.
+        var frame = amqp_frame_t()
+        var immediately = timeval(tv_sec: 0, tv_usec: 0)
+        while amqp_frames_enqueued(connection) != 0 {
+            guard amqp_simple_wait_frame_noblock(connection, &frame, &immediately) == AMQP_STATUS_OK.rawValue else { break }
+            try handle(frame, connection)
+        }
         guard amqp_frames_enqueued(connection) == 0, amqp_data_in_buffer(connection) == 0 else {
-            throw AMQPError(.connectionLost, "unexpected frames from the broker during the set-up")
+            // Bytes of a frame rabbitmq-c read and did not hand out: the loop cannot resume
+            // in the middle of a frame, so this connection starts over.
+            throw AMQPError(.connectionLost, "unexpected data from the broker during the set-up")
         }
         let descriptor = dup(amqp_get_sockfd(connection))
         guard descriptor >= 0 else {
@@ -266,6 +275,7 @@ final class AMQPConnectionThread {
             frameMax: Int(amqp_get_frame_max(connection)),
             heartbeatSeconds: Int(amqp_get_heartbeat(connection)),
             requestTimeout: broker.requestTimeout,
+            blocked: inbound.blocked,
             confirmsEnabled: confirmsEnabled,
             maximumUnconfirmed: context.maximumUnconfirmed,
             publishLimits: context.publishLimits,
@@ -276,9 +286,14 @@ final class AMQPConnectionThread {
             shared: context.shared
         )
         let shared = context.shared
+        guard let bootstrap = ClientBootstrap(validatingGroup: loop) else {
+            close(descriptor)
+            throw AMQPError(.invalidConfiguration, "the event loop for AMQP is not one of NIO's POSIX event loops")
+        }
         let channel: any Channel
         do {
-            channel = try ClientBootstrap(group: loop)
+            channel =
+                try bootstrap
                 .channelOption(.writeBufferWaterMark, value: .init(low: 128 * 1024, high: 512 * 1024))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {

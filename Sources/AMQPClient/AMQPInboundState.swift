@@ -39,6 +39,12 @@ struct AMQPInboundState {
     private(set) var deliveries: [AMQPDelivery] = []
     private var lastReportedPressure: (blocked: Bool, stalled: Bool) = (false, false)
 
+    /// A fresh connection's state; `blocked` carries a `connection.blocked` read before a hand-over.
+    init(blocked: Bool = false) {
+        // The shared flags start clear: the first expiry check reports a carried-over block.
+        self.blocked = blocked
+    }
+
     /// Whether a content header on `channel` needs its properties (a return's message-id).
     func wantsProperties(_ channel: UInt16) -> Bool {
         if case .returned = contents[channel]?.kind { return true }

@@ -25,6 +25,8 @@ final class AMQPLoopHandler: ChannelInboundHandler {
         var frameMax: Int
         var heartbeatSeconds: Int
         var requestTimeout: Duration
+        /// The broker had said `connection.blocked` before the hand-over.
+        var blocked: Bool
         var confirmsEnabled: Bool
         var maximumUnconfirmed: Int
         var publishLimits: AMQPConnection.PublishLimits
@@ -45,7 +47,7 @@ final class AMQPLoopHandler: ChannelInboundHandler {
     /// Bytes of a frame that has not all arrived yet.
     private var cumulation: ByteBuffer?
     /// Confirms, bind replies, content being assembled, `connection.blocked`.
-    private var inbound = AMQPInboundState()
+    private var inbound: AMQPInboundState
     /// Commands not written yet, in the order they were issued.
     private var backlog = CircularBuffer<AMQPCommand>()
     private var lastReceived = NIODeadline.now()
@@ -59,6 +61,7 @@ final class AMQPLoopHandler: ChannelInboundHandler {
     init(settings: Settings) {
         self.settings = settings
         decoder = AMQPFrameDecoder(frameMax: settings.frameMax)
+        inbound = AMQPInboundState(blocked: settings.blocked)
         encoder = AMQPPublishFrames(frameMax: settings.frameMax)
     }
 
@@ -120,10 +123,10 @@ final class AMQPLoopHandler: ChannelInboundHandler {
         guard endError == nil else { return }
         lastReceived = .now()
         var input = unwrapInboundIn(data)
-        if var pending = cumulation {
+        if var pending = cumulation.take() {
+            // Appended in place (the only reference), so a large frame costs no repeated copies.
             pending.writeBuffer(&input)
             input = pending
-            cumulation = nil
         }
         do throws(AMQPError) {
             while let frame = try decoder.next(from: &input, wantsProperties: inbound.wantsProperties) {
@@ -143,10 +146,10 @@ final class AMQPLoopHandler: ChannelInboundHandler {
             return fail(error)
         }
         if input.readableBytes > 0 {
-            // A frame split across reads: kept compact so that it does not pin the read buffer.
-            var rest = context.channel.allocator.buffer(capacity: input.readableBytes)
-            rest.writeBuffer(&input)
-            cumulation = rest
+            // A frame split across reads waits for the rest; what was consumed is dropped
+            // once it is a sizeable part of the buffer.
+            if input.readerIndex >= 64 * 1024 { input.discardReadBytes() }
+            cumulation = input
         }
     }
 
@@ -344,14 +347,18 @@ final class AMQPLoopHandler: ChannelInboundHandler {
         if let first = firstQueuedDeadline, first <= now {
             let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(inbound.blocked ? "blocks publishing" : "is not keeping up")")
             var kept = CircularBuffer<AMQPCommand>(initialCapacity: backlog.count)
+            var expired: [AMQPPublish] = []
             for command in backlog {
                 if case .publish(let publish) = command, publish.deadline <= now {
-                    publish.completion(.failure(error))
+                    expired.append(publish)
                 } else {
                     kept.append(command)
                 }
             }
+            // Answered only once the backlog is settled: an answer may issue a new command,
+            // which joins the backlog at once.
             backlog = kept
+            for publish in expired { publish.completion(.failure(error)) }
         }
         _ = inbound.expire(now: now, timeout: timeout, firstQueued: firstQueuedDeadline, shared: settings.shared, logger: logger)
     }
