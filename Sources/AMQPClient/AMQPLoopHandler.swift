@@ -187,14 +187,16 @@ final class AMQPLoopHandler: ChannelInboundHandler {
     /// A name AMQP cannot carry (a short string is at most 255 bytes), checked before the
     /// command is queued: once a run of no-wait binds is written, its fence must be too.
     private static func invalidNames(_ command: AMQPCommand) -> AMQPError? {
-        let names: [String]
-        switch command {
-        case .publish(let publish): names = [publish.exchange, publish.routingKey]
-        case .bind(let queue, let exchange, let routingKey, _), .unbind(let queue, let exchange, let routingKey, _):
-            names = [queue ?? "", exchange, routingKey]
+        // No array of the names: this runs for every publish.
+        func tooLong(_ name: String) -> AMQPError? {
+            name.utf8.count > 255 ? AMQPError(.requestFailed, "an AMQP name of \(name.utf8.count) bytes (at most 255)") : nil
         }
-        guard let long = names.first(where: { $0.utf8.count > 255 }) else { return nil }
-        return AMQPError(.requestFailed, "an AMQP name of \(long.utf8.count) bytes (at most 255)")
+        switch command {
+        case .publish(let publish):
+            return tooLong(publish.exchange) ?? tooLong(publish.routingKey)
+        case .bind(let queue, let exchange, let routingKey, _), .unbind(let queue, let exchange, let routingKey, _):
+            return tooLong(queue ?? "") ?? tooLong(exchange) ?? tooLong(routingKey)
+        }
     }
 
     /// A shutdown: what waits fails with `shutDown`, a `connection.close` is sent when the
