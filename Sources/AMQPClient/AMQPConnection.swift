@@ -281,6 +281,14 @@ final class AMQPConnectionShared: Sendable {
             defer { threadSleeping = false }
             return threadSleeping
         }
+
+        /// Where a command accepted while open goes: the loop's handler when one serves the
+        /// connection (handed over outside the lock), else the thread's queue.
+        mutating func accept(_ command: AMQPCommand) -> (server: NIOLoopBound<AMQPLoopHandler>?, wakeThread: Bool) {
+            if let server { return (server, false) }
+            commands.append(command)
+            return (nil, takeSleeping())
+        }
     }
 
     private let state = Mutex(State())
@@ -342,17 +350,11 @@ final class AMQPConnectionShared: Sendable {
                 }
                 state.pendingPublishes += 1
                 state.pendingBytes += size
-                if let loopServer = state.server {
-                    server = loopServer
-                } else {
-                    state.commands.append(.publish(publish))
-                    shouldWake = state.takeSleeping()
-                }
+                (server, shouldWake) = state.accept(.publish(publish))
                 return nil
             }
         }
-        if let server { Self.submit(.publish(publish), to: server) }
-        if shouldWake { wake() }
+        hand(.publish(publish), to: server, wakeThread: shouldWake)
         return error
     }
 
@@ -372,27 +374,25 @@ final class AMQPConnectionShared: Sendable {
             case .closed: return AMQPError(.shutDown, "the AMQP connection is shut down")
             case .connecting: return AMQPError(.notConnected, "the AMQP connection is not open")
             case .open:
-                if let loopServer = state.server {
-                    server = loopServer
-                } else {
-                    state.commands.append(command)
-                    shouldWake = state.takeSleeping()
-                }
+                (server, shouldWake) = state.accept(command)
                 return nil
             }
         }
-        if let server { Self.submit(command, to: server) }
-        if shouldWake { wake() }
+        hand(command, to: server, wakeThread: shouldWake)
         return error
     }
 
-    /// Hands a command to the loop that serves the connection: at once when already on it.
-    private static func submit(_ command: AMQPCommand, to server: NIOLoopBound<AMQPLoopHandler>) {
-        if server.eventLoop.inEventLoop {
-            server.value.submit(command)
-        } else {
-            server.eventLoop.execute { server.value.submit(command) }
+    /// After ``State/accept(_:)``: a command for the loop goes to it (at once when already
+    /// on it); one for the thread wakes it if it sleeps.
+    private func hand(_ command: AMQPCommand, to server: NIOLoopBound<AMQPLoopHandler>?, wakeThread: Bool) {
+        if let server {
+            if server.eventLoop.inEventLoop {
+                server.value.submit(command)
+            } else {
+                server.eventLoop.execute { server.value.submit(command) }
+            }
         }
+        if wakeThread { wake() }
     }
 
     /// Called on the loop once it serves the connection: from now on commands go there.
@@ -519,5 +519,51 @@ enum AMQPCommand: Sendable {
         case .publish(let publish): publish.completion(.failure(error))
         case .bind(_, _, _, let completion), .unbind(_, _, _, let completion): completion(.failure(error))
         }
+    }
+
+    /// The command with a nil queue name replaced by `ownQueue`, the queue this connection
+    /// declared; nil when it declared none (the command has then failed).
+    func resolvingQueue(_ ownQueue: String?) -> AMQPCommand? {
+        switch self {
+        case .bind(nil, let exchange, let routingKey, let completion):
+            guard let ownQueue else {
+                completion(.failure(AMQPError(.requestFailed, "queue.bind \(routingKey): this connection declared no queue")))
+                return nil
+            }
+            return .bind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
+        case .unbind(nil, let exchange, let routingKey, let completion):
+            guard let ownQueue else {
+                completion(.failure(AMQPError(.requestFailed, "queue.unbind \(routingKey): this connection declared no queue")))
+                return nil
+            }
+            return .unbind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
+        default:
+            return self
+        }
+    }
+}
+
+/// Commands not written yet, in the order they were issued (the thread's and the loop's).
+extension RangeReplaceableCollection where Element == AMQPCommand {
+    /// The deadline of the oldest publish waiting (publishes keep acceptance order).
+    var firstPublishDeadline: ContinuousClock.Instant? {
+        for command in self {
+            if case .publish(let publish) = command { return publish.deadline }
+        }
+        return nil
+    }
+
+    /// Takes out the publishes whose deadline is `now` or earlier, the rest keeping their
+    /// order. The caller answers them once this returns: an answer may issue a new
+    /// command, which joins the collection at once.
+    mutating func removeExpiredPublishes(now: ContinuousClock.Instant) -> [AMQPPublish] {
+        guard let first = firstPublishDeadline, first <= now else { return [] }
+        var expired: [AMQPPublish] = []
+        removeAll { command in
+            guard case .publish(let publish) = command, publish.deadline <= now else { return false }
+            expired.append(publish)
+            return true
+        }
+        return expired
     }
 }

@@ -206,27 +206,6 @@ final class AMQPConnectionThread {
         lastReceived = .now
     }
 
-    /// The command with a nil queue name replaced by the queue this connection declared, or
-    /// nil when it has none (the command has then failed).
-    private func resolvingOwnQueue(_ command: AMQPCommand) -> AMQPCommand? {
-        switch command {
-        case .bind(nil, let exchange, let routingKey, let completion):
-            guard let ownQueue else {
-                completion(.failure(AMQPError(.requestFailed, "queue.bind \(routingKey): this connection declared no queue")))
-                return nil
-            }
-            return .bind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
-        case .unbind(nil, let exchange, let routingKey, let completion):
-            guard let ownQueue else {
-                completion(.failure(AMQPError(.requestFailed, "queue.unbind \(routingKey): this connection declared no queue")))
-                return nil
-            }
-            return .unbind(queue: ownQueue, exchange: exchange, routingKey: routingKey, completion: completion)
-        default:
-            return command
-        }
-    }
-
     private func closeConnection() {
         guard let connection else { return }
         defer { servedOnLoop = false }
@@ -332,7 +311,7 @@ final class AMQPConnectionThread {
         let pollMilliseconds = Int32(heartbeat > 0 ? min(1000, heartbeat * 250) : 1000)
         while !context.shared.stopRequested {
             for command in context.shared.takeCommands() {
-                if let command = resolvingOwnQueue(command) { backlog.append(command) }
+                if let command = command.resolvingQueue(ownQueue) { backlog.append(command) }
             }
             try sendBacklog(connection)
             try readFrames(connection)
@@ -364,23 +343,12 @@ final class AMQPConnectionThread {
     private func expirePublishes() -> ContinuousClock.Instant? {
         let now = ContinuousClock.now
         let timeout = context.publishLimits.timeout
-        if let first = firstQueuedDeadline, first <= now {
-            let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(inbound.blocked ? "blocks publishing" : "is not keeping up")")
-            backlog.removeAll { command in
-                guard case .publish(let publish) = command, publish.deadline <= now else { return false }
-                publish.completion(.failure(error))
-                return true
-            }
+        let expired = backlog.removeExpiredPublishes(now: now)
+        if !expired.isEmpty {
+            let error = inbound.notSentInTime(timeout)
+            for publish in expired { publish.completion(.failure(error)) }
         }
-        return inbound.expire(now: now, timeout: timeout, firstQueued: firstQueuedDeadline, shared: context.shared, logger: logger)
-    }
-
-    /// The deadline of the oldest publish not written yet (the backlog keeps acceptance order).
-    private var firstQueuedDeadline: ContinuousClock.Instant? {
-        for command in backlog {
-            if case .publish(let publish) = command { return publish.deadline }
-        }
-        return nil
+        return inbound.expire(now: now, timeout: timeout, firstQueued: backlog.firstPublishDeadline, shared: context.shared, logger: logger)
     }
 
     /// Whether the socket's send buffer can take `bytes` more without a blocking write.
@@ -468,15 +436,7 @@ final class AMQPConnectionThread {
                 index += 1
                 if broker.tls == nil {
                     do throws(AMQPError) {
-                        try publishFrames.append(
-                            channel: 1,
-                            exchange: publish.exchange,
-                            routingKey: publish.routingKey,
-                            mandatory: publish.mandatory,
-                            messageID: String(inbound.confirms.nextTag + UInt64(batched.count)),
-                            persistent: publish.persistent,
-                            body: publish.body
-                        )
+                        try publishFrames.append(publish, tag: inbound.confirms.nextTag + UInt64(batched.count))
                     } catch {
                         // This one cannot be encoded (a name too long for AMQP); the others go on.
                         publish.completion(.failure(error))
@@ -497,7 +457,7 @@ final class AMQPConnectionThread {
                     let isLast: Bool
                     if index + 1 < backlog.count, case .bind = backlog[index + 1] { isLast = false } else { isLast = true }
                     index += 1
-                    // Resolved when taken from the queue (``resolvingOwnQueue``).
+                    // Resolved when taken from the queue (``AMQPCommand/resolvingQueue(_:)``).
                     let queue = queue ?? ""
                     batch.append(completion)
                     do throws(AMQPError) {

@@ -128,6 +128,11 @@ struct AMQPInboundState {
         }
     }
 
+    /// The answer to a publish that waited `timeout` without being written.
+    func notSentInTime(_ timeout: Duration) -> AMQPError {
+        AMQPError(.timedOut, "not sent within \(timeout): the broker \(blocked ? "blocks publishing" : "is not keeping up")")
+    }
+
     /// Answers the confirms whose timeout passed, and reports blocked and stalled to
     /// `shared` when either changed. `firstQueued` is the deadline of the oldest publish not
     /// written yet. Returns the earliest deadline still pending.

@@ -167,20 +167,8 @@ final class AMQPLoopHandler: ChannelInboundHandler {
     func submit(_ command: AMQPCommand) {
         if let endError { return command.fail(endError) }
         if let error = Self.invalidNames(command) { return command.fail(error) }
-        switch command {
-        case .bind(nil, let exchange, let routingKey, let completion):
-            guard let queue = settings.ownQueue else {
-                return completion(.failure(AMQPError(.requestFailed, "queue.bind \(routingKey): this connection declared no queue")))
-            }
-            backlog.append(.bind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion))
-        case .unbind(nil, let exchange, let routingKey, let completion):
-            guard let queue = settings.ownQueue else {
-                return completion(.failure(AMQPError(.requestFailed, "queue.unbind \(routingKey): this connection declared no queue")))
-            }
-            backlog.append(.unbind(queue: queue, exchange: exchange, routingKey: routingKey, completion: completion))
-        default:
-            backlog.append(command)
-        }
+        guard let command = command.resolvingQueue(settings.ownQueue) else { return }
+        backlog.append(command)
         scheduleWrite()
     }
 
@@ -240,15 +228,7 @@ final class AMQPLoopHandler: ChannelInboundHandler {
                 if settings.confirmsEnabled, inbound.confirms.count >= settings.maximumUnconfirmed { return writeEncoded(flush: true) }
                 backlog.removeFirst()
                 do throws(AMQPError) {
-                    try encoder.append(
-                        channel: 1,
-                        exchange: publish.exchange,
-                        routingKey: publish.routingKey,
-                        mandatory: publish.mandatory,
-                        messageID: String(inbound.confirms.nextTag),
-                        persistent: publish.persistent,
-                        body: publish.body
-                    )
+                    try encoder.append(publish, tag: inbound.confirms.nextTag)
                 } catch {
                     // This one cannot be encoded (a name too long for AMQP); the others go on.
                     publish.completion(.failure(error))
@@ -346,31 +326,12 @@ final class AMQPLoopHandler: ChannelInboundHandler {
     private func expirePublishes() {
         let now = ContinuousClock.now
         let timeout = settings.publishLimits.timeout
-        if let first = firstQueuedDeadline, first <= now {
-            let error = AMQPError(.timedOut, "not sent within \(timeout): the broker \(inbound.blocked ? "blocks publishing" : "is not keeping up")")
-            var kept = CircularBuffer<AMQPCommand>(initialCapacity: backlog.count)
-            var expired: [AMQPPublish] = []
-            for command in backlog {
-                if case .publish(let publish) = command, publish.deadline <= now {
-                    expired.append(publish)
-                } else {
-                    kept.append(command)
-                }
-            }
-            // Answered only once the backlog is settled: an answer may issue a new command,
-            // which joins the backlog at once.
-            backlog = kept
+        let expired = backlog.removeExpiredPublishes(now: now)
+        if !expired.isEmpty {
+            let error = inbound.notSentInTime(timeout)
             for publish in expired { publish.completion(.failure(error)) }
         }
-        _ = inbound.expire(now: now, timeout: timeout, firstQueued: firstQueuedDeadline, shared: settings.shared, logger: logger)
-    }
-
-    /// The deadline of the oldest publish not written yet (the backlog keeps acceptance order).
-    private var firstQueuedDeadline: ContinuousClock.Instant? {
-        for command in backlog {
-            if case .publish(let publish) = command { return publish.deadline }
-        }
-        return nil
+        _ = inbound.expire(now: now, timeout: timeout, firstQueued: backlog.firstPublishDeadline, shared: settings.shared, logger: logger)
     }
 
     // MARK: Ending

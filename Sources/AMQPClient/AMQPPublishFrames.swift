@@ -43,8 +43,22 @@ struct AMQPPublishFrames {
         count = 0
     }
 
+    /// Appends `publish` on channel 1 with `tag`, its confirm's delivery tag, in message-id
+    /// (a `basic.return` carries no tag: this matches it to its publish).
+    mutating func append(_ publish: AMQPPublish, tag: UInt64) throws(AMQPError) {
+        try append(
+            channel: 1,
+            exchange: publish.exchange,
+            routingKey: publish.routingKey,
+            mandatory: publish.mandatory,
+            messageID: String(tag),
+            persistent: publish.persistent,
+            body: publish.body
+        )
+    }
+
     /// Appends the method, content header and body frames of one publish on `channel`.
-    mutating func append(
+    private mutating func append(
         channel: UInt16,
         exchange: String,
         routingKey: String,

@@ -27,13 +27,9 @@ struct SessionHandle: Sendable {
     /// The event loop the session runs on.
     var eventLoop: any EventLoop { session.eventLoop }
 
-    /// Writes an already-encoded text frame to the client, in its stream's order.
-    func deliver(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?) {
-        withSession { $0.send(frame, address: address, position: position) }
-    }
-
-    /// The same, for a caller already on the session's event loop running a batch: the
-    /// session when it left a flush for the batch's end (``SessionHandler/flushDeferred()``).
+    /// Writes an already-encoded text frame to the client, in its stream's order, for a
+    /// caller on the session's event loop running a batch: the session when it left a flush
+    /// for the batch's end (``SessionHandler/flushDeferred()``).
     func deliverInBatch(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool) -> SessionHandler? {
         let session = self.session.value
         return session.sendInBatch(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) ? session : nil

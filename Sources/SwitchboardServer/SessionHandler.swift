@@ -109,12 +109,8 @@ final class SessionHandler: ChannelInboundHandler {
         feed { $0.keepaliveTick(now: now) }
     }
 
-    /// Writes a frame delivered by the gateway (another session's message).
-    func send(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool = false) {
-        feed { $0.deliver(frame, address: address, position: position, isPresenceEvent: isPresenceEvent) }
-    }
-
-    /// The same, one of a batch: returns true when it left a flush for the batch's end
+    /// Writes a frame delivered by the gateway (another session's message), one of a batch:
+    /// returns true when it left a flush for the batch's end
     /// (``flushDeferred()``); false when nothing was written, or a flush is due anyway (the
     /// session is reading, and flushes when the read completes).
     func sendInBatch(_ frame: ByteBuffer, address: BackplaneAddress, position: StreamPosition?, isPresenceEvent: Bool) -> Bool {
